@@ -1,0 +1,36 @@
+"""balnmp_cache: whole-slide images -> cached patch embeddings (stage 1 of balnmp).
+
+Public names are imported lazily so that `import balnmp_cache.store` (used by the
+MIL stage) does not pull in slide readers, cuCIM or OpenSlide.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from balnmp_cache._version import __version__
+
+_EXPORTS = {
+    "open_slide": "balnmp_cache.slide",
+    "Slide": "balnmp_cache.slide",
+    "SlideError": "balnmp_cache.slide",
+    "tile_slide": "balnmp_cache.tiling",
+    "PatchGrid": "balnmp_cache.tiling",
+    "extract_features": "balnmp_cache.extract",
+    "FeatureStore": "balnmp_cache.store",
+    "Bag": "balnmp_cache.store",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'balnmp_cache' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
