@@ -1,0 +1,208 @@
+"""The cohort loader behind `store.load_bags`: any store or pack -> validated packed arrays.
+
+Metadata is checked first (no feature read), then all bags are read straight into one
+preallocated (P, D) array (`read_direct` per slide, or one contiguous read for a pack), then
+the features are checked for NaN/Inf. Every problem names the slides; never silent.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from balnmp_cache.store import FeatureStore, PackedBags, SlideInfo, StoreError
+
+MIXED_ATTRS = ("encoder", "weights", "target_mpp")  # a cohort must agree on these
+FINITE_BLOCK = 16384  # rows checked for NaN/Inf at a time (bounded temporaries)
+
+
+class StoreWarning(UserWarning):
+    """A slide was skipped because of a problem (on_problem="warn")."""
+
+
+def _names(items: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+class _Problems:
+    """Collects problems; `settle` raises one StoreError (error) or warns per problem (warn)."""
+
+    def __init__(self, mode: str, source: Path) -> None:
+        if mode not in ("error", "warn"):
+            raise StoreError(f"on_problem must be 'error' or 'warn', not {mode!r}")
+        self.mode = mode
+        self.source = source
+        self.pending: list[str] = []
+        self.reported: list[str] = []
+
+    def add(self, message: str, slides: Sequence[str]) -> None:
+        if slides:
+            self.pending.append(f"{message}: {_names(list(slides))}")
+
+    def settle(self) -> None:
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        if self.mode == "error":
+            raise StoreError(
+                f"{self.source}: " + "; ".join(pending)
+                + " (fix or remove these slides, or pass on_problem='warn' to skip them)"
+            )
+        for message in pending:
+            warnings.warn(f"{self.source}: skipping slides - {message}", StoreWarning,
+                          stacklevel=4)
+        self.reported.extend(pending)
+
+
+def _majority(values: list[object]) -> object:
+    """Most common value; ties go to the first seen (deterministic)."""
+    counts = Counter(values)
+    best = max(counts.values())
+    return next(v for v in values if counts[v] == best)
+
+
+def _check_dims(infos: list[SlideInfo], problems: _Problems) -> list[SlideInfo]:
+    if not infos:
+        return infos
+    dim = _majority([i.feature_dim for i in infos])
+    odd = [i for i in infos if i.feature_dim != dim]
+    problems.add(f"feature dimension differs from the cohort's D={dim}",
+                 [f"{i.slide_id} (D={i.feature_dim})" for i in odd])
+    return [i for i in infos if i.feature_dim == dim]
+
+
+def _norm(attr: str, value: object) -> object:
+    if attr == "target_mpp" and isinstance(value, (int, float)):
+        return round(float(value), 4)
+    return value
+
+
+def _check_mixed(infos: list[SlideInfo], problems: _Problems) -> list[SlideInfo]:
+    bad: set[str] = set()
+    for attr in MIXED_ATTRS:
+        known = [(i, _norm(attr, i.attrs.get(attr))) for i in infos]
+        known = [(i, v) for i, v in known if v is not None]
+        if len({v for _, v in known}) < 2:
+            continue
+        common = _majority([v for _, v in known])
+        odd = [f"{i.slide_id} ({v!r})" for i, v in known if v != common]
+        problems.add(f"mixed {attr}: most slides have {common!r} (pass allow_mixed=True "
+                     "to combine them anyway)", odd)
+        bad.update(i.slide_id for i, v in known if v != common)
+    return [i for i in infos if i.slide_id not in bad]
+
+
+def _requested(store: FeatureStore, slide_ids: Sequence[str] | None,
+               problems: _Problems) -> list[str]:  # fmt: skip
+    available = store.slide_ids
+    if slide_ids is None:
+        return available
+    wanted = [str(s) for s in slide_ids]
+    counts = Counter(wanted)
+    problems.add("duplicate slide ids requested", sorted(s for s, n in counts.items() if n > 1))
+    present = set(available)
+    ids = list(dict.fromkeys(wanted))
+    problems.add(f"not in the feature store {store.path}", [s for s in ids if s not in present])
+    return [s for s in ids if s in present]
+
+
+def _infos(store: FeatureStore, ids: list[str], problems: _Problems) -> list[SlideInfo]:
+    infos = []
+    for sid in ids:
+        try:
+            infos.append(store.backend.info(sid))
+        except StoreError as e:
+            problems.add(f"unreadable ({e})", [sid])
+    return infos
+
+
+def _read(store: FeatureStore, infos: list[SlideInfo], features: np.ndarray,
+          coords: np.ndarray, offsets: np.ndarray, problems: _Problems) -> np.ndarray:  # fmt: skip
+    """Fill the packed arrays; returns a per-slide ok mask (False: read failed, warn mode)."""
+    ids = [i.slide_id for i in infos]
+    ok = np.ones(len(ids), dtype=bool)
+    try:
+        store.backend.read_many(ids, features, coords, offsets)
+        return ok
+    except StoreError:
+        if problems.mode == "error":
+            raise
+    for k, sid in enumerate(ids):  # warn mode: find which slides fail, keep the rest
+        a, b = int(offsets[k]), int(offsets[k + 1])
+        try:
+            store.backend.read_into(sid, features[a:b], coords[a:b])
+        except StoreError as e:
+            problems.add(f"unreadable ({e})", [sid])
+            ok[k] = False
+    return ok
+
+
+def _finite_rows(features: np.ndarray) -> np.ndarray:
+    """Per-row all-finite flag, computed in blocks to keep temporaries small."""
+    out = np.empty(features.shape[0], dtype=bool)
+    for a in range(0, features.shape[0], FINITE_BLOCK):
+        block = features[a : a + FINITE_BLOCK]
+        out[a : a + FINITE_BLOCK] = np.isfinite(block).all(axis=1)
+    return out
+
+
+def _compact(packed: PackedBags, keep: np.ndarray) -> PackedBags:
+    """Drop bags whose `keep` flag is False (warn mode only; copies the kept rows)."""
+    counts = np.diff(packed.offsets)
+    rows = np.repeat(keep, counts)
+    offsets = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
+    pick = [i for i, k in enumerate(keep) if k]
+    return PackedBags(
+        packed.features[rows], packed.coords[rows], offsets,
+        [packed.slide_ids[i] for i in pick], [packed.attrs[i] for i in pick],
+        [packed.coords_attrs[i] for i in pick], packed.problems, packed.source,
+    )  # fmt: skip
+
+
+def load_packed(source: str | Path | FeatureStore, slide_ids: Sequence[str] | None,
+                on_problem: str, allow_mixed: bool) -> PackedBags:  # fmt: skip
+    """See `balnmp_cache.store.load_bags`."""
+    store = source if isinstance(source, FeatureStore) else FeatureStore(source)
+    problems = _Problems(on_problem, store.path)
+    for message, slides in store.backend.problems():
+        problems.add(message, slides)
+    infos = _infos(store, _requested(store, slide_ids, problems), problems)
+    infos = _check_dims(infos, problems)
+    problems.add("empty bags (0 patches; check the tissue mask / annotations or drop them)",
+                 [i.slide_id for i in infos if i.n_patches == 0])
+    infos = [i for i in infos if i.n_patches > 0]
+    if not allow_mixed:
+        infos = _check_mixed(infos, problems)
+    problems.settle()
+    if not infos:
+        raise StoreError(f"{store.path}: no usable slides to load")
+
+    counts = np.array([i.n_patches for i in infos], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    dtype = np.result_type(*{i.dtype for i in infos})
+    features = np.empty((int(offsets[-1]), infos[0].feature_dim), dtype=dtype)
+    coords = np.empty((int(offsets[-1]), 2), dtype=np.int64)
+    ok = _read(store, infos, features, coords, offsets, problems)
+
+    finite = _finite_rows(features)
+    bad_rows = np.add.reduceat(~finite, offsets[:-1]) if len(finite) else np.zeros(0, int)
+    bad = ok & (bad_rows > 0)
+    problems.add("NaN or Inf in the features (re-extract these slides)",
+                 [f"{i.slide_id} ({int(n)} patches)" for i, n, b in zip(infos, bad_rows, bad)
+                  if b])  # fmt: skip
+    problems.settle()
+    packed = PackedBags(
+        features, coords, offsets, [i.slide_id for i in infos], [i.attrs for i in infos],
+        [i.coords_attrs for i in infos], problems.reported, str(store.path),
+    )  # fmt: skip
+    keep = ok & ~bad
+    if not keep.all():
+        packed = _compact(packed, keep)
+    if not len(packed):
+        raise StoreError(f"{store.path}: no usable slides to load")
+    return packed
