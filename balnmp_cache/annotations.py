@@ -1,0 +1,399 @@
+"""Tumour annotations: BALNMP JSON and QuPath GeoJSON polygons in level-0 pixels.
+
+The BALNMP paper extracted patches only inside pathologist-drawn cancer regions; ``contains``
+and ``rasterize`` answer "is this inside the tumour?" for patch centres and for masks.
+
+Every polygon (exterior + holes) is filled with the even-odd rule, the same rule in
+``contains`` and ``rasterize``. That also repairs self-intersecting polygons: both lobes of a
+figure-eight are kept; a region wound twice over (the centre of a pentagram) is left out. A
+warning names the polygon, or ``on_invalid="error"`` rejects the file instead.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "AnnotationError",
+    "AnnotationWarning",
+    "Annotations",
+    "Polygon",
+    "find_annotation",
+    "load_annotations",
+]
+
+ANNOTATION_SUFFIXES = (".json", ".geojson")
+
+
+class AnnotationError(ValueError):
+    """An annotation file that cannot be used; the message names the file and the fix."""
+
+
+class AnnotationWarning(UserWarning):
+    """An annotation was repaired or skipped (self-intersection, degenerate polygon)."""
+
+
+@dataclass
+class Polygon:
+    """One region: exterior ring and holes, (K, 2) float64 (x, y) level-0 px, not closed."""
+
+    exterior: np.ndarray
+    holes: list[np.ndarray] = field(default_factory=list)
+    name: str = ""
+
+    @property
+    def rings(self) -> list[np.ndarray]:
+        return [self.exterior, *self.holes]
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        x, y = self.exterior[:, 0], self.exterior[:, 1]
+        return float(x.min()), float(y.min()), float(x.max()), float(y.max())
+
+
+@dataclass
+class Annotations:
+    """Tumour regions of one slide: ``positive`` minus ``negative`` (level-0 px)."""
+
+    positive: list[Polygon] = field(default_factory=list)
+    negative: list[Polygon] = field(default_factory=list)
+    source: Path | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """No positive region: nothing would be kept."""
+        return not self.positive
+
+    def bounds(self) -> tuple[float, float, float, float] | None:
+        """(xmin, ymin, xmax, ymax) of the positive regions, None when empty."""
+        if self.is_empty:
+            return None
+        b = np.array([p.bounds() for p in self.positive])
+        return float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(
+            b[:, 3].max()
+        )
+
+    def contains(self, points: Any) -> np.ndarray:
+        """Bool (N,): which level-0 (x, y) points lie inside a positive and no negative region."""
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        inside = np.zeros(len(pts), dtype=bool)
+        for poly in self.positive:
+            inside |= even_odd_contains(poly.rings, pts)
+        for poly in self.negative:
+            if inside.any():
+                inside &= ~even_odd_contains(poly.rings, pts)
+        return inside
+
+    def rasterize(self, shape: tuple[int, int], downsample: float) -> np.ndarray:
+        """Bool mask (h, w): pixel (r, c) covers level-0 [c*ds, (c+1)*ds) x [r*ds, (r+1)*ds)
+        and is inside when its centre is (the ``contains`` rule)."""
+        h, w = int(shape[0]), int(shape[1])
+        mask = np.zeros((h, w), dtype=bool)
+        for poly in self.positive:
+            mask |= even_odd_raster(poly.rings, (h, w), float(downsample))
+        for poly in self.negative:
+            mask &= ~even_odd_raster(poly.rings, (h, w), float(downsample))
+        return mask
+
+    def describe(self) -> str:
+        """What gets recorded in stores/QC: the source file, or a count for in-memory ones."""
+        if self.source is not None:
+            return str(self.source)
+        return f"<{len(self.positive)} positive, {len(self.negative)} negative polygons>"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def find_annotation(annotations_dir: str | Path, slide_id: str) -> Path | None:
+    """``<dir>/<slide_id>.json`` or ``.geojson`` if present, else None."""
+    root = Path(annotations_dir)
+    for suffix in ANNOTATION_SUFFIXES:
+        candidate = root / f"{slide_id}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_annotations(path: str | Path, *, on_invalid: str = "repair") -> Annotations:
+    """Read BALNMP JSON (``{"positive": [{"name", "vertices"}], "negative": [...]}``) or
+    QuPath GeoJSON (Polygon/MultiPolygon with holes, Feature, FeatureCollection, or a list of
+    Features). A blank file gives empty Annotations. ``on_invalid``: "repair" (warn, fill
+    self-intersecting polygons even-odd, drop degenerate ones) or "error"."""
+    if on_invalid not in ("repair", "error"):
+        raise ValueError(f"on_invalid must be 'repair' or 'error', not {on_invalid!r}")
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise AnnotationError(f"cannot read annotation file {path}: {exc}") from exc
+    if not text.strip():
+        return Annotations(source=path)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(
+            f"annotation file {path} is not valid JSON ({exc}); expected BALNMP JSON or "
+            "QuPath GeoJSON"
+        ) from exc
+    for sniff, parse in _FORMATS.values():
+        if sniff(doc):
+            raw_pos, raw_neg = parse(doc, path)
+            break
+    else:
+        raise AnnotationError(
+            f"annotation file {path} is neither BALNMP JSON (keys 'positive'/'negative') nor "
+            "GeoJSON (a Feature, FeatureCollection, geometry or list of Features)"
+        )
+    checker = _Checker(path, on_invalid)
+    return Annotations(
+        positive=checker.polygons(raw_pos), negative=checker.polygons(raw_neg), source=path
+    )
+
+
+# A raw polygon: (name, [ring coordinates as nested lists]).
+_Raw = tuple[str, list[Any]]
+
+
+def _is_balnmp(doc: Any) -> bool:
+    return isinstance(doc, dict) and ("positive" in doc or "negative" in doc)
+
+
+def _parse_balnmp(doc: dict, path: Path) -> tuple[list[_Raw], list[_Raw]]:
+    out: dict[str, list[_Raw]] = {}
+    for key in ("positive", "negative"):
+        items = doc.get(key) or []
+        if not isinstance(items, list):
+            raise AnnotationError(f"{path}: '{key}' must be a list of {{name, vertices}} objects")
+        raws = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or "vertices" not in item:
+                raise AnnotationError(
+                    f"{path}: {key}[{i}] has no 'vertices' (expected {{'name': ..., "
+                    "'vertices': [[x, y], ...]}} in level-0 pixels)"
+                )
+            raws.append((str(item.get("name") or f"{key}[{i}]"), [item["vertices"]]))
+        out[key] = raws
+    return out["positive"], out["negative"]
+
+
+_GEOJSON_TYPES = {
+    "FeatureCollection", "Feature", "Polygon", "MultiPolygon", "GeometryCollection",
+}
+# QuPath classes whose regions are cut out of the tumour rather than kept.
+NEGATIVE_CLASSES = ("ignore", "exclude", "negative", "background", "artifact", "artefact")
+POSITIVE_CLASSES = ("tumo", "cancer", "carcinoma", "positive", "invasive", "metasta", "malignan")
+
+
+def _is_geojson(doc: Any) -> bool:
+    if isinstance(doc, list):
+        return all(isinstance(f, dict) and f.get("type") in _GEOJSON_TYPES for f in doc)
+    return isinstance(doc, dict) and doc.get("type") in _GEOJSON_TYPES
+
+
+def _class_name(props: dict) -> str | None:
+    cls = props.get("classification")
+    if isinstance(cls, dict):
+        cls = cls.get("name")
+    return str(cls).strip().lower().rstrip("*") if cls else None
+
+
+def _geometry_polygons(geom: Any, name: str, path: Path) -> list[_Raw]:
+    if not isinstance(geom, dict):
+        return []
+    kind = geom.get("type")
+    if kind == "Polygon":
+        return [(name, geom.get("coordinates") or [])]
+    if kind == "MultiPolygon":
+        parts = geom.get("coordinates") or []
+        return [(f"{name}[{i}]" if len(parts) > 1 else name, p) for i, p in enumerate(parts)]
+    if kind == "GeometryCollection":
+        return [r for g in geom.get("geometries") or [] for r in _geometry_polygons(g, name, path)]
+    warnings.warn(
+        f"{path}: ignoring {kind} geometry '{name}' (only Polygon/MultiPolygon are regions)",
+        AnnotationWarning,
+        stacklevel=4,
+    )
+    return []
+
+
+def _parse_geojson(doc: Any, path: Path) -> tuple[list[_Raw], list[_Raw]]:
+    if isinstance(doc, list):
+        features = doc
+    elif doc.get("type") == "FeatureCollection":
+        features = doc.get("features") or []
+    elif doc.get("type") == "Feature":
+        features = [doc]
+    else:
+        features = [{"type": "Feature", "geometry": doc, "properties": {}}]
+    tagged: list[tuple[str | None, list[_Raw]]] = []
+    for i, feat in enumerate(features):
+        props = feat.get("properties") or {}
+        if str(props.get("objectType", "annotation")).lower() not in ("annotation", "roi"):
+            continue  # QuPath detections/cells are not regions
+        cls = _class_name(props)
+        name = str(props.get("name") or cls or f"feature[{i}]")
+        tagged.append((cls, _geometry_polygons(feat.get("geometry"), name, path)))
+    is_neg = [c is not None and c.startswith(NEGATIVE_CLASSES) for c, _ in tagged]
+    is_pos = [c is not None and any(k in c for k in POSITIVE_CLASSES) for c, _ in tagged]
+    any_pos = any(is_pos)
+    positive: list[_Raw] = []
+    negative: list[_Raw] = []
+    for (cls, raws), neg, pos in zip(tagged, is_neg, is_pos, strict=True):
+        if neg:
+            negative += raws
+        elif pos or cls is None or not any_pos:
+            positive += raws
+    return positive, negative
+
+
+_FORMATS = {"balnmp": (_is_balnmp, _parse_balnmp), "geojson": (_is_geojson, _parse_geojson)}
+
+
+@dataclass
+class _Checker:
+    """Turns raw rings into validated Polygons; repairs or rejects per ``on_invalid``."""
+
+    path: Path
+    on_invalid: str
+
+    def polygons(self, raws: list[_Raw]) -> list[Polygon]:
+        out = []
+        for name, rings in raws:
+            arrays = [self._ring(r, name) for r in rings]
+            if not arrays or arrays[0] is None:
+                continue
+            out.append(Polygon(arrays[0], [a for a in arrays[1:] if a is not None], name))
+        return out
+
+    def _problem(self, msg: str) -> None:
+        if self.on_invalid == "error":
+            raise AnnotationError(f"{self.path}: {msg}; fix the polygon in the annotation tool")
+        warnings.warn(f"{self.path}: {msg}", AnnotationWarning, stacklevel=5)
+
+    def _ring(self, coords: Any, name: str) -> np.ndarray | None:
+        try:
+            ring = np.asarray(coords, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise AnnotationError(
+                f"{self.path}: polygon '{name}' has malformed vertices ({exc}); expected "
+                "[[x, y], ...]"
+            ) from exc
+        if ring.ndim != 2 or ring.shape[1] < 2:
+            raise AnnotationError(
+                f"{self.path}: polygon '{name}' vertices have shape {ring.shape}; expected "
+                "[[x, y], ...] in level-0 pixels"
+            )
+        ring = ring[:, :2]
+        if not np.isfinite(ring).all():
+            raise AnnotationError(f"{self.path}: polygon '{name}' has NaN/infinite vertices")
+        if len(ring) > 1 and np.array_equal(ring[0], ring[-1]):
+            ring = ring[:-1]  # GeoJSON rings repeat the first vertex
+        keep = np.r_[True, np.any(np.diff(ring, axis=0) != 0, axis=1)] if len(ring) else []
+        ring = ring[keep]
+        x, y = ring[:, 0], ring[:, 1]
+        area2 = float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) if len(ring) else 0
+        if len(ring) < 3 or area2 == 0.0:
+            self._problem(f"polygon '{name}' has no area ({len(ring)} distinct vertices); "
+                          "dropped")
+            return None
+        if ring_self_intersects(ring):
+            self._problem(
+                f"polygon '{name}' is self-intersecting; filled with the even-odd rule "
+                "(crossing lobes kept, doubly wound parts left out)"
+            )
+        return ring
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _edges(rings: list[np.ndarray]) -> np.ndarray:
+    """(E, 4) x0, y0, x1, y1 of all ring edges (each ring closed implicitly)."""
+    return np.concatenate([np.hstack([r, np.roll(r, -1, axis=0)]) for r in rings])
+
+
+def even_odd_contains(
+    rings: list[np.ndarray], pts: np.ndarray, chunk: int = 4_000_000
+) -> np.ndarray:
+    """Crossing-number test: a point is inside when a ray to +x crosses an odd number of
+    edges (edges count on [min(y), max(y)) so vertices are not counted twice)."""
+    inside = np.zeros(len(pts), dtype=bool)
+    e = _edges(rings)
+    xmin, ymin = e[:, [0, 2]].min(), e[:, [1, 3]].min()
+    xmax, ymax = e[:, [0, 2]].max(), e[:, [1, 3]].max()
+    idx = np.flatnonzero(
+        (pts[:, 0] >= xmin) & (pts[:, 0] <= xmax) & (pts[:, 1] >= ymin) & (pts[:, 1] <= ymax)
+    )
+    e = e[e[:, 1] != e[:, 3]]  # horizontal edges never cross a horizontal ray
+    x0, y0, x1, y1 = (e[:, i][None, :] for i in range(4))
+    step = max(1, chunk // max(len(e), 1))
+    for start in range(0, len(idx), step):
+        sel = idx[start : start + step]
+        px, py = pts[sel, 0][:, None], pts[sel, 1][:, None]
+        spans = (np.minimum(y0, y1) <= py) & (py < np.maximum(y0, y1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xc = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
+        inside[sel] = (np.count_nonzero(spans & (xc > px), axis=1) % 2) == 1
+    return inside
+
+
+def even_odd_raster(rings: list[np.ndarray], shape: tuple[int, int], ds: float) -> np.ndarray:
+    """Scanline fill at pixel centres, same rule as ``even_odd_contains``; O(crossings + px)."""
+    h, w = shape
+    mask = np.zeros((h, w), dtype=bool)
+    e = _edges(rings) / ds - 0.5  # pixel-centre coordinates: centre of (r, c) is (c, r)
+    e = e[e[:, 1] != e[:, 3]]
+    ylo, yhi = np.minimum(e[:, 1], e[:, 3]), np.maximum(e[:, 1], e[:, 3])
+    r0 = np.clip(np.ceil(ylo), 0, h).astype(np.int64)  # rows with ylo <= r < yhi
+    r1 = np.clip(np.ceil(yhi), 0, h).astype(np.int64)
+    n = np.maximum(r1 - r0, 0)
+    if n.sum() == 0:
+        return mask
+    edge = np.repeat(np.arange(len(e)), n)
+    rows = r0[edge] + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
+    x0, y0, x1, y1 = (e[edge, i] for i in range(4))
+    xc = x0 + (rows - y0) * (x1 - x0) / (y1 - y0)
+    order = np.lexsort((xc, rows))
+    rows, xc = rows[order], xc[order]
+    # Rows cut by the image top/bottom still hold an even count: pair them in order.
+    start = np.clip(np.ceil(xc[0::2]), 0, w).astype(np.int64)
+    stop = np.clip(np.ceil(xc[1::2]), 0, w).astype(np.int64)
+    r = rows[0::2]
+    diff = np.zeros((h, w + 1), dtype=np.int32)
+    np.add.at(diff, (r, start), 1)
+    np.add.at(diff, (r, stop), -1)
+    mask |= np.cumsum(diff, axis=1)[:, :w] > 0
+    return mask
+
+
+def ring_self_intersects(ring: np.ndarray, max_edges: int = 20_000) -> bool:
+    """True when two non-adjacent edges properly cross (rings above ``max_edges`` edges are
+    not checked: the even-odd fill handles them anyway)."""
+    e = _edges([ring])
+    m = len(e)
+    if m < 4 or m > max_edges:
+        return False
+    a, b = e[:, :2], e[:, 2:]
+
+    def orient(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1])
+                       - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
+
+    step = max(1, 2_000_000 // m)
+    j = np.arange(m)
+    for start in range(0, m, step):
+        i = np.arange(start, min(start + step, m))[:, None]
+        pa, pb = a[i], b[i]
+        d1, d2 = orient(pa, pb, a[None]), orient(pa, pb, b[None])
+        d3, d4 = orient(a[None], b[None], pa), orient(a[None], b[None], pb)
+        cross = (d1 * d2 < 0) & (d3 * d4 < 0)
+        adjacent = (np.abs(i - j) <= 1) | (np.abs(i - j) == m - 1)
+        if np.any(cross & ~adjacent):
+            return True
+    return False

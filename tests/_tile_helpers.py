@@ -1,0 +1,175 @@
+"""Test helpers for tissue/annotations/tiling/QC: slides with known tissue geometry.
+
+``FakeSlide`` implements the Slide interface of balnmp_cache.slide over an in-memory image
+(levels are block means), so the grid logic is tested without any reader backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+GLASS = np.array([238, 236, 240], np.float32)
+EOSIN = np.array([225, 140, 185], np.float32)
+HAEMATOXYLIN = np.array([95, 65, 150], np.float32)
+PENS = {
+    "green": np.array([40, 160, 80], np.float32),
+    "blue": np.array([30, 60, 170], np.float32),
+    "black": np.array([25, 25, 35], np.float32),
+}
+
+
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return image
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    view = image[: h * factor, : w * factor].reshape(h, factor, w, factor, -1)
+    return view.mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+@dataclass
+class FakeSlide:
+    """In-memory slide: level i is the image block-averaged by 2**i."""
+
+    image: np.ndarray
+    mpp: float | None = 0.5
+    levels: int = 3
+    slide_id: str = "fake"
+    path: Path = Path("fake.tif")
+    backend: str = "fake"
+    fixed_coords: np.ndarray | None = None
+    fixed_patch_size: int | None = None
+    properties: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._levels = [self.image]
+        for i in range(1, self.levels):
+            self._levels.append(block_mean(self.image, 2**i))
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.image.shape[1], self.image.shape[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self._levels)
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return tuple((lv.shape[1], lv.shape[0]) for lv in self._levels)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return tuple(self.image.shape[1] / lv.shape[1] for lv in self._levels)
+
+    def level_mpp(self, level: int) -> float | None:
+        return self.mpp * self.level_downsamples[level] if self.mpp else None
+
+    def read_region(self, location, level, size) -> np.ndarray:
+        lv = self._levels[level]
+        ds = self.level_downsamples[level]
+        x, y = int(location[0] // ds), int(location[1] // ds)
+        w, h = size
+        out = np.full((h, w, 3), 255, np.uint8)
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + w, lv.shape[1]), min(y + h, lv.shape[0])
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = lv[y0:y1, x0:x1]
+        return out
+
+    def read_regions(self, locations, level, size, batch_size=64, num_workers=None):
+        locs = np.asarray(locations).reshape(-1, 2)
+        for s in range(0, len(locs), batch_size):
+            yield np.stack([self.read_region(p, level, size) for p in locs[s : s + batch_size]])
+
+    def thumbnail(self, max_size: int) -> np.ndarray:
+        w, h = self.dimensions
+        scale = max_size / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return np.asarray(Image.fromarray(self.image).resize(size, Image.BOX))
+
+    def get_best_level_for_downsample(self, ds: float) -> int:
+        return max(i for i, d in enumerate(self.level_downsamples) if d <= ds or i == 0)
+
+    def close(self) -> None:
+        pass
+
+
+def _capsule(h: int, w: int, p0, p1, radius: float) -> np.ndarray:
+    """Pixels within ``radius`` of the segment p0-p1 (a biopsy core)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    (x0, y0), (x1, y1) = p0, p1
+    dx, dy = x1 - x0, y1 - y0
+    t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / max(dx * dx + dy * dy, 1e-6), 0, 1)
+    return (xx - x0 - t * dx) ** 2 + (yy - y0 - t * dy) ** 2 <= radius * radius
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
+    """Blobby field in [0, 1]: nuclei-like dark spots at ~``cell`` px scale."""
+    small = rng.random((h // cell + 2, w // cell + 2)).astype(np.float32)
+    big = np.asarray(Image.fromarray(small).resize((w + 2 * cell, h + 2 * cell), Image.BICUBIC))
+    return np.clip(big[cell : cell + h, cell : cell + w], 0, 1)
+
+
+@dataclass
+class TissueScene:
+    image: np.ndarray  # (H, W, 3) uint8
+    tissue: np.ndarray  # bool, true tissue
+    pen: np.ndarray  # bool, pen ink (on glass)
+
+
+def make_scene(
+    size: int = 1536,
+    seed: int = 0,
+    *,
+    pens: bool = True,
+    faint: bool = True,
+    black_border: bool = False,
+    scale: float = 1.0,
+) -> TissueScene:
+    """Biopsy-like scene at ~1 µm/px * ``scale`` px: two cores, one faint core, fragments,
+    optional green/blue/black pen strokes on the glass and a black scanner border."""
+    rng = np.random.default_rng(seed)
+    h = w = size
+    s = size / 1536.0
+    cores = [
+        (_capsule(h, w, (250 * s, 200 * s), (1300 * s, 420 * s), 130 * s), 1.0),
+        (_capsule(h, w, (200 * s, 700 * s), (1250 * s, 900 * s), 100 * s), 1.0),
+    ]
+    if faint:
+        cores.append((_capsule(h, w, (300 * s, 1150 * s), (900 * s, 1250 * s), 90 * s), 0.25))
+    yy, xx = np.mgrid[0:h, 0:w]
+    for cx, cy, r in [(1320, 1180, 60), (1180, 1320, 45), (1420, 1000, 50)]:
+        cores.append(((xx - cx * s) ** 2 + (yy - cy * s) ** 2 <= (r * s) ** 2, 1.0))
+
+    nuclei = _texture(rng, h, w, max(2, int(6 * s / scale)))[..., None]
+    he = EOSIN * (1 - nuclei) + HAEMATOXYLIN * nuclei
+    img = np.broadcast_to(GLASS, (h, w, 3)).copy()
+    tissue = np.zeros((h, w), bool)
+    for mask, strength in cores:
+        colour = GLASS * (1 - strength) + he * strength
+        img[mask] = colour[mask]
+        tissue |= mask
+
+    pen = np.zeros((h, w), bool)
+    if pens:
+        strokes = [
+            ("green", (60 * s, 1450 * s), (700 * s, 1480 * s)),
+            ("blue", (1450 * s, 80 * s), (1480 * s, 700 * s)),
+            ("black", (900 * s, 1440 * s), (1350 * s, 1470 * s)),
+        ]
+        for colour, p0, p1 in strokes:
+            stroke = _capsule(h, w, p0, p1, 25 * s) & ~tissue
+            img[stroke] = PENS[colour]
+            pen |= stroke
+    if black_border:
+        border = int(60 * s)
+        img[:, :border] = 5
+        img[:border, :] = 5
+        tissue[:, :border] = False
+        tissue[:border, :] = False
+    img += rng.normal(0, 2.0, img.shape).astype(np.float32)
+    return TissueScene(np.clip(img, 0, 255).round().astype(np.uint8), tissue, pen)
