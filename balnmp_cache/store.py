@@ -27,6 +27,8 @@ COORDS_ATTRS = (
     "patch_size", "patch_size_level0", "level0_magnification", "target_magnification",
 )  # fmt: skip
 FEATURE_DTYPES = ("float16", "float32")
+# Attributes a cohort shares; a pack records them on its root when every slide agrees.
+COMMON_ATTRS = ("encoder", "weights", "target_mpp", "patch_size", "patch_size_level0", "tissue")
 
 
 class StoreError(Exception):

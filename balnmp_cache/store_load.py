@@ -167,7 +167,14 @@ def _compact(packed: PackedBags, keep: np.ndarray) -> PackedBags:
 def load_packed(source: str | Path | FeatureStore, slide_ids: Sequence[str] | None,
                 on_problem: str, allow_mixed: bool) -> PackedBags:  # fmt: skip
     """See `balnmp_cache.store.load_bags`."""
-    store = source if isinstance(source, FeatureStore) else FeatureStore(source)
+    if isinstance(source, FeatureStore):
+        return _load(source, slide_ids, on_problem, allow_mixed)
+    with FeatureStore(source) as store:
+        return _load(store, slide_ids, on_problem, allow_mixed)
+
+
+def _load(store: FeatureStore, slide_ids: Sequence[str] | None, on_problem: str,
+          allow_mixed: bool) -> PackedBags:  # fmt: skip
     problems = _Problems(on_problem, store.path)
     for message, slides in store.backend.problems():
         problems.add(message, slides)
