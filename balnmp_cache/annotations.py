@@ -296,9 +296,8 @@ class _Checker:
             ring = ring[:-1]  # GeoJSON rings repeat the first vertex
         keep = np.r_[True, np.any(np.diff(ring, axis=0) != 0, axis=1)] if len(ring) else []
         ring = ring[keep]
-        x, y = ring[:, 0], ring[:, 1]
-        area2 = float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) if len(ring) else 0
-        if len(ring) < 3 or area2 == 0.0:
+        # Collinear vertices enclose nothing (a figure-eight may have zero signed area).
+        if len(ring) < 3 or np.linalg.matrix_rank(ring - ring.mean(axis=0)) < 2:
             self._problem(f"polygon '{name}' has no area ({len(ring)} distinct vertices); "
                           "dropped")
             return None

@@ -106,9 +106,9 @@ def plan_read(
     if slide_mpp is None:
         raise TilingError(
             f"{_slide_name(slide)} has no µm/px in its metadata, so {mpp} µm/px patches cannot "
-            "be planned: give the slide's µm/px (extract-features --slide-mpp, or an overrides "
-            "CSV with columns slide_id,mpp via --mpp-overrides; open_slide(..., mpp=...) in "
-            "Python), or tile a fixed pyramid level with --level / level=..."
+            "be planned: give the slide's µm/px in an overrides CSV (columns slide_id,mpp; "
+            "extract-features --mpp-overrides FILE; open_slide(path, mpp=...) in Python), or "
+            "tile a fixed pyramid level with --level N (level=N)"
         )
     scale = float(mpp) / slide_mpp
     if scale < 1.0 / (1.0 + LEVEL_TOLERANCE):

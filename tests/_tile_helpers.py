@@ -119,6 +119,7 @@ class TissueScene:
     image: np.ndarray  # (H, W, 3) uint8
     tissue: np.ndarray  # bool, true tissue
     pen: np.ndarray  # bool, pen ink (on glass)
+    mpp: float  # µm/px at which the geometry is biopsy-sized
 
 
 def make_scene(
@@ -130,8 +131,9 @@ def make_scene(
     black_border: bool = False,
     scale: float = 1.0,
 ) -> TissueScene:
-    """Biopsy-like scene at ~1 µm/px * ``scale`` px: two cores, one faint core, fragments,
-    optional green/blue/black pen strokes on the glass and a black scanner border."""
+    """Biopsy-like scene (sized for 1536 / ``size`` µm/px): two cores, one faint core, round
+    fragments, optional green/blue/black pen strokes on the glass and a black scanner border.
+    ``scale`` shrinks the nuclei texture (for scenes rendered at a finer µm/px)."""
     rng = np.random.default_rng(seed)
     h = w = size
     s = size / 1536.0
@@ -172,4 +174,5 @@ def make_scene(
         tissue[:, :border] = False
         tissue[:border, :] = False
     img += rng.normal(0, 2.0, img.shape).astype(np.float32)
-    return TissueScene(np.clip(img, 0, 255).round().astype(np.uint8), tissue, pen)
+    image = np.clip(img, 0, 255).round().astype(np.uint8)
+    return TissueScene(image, tissue, pen, 1536.0 / size)
