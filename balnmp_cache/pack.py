@@ -1,0 +1,321 @@
+"""Cohort packs: every bag of a store concatenated into one file, loadable in one read.
+
+A pack holds `features` (P, D), `coords` (P, 2), `offsets` (B + 1,), `slide_ids` (B,) and
+per-slide attributes as JSON text (`slide_attrs`, `slide_coords_attrs`). HDF5 packs are one
+file with contiguous datasets; Zarr packs are one uncompressed v3 group (see store_zarr).
+`pack_store` streams slide by slide, so memory stays at the largest bag, never the cohort.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import h5py
+import numpy as np
+
+from balnmp_cache._version import __version__
+from balnmp_cache.store import (
+    COMMON_ATTRS,
+    FeatureStore,
+    SlideInfo,
+    StoreBackend,
+    StoreError,
+    plain,
+    with_known,
+)
+from balnmp_cache.store_h5 import decode_attrs, encode_attrs, fsync_dir, open_h5
+
+PACK_VERSION = 1
+STR = h5py.string_dtype(encoding="utf-8")
+
+
+@dataclass
+class PackIndex:
+    """A pack's metadata, read once when it is opened (small: O(B))."""
+
+    slide_ids: list[str]
+    offsets: np.ndarray
+    attrs: list[dict]
+    coords_attrs: list[dict]
+    feature_dim: int
+    dtype: np.dtype
+    root_attrs: dict
+
+
+class PackReader(Protocol):
+    index: PackIndex
+
+    def read_rows(self, a: int, b: int, features: np.ndarray, coords: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PackSink(Protocol):
+    """Where `pack_store` writes: slice-assignable `features` / `coords`, then `finish`."""
+
+    features: Any
+    coords: Any
+
+    def finish(self, offsets: np.ndarray, slide_ids: list[str], slide_attrs: list[str],
+               slide_coords_attrs: list[str], root_attrs: dict) -> None: ...  # fmt: skip
+
+
+def _json_list(values: Any, path: Path, name: str) -> list[dict]:
+    try:
+        return [json.loads(v) for v in plain(values)]
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{path}: dataset {name!r} is not JSON text per slide ({e})") from e
+
+
+def make_index(path: Path, slide_ids: Any, offsets: Any, slide_attrs: Any,
+               slide_coords_attrs: Any, shape: tuple, dtype: Any, root: dict) -> PackIndex:
+    """Validate a pack's index arrays (shared by the HDF5 and Zarr readers)."""
+    ids = [str(s) for s in plain(slide_ids)]
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if len(shape) != 2:
+        raise StoreError(f"{path}: pack 'features' has shape {shape}, expected (P, D)")
+    if (len(offsets) != len(ids) + 1 or (len(offsets) and offsets[0] != 0)
+            or np.any(np.diff(offsets) < 0) or (len(offsets) and offsets[-1] != shape[0])):
+        raise StoreError(f"{path}: pack 'offsets' is inconsistent with 'slide_ids' / "
+                         "'features' (truncated or hand-edited pack?); pack it again")
+    attrs = _json_list(slide_attrs, path, "slide_attrs") if slide_attrs is not None else []
+    cattrs = (_json_list(slide_coords_attrs, path, "slide_coords_attrs")
+              if slide_coords_attrs is not None else [])  # fmt: skip
+    attrs = [with_known(a) for a in (attrs or [{} for _ in ids])]
+    for sid, a in zip(ids, attrs):
+        a["slide_id"] = a["slide_id"] or sid
+    cattrs = cattrs or [{} for _ in ids]
+    return PackIndex(ids, offsets, attrs, cattrs, int(shape[1]), np.dtype(dtype), root)
+
+
+class H5PackReader:
+    """Reads an HDF5 pack; holds the file open until `close`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = open_h5(path)
+        f = self.file
+        try:
+            for name in ("features", "coords", "offsets", "slide_ids"):
+                if name not in f:
+                    raise StoreError(f"{path}: not a pack (no {name!r} dataset); make one with "
+                                     "`balnmp-mil pack FEATURES --out PACK`")
+            self.index = make_index(
+                path, f["slide_ids"][()], f["offsets"][()],
+                f["slide_attrs"][()] if "slide_attrs" in f else None,
+                f["slide_coords_attrs"][()] if "slide_coords_attrs" in f else None,
+                f["features"].shape, f["features"].dtype, decode_attrs(f.attrs),
+            )  # fmt: skip
+        except (OSError, KeyError, ValueError) as e:
+            self.file.close()
+            raise StoreError(f"{path}: pack cannot be read ({e}); pack it again") from e
+        except StoreError:
+            self.file.close()
+            raise
+
+    def read_rows(self, a: int, b: int, features: np.ndarray, coords: np.ndarray) -> None:
+        try:
+            self.file["features"].read_direct(features, source_sel=np.s_[a:b])
+            self.file["coords"].read_direct(coords, source_sel=np.s_[a:b])
+        except (OSError, ValueError, TypeError) as e:
+            raise StoreError(f"{self.path}: reading rows {a}:{b} failed ({e}); the pack is "
+                             "corrupted or truncated - pack it again") from e
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class H5PackSink:
+    """Contiguous (unchunked) datasets: a later load is one sequential read."""
+
+    def __init__(self, path: Path, n_rows: int, dim: int, dtype: np.dtype, n_slides: int) -> None:
+        self.file = h5py.File(path, "w")
+        self.features = self.file.create_dataset("features", shape=(n_rows, dim), dtype=dtype)
+        self.coords = self.file.create_dataset("coords", shape=(n_rows, 2), dtype=np.int64)
+
+    def finish(self, offsets: np.ndarray, slide_ids: list[str], slide_attrs: list[str],
+               slide_coords_attrs: list[str], root_attrs: dict) -> None:  # fmt: skip
+        f = self.file
+        f.create_dataset("offsets", data=offsets.astype(np.int64))
+        f.create_dataset("slide_ids", data=np.array(slide_ids, dtype=object), dtype=STR)
+        f.create_dataset("slide_attrs", data=np.array(slide_attrs, dtype=object), dtype=STR)
+        f.create_dataset("slide_coords_attrs", data=np.array(slide_coords_attrs, dtype=object),
+                         dtype=STR)
+        encode_attrs(f.attrs, root_attrs)
+        f.flush()
+        f.close()
+
+    def abort(self) -> None:
+        self.file.close()
+
+
+# Pack formats: name -> "module:Class" of the sink (writer) and of the reader.
+PACK_SINKS = {"h5": "balnmp_cache.pack:H5PackSink", "zarr": "balnmp_cache.store_zarr:ZarrPackSink"}
+PACK_READERS = {"h5": "balnmp_cache.pack:H5PackReader",
+                "zarr": "balnmp_cache.store_zarr:ZarrPackReader"}
+
+
+def _load(target: str) -> Any:
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def open_pack(path: Path) -> PackReader:
+    """Open an HDF5 pack (a file) or a Zarr pack (a directory)."""
+    return _load(PACK_READERS["zarr" if path.is_dir() else "h5"])(path)
+
+
+class PackBackend(StoreBackend):
+    """A pack seen as a read-only store; `read_many` merges adjacent bags into one read."""
+
+    def __init__(self, path: Path, mode: str) -> None:
+        super().__init__(path, mode)
+        self.reader = open_pack(path)
+        index = self.reader.index
+        self.rows = {}
+        self.dups: list[str] = []
+        for i, sid in enumerate(index.slide_ids):
+            if sid in self.rows:
+                self.dups.append(sid)
+            else:
+                self.rows[sid] = i
+
+    def slide_ids(self) -> list[str]:
+        return list(self.rows)
+
+    def problems(self) -> list[tuple[str, list[str]]]:
+        return [("duplicate slide ids in the pack (the first copy is used)", self.dups)]
+
+    def info(self, slide_id: str) -> SlideInfo:
+        ix = self.reader.index
+        i = self.rows[slide_id]
+        n = int(ix.offsets[i + 1] - ix.offsets[i])
+        return SlideInfo(slide_id, n, ix.feature_dim, ix.dtype, dict(ix.attrs[i]),
+                         dict(ix.coords_attrs[i]), f"{self.path} (slide {slide_id})")
+
+    def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
+        i = self.rows[slide_id]
+        off = self.reader.index.offsets
+        self.reader.read_rows(int(off[i]), int(off[i + 1]), features, coords)
+
+    def read_many(self, slide_ids: Sequence[str], features: np.ndarray, coords: np.ndarray,
+                  offsets: np.ndarray) -> None:  # fmt: skip
+        off = self.reader.index.offsets
+        runs: list[list[int]] = []  # [src_a, src_b, dst_a, dst_b]
+        for k, sid in enumerate(slide_ids):
+            i = self.rows[sid]
+            a, b = int(off[i]), int(off[i + 1])
+            if runs and runs[-1][1] == a:
+                runs[-1][1] = b
+                runs[-1][3] = int(offsets[k + 1])
+            else:
+                runs.append([a, b, int(offsets[k]), int(offsets[k + 1])])
+        for a, b, da, db in runs:
+            if b > a:
+                self.reader.read_rows(a, b, features[da:db], coords[da:db])
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _common(infos: list[SlideInfo]) -> dict:
+    """Root attributes shared by every slide (encoder, weights, µm/px, ...)."""
+    out = {}
+    for key in COMMON_ATTRS:
+        values = {json.dumps(plain(i.attrs.get(key))) for i in infos}
+        if len(values) == 1 and infos and infos[0].attrs.get(key) is not None:
+            out[key] = infos[0].attrs[key]
+    return out
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Atomically put `tmp` at `out` (a file: os.replace; a directory: swap via a side name)."""
+    if tmp.is_dir() and out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        _remove(old)
+    else:
+        os.replace(tmp, out)
+    fsync_dir(out.parent)
+
+
+def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = "h5",
+               slide_ids: Sequence[str] | None = None, overwrite: bool = False,
+               progress: bool | None = None) -> Path:  # fmt: skip
+    """Concatenate a store's bags into one pack at `out`, streaming slide by slide.
+
+    Peak memory is one bag (the largest), not the cohort. The pack appears only when complete
+    (temp name beside `out`, then rename). Refuses mixed feature dimensions.
+    """
+    from tqdm.auto import tqdm
+
+    if format not in PACK_SINKS:
+        raise StoreError(f"pack format {format!r} is not supported; use one of {list(PACK_SINKS)}")
+    src = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise StoreError(f"{out}: already exists; choose another --out or pass --overwrite")
+    ids = src.slide_ids if slide_ids is None else [str(s) for s in slide_ids]
+    infos = [src.info(sid) for sid in ids]
+    if not infos:
+        raise StoreError(f"{src.path}: no slides to pack")
+    dims = sorted({i.feature_dim for i in infos})
+    if len(dims) > 1:
+        odd = [f"{i.slide_id} (D={i.feature_dim})" for i in infos if i.feature_dim != dims[0]]
+        raise StoreError(f"{src.path}: slides have different feature dimensions {dims}; a pack "
+                         f"needs one. Differing from D={dims[0]}: {', '.join(odd[:12])}")
+    counts = np.array([i.n_patches for i in infos], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    dtype = np.result_type(*{i.dtype for i in infos})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    sink = _load(PACK_SINKS[format])(tmp, int(offsets[-1]), dims[0], dtype, len(infos))
+    try:
+        show = sys.stderr.isatty() if progress is None else progress
+        for k, info in enumerate(tqdm(infos, desc="pack", unit="slide", disable=not show)):
+            a, b = int(offsets[k]), int(offsets[k + 1])
+            if b == a:
+                continue
+            feats = np.empty((b - a, info.feature_dim), dtype=info.dtype)
+            coords = np.empty((b - a, 2), dtype=np.int64)
+            src.backend.read_into(info.slide_id, feats, coords)
+            sink.features[a:b] = feats
+            sink.coords[a:b] = coords
+        root = {"balnmp_pack": PACK_VERSION, "n_slides": len(infos), "n_patches": int(offsets[-1]),
+                "feature_dim": dims[0], "source": str(src.path), "source_format": src.format,
+                "balnmp_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **_common(infos)}  # fmt: skip
+        sink.finish(offsets, [i.slide_id for i in infos],
+                    [json.dumps(plain(i.attrs)) for i in infos],
+                    [json.dumps(plain(i.coords_attrs)) for i in infos], root)
+    except BaseException:
+        sink.abort()
+        _remove(tmp)
+        raise
+    if tmp.is_file():
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _replace(tmp, out)
+    return out
