@@ -346,8 +346,8 @@ def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False) -> Run
             plot_training_curves(history, tmp / "training.png")
         curves = roc_curves(y, probs, class_names)
         if curves:
-            plot_roc(curves, tmp / rundir.ROC,
-                     title=f"{cfg.model} · {cfg.task or 'label'} · ROC with 95% CI")
+            plot_roc(curves, tmp / rundir.ROC, n_bootstrap=min(cfg.n_bootstrap, 500),
+                     seed=cfg.seed, title=f"{model_name} · {cfg.task or 'label'} · ROC")
         (tmp / rundir.REPORT).write_text(train_report(metrics, saved))
     return RunResult(Path(out), cfg, metrics, reports, threshold, best_epoch,
                      time.perf_counter() - start)

@@ -240,5 +240,5 @@ def _plot_pooled(preds: pd.DataFrame, class_names: list[str], out: Path, cfg: CV
                   for s, g in preds.groupby("setting", sort=False)
                   if g["label"].nunique() == 2}
     if curves:
-        plot_roc(curves, out, title=f"{cfg.folds}-fold CV · {cfg.task or 'label'} · pooled "
-                                    "out-of-fold ROC with 95% CI")
+        plot_roc(curves, out, n_bootstrap=min(cfg.n_bootstrap, 500), seed=cfg.seed,
+                 title=f"{cfg.folds}-fold CV · {cfg.task or 'label'} · pooled out-of-fold ROC")
