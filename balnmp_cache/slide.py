@@ -1,0 +1,387 @@
+"""One way to read every slide a lab has: `open_slide` and the `Slide` base class.
+
+Backends (cuCIM, OpenSlide, a plain image, a folder of pre-cut patches) live in their own
+modules and register here by name. ``backend="auto"`` probes the file's structure first
+(tifffile tags, cheap) and hands cuCIM only files it is known to decode correctly, because
+cuCIM kills the whole process on some TIFFs instead of raising.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from balnmp_cache.mpp import load_mpp_overrides
+from balnmp_cache.tiffprobe import SourceInfo, probe_source
+
+__all__ = [
+    "BACKENDS",
+    "Slide",
+    "SlideError",
+    "available_backends",
+    "load_mpp_overrides",
+    "open_slide",
+    "register_backend",
+    "slide_id_from_path",
+]
+
+SLIDE_SUFFIXES = (
+    ".ome.tiff", ".ome.tif", ".svs", ".tiff", ".tif", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu",
+    ".bif", ".svslide", ".dcm", ".jpg", ".jpeg", ".png", ".bmp", ".isyntax", ".czi",
+)  # fmt: skip
+
+
+class SlideError(Exception):
+    """A slide that cannot be served; the message names the path and the reason."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def slide_id_from_path(path: str | os.PathLike[str]) -> str:
+    """The slide id: the file name without its slide extension (a folder's own name)."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in SLIDE_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class Slide(abc.ABC):
+    """A multi-resolution slide; every backend serves the same API.
+
+    Locations are level-0 pixels (as in OpenSlide). At level ``L`` the region starts at
+    ``floor(x / level_downsamples[L])``, so reads are never interpolated and every backend
+    returns the same pixels. Parts of a region outside the slide are white (255), RGBA
+    sources are composited on white.
+    """
+
+    backend: str = ""
+    fixed_coords: np.ndarray | None = None
+    fixed_patch_size: int | None = None
+
+    def __init__(
+        self,
+        path: Path,
+        level_dimensions: tuple[tuple[int, int], ...],
+        level_downsamples: tuple[float, ...],
+        properties: dict[str, str],
+        mpp: float | None,
+    ) -> None:
+        self.path = Path(path)
+        self.slide_id = slide_id_from_path(path)
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in level_dimensions)
+        self.level_downsamples = tuple(float(d) for d in level_downsamples)
+        self.properties = dict(properties)
+        self.mpp = mpp
+        self._closed = False
+
+    # -- geometry ------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) at level 0."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def level_mpp(self, level: int) -> float | None:
+        """µm per pixel at ``level`` (None when the slide's resolution is unknown)."""
+        self._check_level(level)
+        return None if self.mpp is None else self.mpp * self.level_downsamples[level]
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        """The highest-resolution level whose downsample does not exceed ``downsample``."""
+        best = 0
+        for level, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * (1 + 1e-6):
+                best = level
+        return best
+
+    def level_origin(self, location: tuple[int, int], level: int) -> tuple[int, int]:
+        """Top-left pixel at ``level`` of a region whose level-0 location is ``location``."""
+        ds = self.level_downsamples[level]
+        return int(math.floor(location[0] / ds)), int(math.floor(location[1] / ds))
+
+    # -- reading -------------------------------------------------------------------------
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """(h, w, 3) uint8 region at ``level``; ``location`` is the level-0 top-left corner."""
+        self._check_open()
+        self._check_level(level)
+        w, h = _check_size(self.path, size)
+        lx, ly = self.level_origin(location, level)
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        lw, lh = self.level_dimensions[level]
+        x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
+        if x1 > x0 and y1 > y0:
+            try:
+                part = self._read_level(level, x0, y0, x1 - x0, y1 - y0)
+            except SlideError:
+                raise
+            except Exception as exc:  # a backend library error: name the slide and region
+                raise SlideError(
+                    self.path,
+                    f"reading {x1 - x0}x{y1 - y0} px at level {level} ({x0}, {y0}) failed: "
+                    f"{type(exc).__name__}: {exc}",
+                ) from exc
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = part
+        return out
+
+    def read_regions(
+        self,
+        locations: Any,
+        level: int,
+        size: tuple[int, int],
+        batch_size: int = 64,
+        num_workers: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Batches (b, h, w, 3) uint8 of regions at level-0 ``locations``, in input order.
+
+        Thread-safe; the base implementation reads each region with `read_region` in a thread
+        pool. Backends with a native batched reader override `_read_batches`.
+        """
+        self._check_open()
+        self._check_level(level)
+        size = _check_size(self.path, size)
+        locs = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+        if batch_size < 1:
+            raise ValueError(f"{self.path}: batch_size must be >= 1, got {batch_size}")
+        workers = default_workers() if num_workers is None else max(int(num_workers), 0)
+        return self._read_batches(locs, level, size, batch_size, workers)
+
+    def _read_batches(
+        self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
+    ) -> Iterator[np.ndarray]:
+        return threaded_batches(self.read_region, locs, level, size, batch_size, workers)
+
+    def thumbnail(self, max_size: int) -> np.ndarray:
+        """Whole slide, longest side <= ``max_size``, from the smallest sufficient level."""
+        self._check_open()
+        if max_size < 1:
+            raise ValueError(f"{self.path}: thumbnail max_size must be >= 1, got {max_size}")
+        w0, h0 = self.dimensions
+        ds = max(w0, h0) / max_size
+        level = self.get_best_level_for_downsample(max(ds, 1.0))
+        lw, lh = self.level_dimensions[level]
+        region = self.read_region((0, 0), level, (lw, lh))
+        scale = max_size / max(lw, lh)
+        if scale >= 1:
+            return region
+        return resize_rgb(region, max(1, round(lw * scale)), max(1, round(lh * scale)))
+
+    @abc.abstractmethod
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """(h, w, 3) uint8 pixels at ``level`` coordinates, fully inside the level."""
+
+    # -- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the file handle; further reads raise SlideError."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """Backend hook: release native handles."""
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.slide_id!r} backend={self.backend} "
+            f"dimensions={self.dimensions} levels={self.level_count} mpp={self.mpp}>"
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SlideError(self.path, "slide is closed; open it again with open_slide()")
+
+    def _check_level(self, level: int) -> None:
+        if not 0 <= int(level) < self.level_count:
+            raise SlideError(
+                self.path, f"level {level} does not exist (the slide has {self.level_count})"
+            )
+
+
+def _check_size(path: Path, size: tuple[int, int]) -> tuple[int, int]:
+    w, h = (int(v) for v in size)
+    if w < 1 or h < 1:
+        raise SlideError(path, f"region size must be positive, got {size}")
+    return w, h
+
+
+def threaded_batches(
+    read: Callable[[tuple[int, int], int, tuple[int, int]], np.ndarray],
+    locs: np.ndarray,
+    level: int,
+    size: tuple[int, int],
+    batch_size: int,
+    workers: int,
+) -> Iterator[np.ndarray]:
+    """Yield (b, h, w, 3) batches of ``read(location, level, size)`` in input order.
+
+    Up to ``workers`` threads decode ahead (native readers release the GIL), at most two
+    batches in flight, so memory stays bounded on slides with 100k patches.
+    """
+    w, h = size
+    starts = range(0, len(locs), batch_size)
+
+    def fill(start: int, pool: Any) -> Any:
+        chunk = locs[start : start + batch_size]
+        if pool is None:
+            return [read((int(x), int(y)), level, size) for x, y in chunk]
+        return [pool.submit(read, (int(x), int(y)), level, size) for x, y in chunk]
+
+    def collect(items: list[Any]) -> np.ndarray:
+        out = np.empty((len(items), h, w, 3), dtype=np.uint8)
+        for i, item in enumerate(items):
+            out[i] = item if isinstance(item, np.ndarray) else item.result()
+        return out
+
+    if workers <= 1:
+        for start in starts:
+            yield collect(fill(start, None))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slide-read") as pool:
+        pending: list[Any] = []
+        for start in starts:
+            pending.append(fill(start, pool))
+            if len(pending) == 2:
+                yield collect(pending.pop(0))
+        for items in pending:
+            yield collect(items)
+
+
+def default_workers() -> int:
+    """Reader threads when the caller does not say: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area-style downscale of an (h, w, 3) uint8 array with Pillow (quality over speed)."""
+    from PIL import Image
+
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    return np.asarray(pil.resize((width, height), Image.Resampling.BOX))
+
+
+# -- backend registry ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Backend:
+    """A registered reader: ``target`` is "module:Class"; the class must define
+    ``can_open(info) -> str | None`` (None = yes, else the reason) and
+    ``open(info, mpp) -> Slide``. Modules import lazily, so cuCIM loads only when used."""
+
+    name: str
+    target: str
+    auto: bool = True
+
+    def load(self) -> type:
+        module, cls = self.target.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(name: str, target: str, auto: bool = True) -> None:
+    """Register a reader; ``auto`` backends are tried in registration order."""
+    BACKENDS[name] = Backend(name, target, auto)
+
+
+register_backend("cucim", "balnmp_cache.slide_cucim:CuCIMSlide")
+register_backend("openslide", "balnmp_cache.slide_openslide:OpenSlideSlide")
+register_backend("image", "balnmp_cache.slide_image:ImageSlide")
+register_backend("patches", "balnmp_cache.slide_patches:PatchFolderSlide")
+
+
+def available_backends() -> list[str]:
+    """Names of registered backends."""
+    return list(BACKENDS)
+
+
+def open_slide(
+    path: str | os.PathLike[str],
+    backend: str = "auto",
+    mpp: float | None = None,
+    mpp_overrides: dict[str, float] | str | os.PathLike[str] | None = None,
+) -> Slide:
+    """Open a slide file (or a folder of pre-cut patches) with a safe backend.
+
+    ``backend="auto"`` tries cuCIM (only for files whose TIFF structure it is known to
+    decode correctly), then OpenSlide, then a plain image reader. ``mpp`` (µm/px at level
+    0) or an entry in ``mpp_overrides`` (dict or CSV with ``slide_id,mpp``) wins over the
+    resolution found in the file. Raises SlideError naming the path and the reason.
+    """
+    from balnmp_cache.mpp import resolve_override
+
+    info = probe_source(Path(path), SlideError)
+    override = resolve_override(info.path, slide_id_from_path(info.path), mpp, mpp_overrides)
+    if backend == "auto":
+        return _open_auto(info, override)
+    spec = BACKENDS.get(backend)
+    if spec is None:
+        raise SlideError(
+            info.path, f"unknown backend {backend!r}; choose 'auto' or one of {list(BACKENDS)}"
+        )
+    cls = spec.load()
+    reason = cls.can_open(info)
+    if reason is not None:
+        raise SlideError(info.path, f"backend {backend!r} cannot serve this file: {reason}")
+    return _open_with(cls, info, override, backend)
+
+
+def _open_auto(info: SourceInfo, mpp: float | None) -> Slide:
+    reasons: list[str] = []
+    for spec in BACKENDS.values():
+        if not spec.auto:
+            continue
+        cls = spec.load()
+        reason = cls.can_open(info)
+        if reason is not None:
+            reasons.append(f"{spec.name}: {reason}")
+            continue
+        try:
+            return _open_with(cls, info, mpp, spec.name)
+        except SlideError as exc:
+            reasons.append(f"{spec.name}: {exc.reason}")
+    raise SlideError(info.path, "no backend can read this file (" + "; ".join(reasons) + ")")
+
+
+def _open_with(cls: Any, info: SourceInfo, mpp: float | None, name: str) -> Slide:
+    opener: Callable[..., Slide] = cls.open
+    try:
+        return opener(info, mpp)
+    except SlideError:
+        raise
+    except Exception as exc:  # a reader library's own error type: wrap it, keep the reason
+        reason = f"{name} failed to open it: {type(exc).__name__}: {exc}"
+        raise SlideError(info.path, reason) from exc

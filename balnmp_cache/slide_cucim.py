@@ -1,0 +1,206 @@
+"""cuCIM backend: generic tiled TIFF, Aperio SVS, Philips TIFF; batched multi-location reads.
+
+Only files whose structure `tiffprobe.cucim_support` accepts reach cuCIM: it aborts the
+process on some TIFFs rather than raising. Batched reads use cuCIM's own multi-location
+``read_region`` (its worker threads decode tiles in C++, batches come back as arrays);
+``device="cuda"`` decodes on the GPU when one is present.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from balnmp_cache.mpp import tiff_mpp
+from balnmp_cache.slide import Slide, SlideError
+from balnmp_cache.tiffprobe import SourceInfo, cucim_support
+
+__all__ = ["CuCIMSlide", "cucim_available", "cuda_available"]
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def cucim_available() -> str | None:
+    """None when cuCIM imports, else why not."""
+    try:
+        with _IMPORT_LOCK:
+            import cucim  # noqa: F401
+    except ImportError as exc:  # optional dependency (`pip install balnmp[cucim]`)
+        return f"cuCIM is not installed ({exc})"
+    return None
+
+
+def cuda_available() -> bool:
+    """True when a CUDA device is usable (cuCIM can then decode on the GPU)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+class CuCIMSlide(Slide):
+    """A slide read through `cucim.CuImage`."""
+
+    backend = "cucim"
+
+    def __init__(self, path: Path, image: object, mpp: float | None, device: str) -> None:
+        res = image.resolutions  # type: ignore[attr-defined]
+        props = _flatten(image.metadata)  # type: ignore[attr-defined]
+        super().__init__(
+            path,
+            level_dimensions=tuple(tuple(d) for d in res["level_dimensions"]),
+            level_downsamples=_downsamples(res["level_dimensions"]),
+            properties=props,
+            mpp=mpp,
+        )
+        self._image = image
+        self.device = device
+
+    @classmethod
+    def can_open(cls, info: SourceInfo) -> str | None:
+        if info.is_dir:
+            return "a directory is not a cuCIM slide"
+        if info.tiff is None:
+            return "not a TIFF file (cuCIM reads tiled TIFF, SVS and Philips TIFF only)"
+        return cucim_support(info.tiff) or cucim_available()
+
+    @classmethod
+    def open(cls, info: SourceInfo, mpp: float | None) -> CuCIMSlide:
+        from cucim import CuImage
+
+        image = CuImage(str(info.path))
+        device = "cuda" if cuda_available() else "cpu"
+        found = mpp if mpp is not None else tiff_mpp(info.tiff)
+        slide = cls(info.path, image, found, device)
+        if slide.level_count != len(info.tiff.levels):  # type: ignore[union-attr]
+            slide.close()
+            raise SlideError(
+                info.path,
+                f"cuCIM sees {slide.level_count} levels but the TIFF has "
+                f"{len(info.tiff.levels)}; use backend='openslide'",  # type: ignore[union-attr]
+            )
+        return slide
+
+    def _location0(self, lx: int, ly: int, level: int) -> tuple[int, int]:
+        """A level-0 point that cuCIM maps (by flooring) onto level pixel (lx, ly): the
+        middle of that pixel's footprint, robust to cuCIM's float32 downsample."""
+        ds = self.level_downsamples[level]
+        if ds == 1.0:
+            return lx, ly
+        return int(math.floor((lx + 0.5) * ds)), int(math.floor((ly + 0.5) * ds))
+
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        region = self._image.read_region(  # type: ignore[attr-defined]
+            self._location0(x, y, level), (w, h), level
+        )
+        return _rgb(np.asarray(region))
+
+    def _read_batches(
+        self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
+    ) -> Iterator[np.ndarray]:
+        ds = self.level_downsamples[level]
+        origins = np.floor(locs / ds).astype(np.int64)  # level pixels, as read_region
+        starts = np.floor((origins + 0.5) * ds).astype(np.int64) if ds != 1.0 else origins
+        w, h = size
+        lw, lh = self.level_dimensions[level]
+        inside = (origins >= 0).all(axis=1) & (origins[:, 0] + w <= lw) & (origins[:, 1] + h <= lh)
+        if inside.all():  # one cuCIM iterator: its threads prefetch the next batches
+            yield from self._stream(starts, level, size, batch_size, workers)
+            return
+        for first in range(0, len(locs), batch_size):
+            sl = slice(first, first + batch_size)
+            if inside[sl].all():
+                yield from self._stream(starts[sl], level, size, batch_size, workers)
+                continue
+            # cuCIM pads out-of-slide pixels black on generic TIFF: edge regions go through
+            # read_region, which pads white.
+            out = np.empty((len(locs[sl]), h, w, 3), dtype=np.uint8)
+            idx = np.flatnonzero(inside[sl])
+            if len(idx):
+                out[idx] = np.concatenate(
+                    list(self._stream(starts[sl][idx], level, size, batch_size, workers))
+                )
+            for i in np.flatnonzero(~inside[sl]):
+                out[i] = self.read_region((int(locs[sl][i, 0]), int(locs[sl][i, 1])), level, size)
+            yield out
+
+    def _stream(
+        self, starts: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
+    ) -> Iterator[np.ndarray]:
+        """Batches through cuCIM's multi-location read (its own decode threads)."""
+        if len(starts) == 0:
+            return
+        self._check_open()
+        w, h = size
+        locations = [(int(x), int(y)) for x, y in starts]
+        try:
+            batches = self._image.read_region(  # type: ignore[attr-defined]
+                locations,
+                (w, h),
+                level,
+                num_workers=max(workers, 1),
+                batch_size=batch_size,
+                device=self.device,
+            )
+            for batch in batches:
+                yield _rgb(_to_host(batch)).reshape(-1, h, w, 3)
+        except Exception as exc:
+            reason = f"cuCIM batched read at level {level} failed: {exc}"
+            raise SlideError(self.path, reason) from exc
+
+    def _close(self) -> None:
+        image = getattr(self, "_image", None)
+        if image is not None:
+            close = getattr(image, "close", None)
+            if close is not None:
+                close()
+            self._image = None
+
+
+def _downsamples(dims: object) -> tuple[float, ...]:
+    """OpenSlide's rule: the mean of the width and height ratios to level 0."""
+    dims = [tuple(d) for d in dims]  # type: ignore[attr-defined]
+    w0, h0 = dims[0]
+    return tuple((w0 / w + h0 / h) / 2 for w, h in dims)
+
+
+def _to_host(array: object) -> np.ndarray:
+    """A cuCIM image (CPU or CUDA memory) as a host numpy array."""
+    if hasattr(array, "__cuda_array_interface__"):
+        import cupy  # present whenever cuCIM decodes on a GPU
+
+        return cupy.asnumpy(cupy.asarray(array))
+    return np.asarray(array)
+
+
+def _rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.shape[-1] == 4:  # composite RGBA on white
+        alpha = arr[..., 3:4].astype(np.uint16)
+        rgb = (arr[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha) + 127) // 255
+        return rgb.astype(np.uint8)
+    return np.ascontiguousarray(arr[..., :3], dtype=np.uint8)
+
+
+def _flatten(metadata: object, prefix: str = "") -> dict[str, str]:
+    """cuCIM metadata (a JSON-like dict) flattened to ``a.b.c`` string keys."""
+    if isinstance(metadata, str):
+        import json
+
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            return {}
+    out: dict[str, str] = {}
+    if isinstance(metadata, dict):
+        for key, value in metadata.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                out.update(_flatten(value, f"{name}."))
+            else:
+                out[name] = str(value)
+    return out

@@ -1,0 +1,214 @@
+"""Image backend: a plain JPEG/PNG/TIFF served as a slide.
+
+The BCNB whole-slide images are large JPEGs (some beyond Pillow's decompression-bomb
+limit); they are decoded once, on first read, into one level. Thumbnails of JPEGs use
+libjpeg's DCT scaling (Pillow ``draft``) and never decode the full image. TIFFs that no slide
+reader takes (strips, zstd, webp, JPEG 2000, ...) are read lazily, tile by tile, through
+tifffile, with their pyramid pages as levels.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from balnmp_cache.mpp import resolution_mpp, tiff_mpp
+from balnmp_cache.slide import Slide, SlideError, resize_rgb
+from balnmp_cache.tiffprobe import SourceInfo
+
+__all__ = ["MAX_PIXELS", "ImageSlide", "to_rgb8"]
+
+# Largest image decoded into memory (3 bytes/px: 4 Gpx = 12 GB). Raise for bigger scans.
+MAX_PIXELS = 4 * 1024**3
+_PIL_LOCK = threading.Lock()
+
+
+@contextmanager
+def _pixel_limit(limit: int | None) -> Iterator[None]:
+    """Pillow's decompression-bomb limit, swapped for ours while one file opens."""
+    from PIL import Image
+
+    with _PIL_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def to_rgb8(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Grey, grey+alpha, RGB or RGBA uint8 -> (h, w, 3) uint8 RGB (alpha over white)."""
+    if arr.dtype != np.uint8:
+        raise SlideError(path, f"{arr.dtype} pixels are not supported; convert to 8-bit RGB")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    channels = arr.shape[-1]
+    if channels in (2, 4):
+        a = arr[..., -1:].astype(np.uint16)
+        base = arr[..., :-1].astype(np.uint16)
+        arr = ((base * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+        channels -= 1
+    if channels == 1:
+        return np.repeat(arr, 3, axis=-1)
+    if channels == 3:
+        return np.ascontiguousarray(arr)
+    raise SlideError(path, f"images with {channels} channels are not supported")
+
+
+class ImageSlide(Slide):
+    """A JPEG/PNG/BMP (one level, decoded on first read) or a TIFF read through tifffile."""
+
+    backend = "image"
+
+    def __init__(
+        self,
+        path: Path,
+        dims: tuple[tuple[int, int], ...],
+        mpp: float | None,
+        properties: dict[str, str],
+        arrays: list | None = None,
+        tiff: object | None = None,
+    ) -> None:
+        w0, h0 = dims[0]
+        super().__init__(
+            path,
+            level_dimensions=dims,
+            level_downsamples=tuple((w0 / w + h0 / h) / 2 for w, h in dims),
+            properties=properties,
+            mpp=mpp,
+        )
+        self._arrays = arrays  # lazy per-level arrays (zarr) for TIFFs
+        self._tiff = tiff
+        self._pixels: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def can_open(cls, info: SourceInfo) -> str | None:
+        if info.is_dir:
+            return "a directory is not an image"
+        if info.tiff is not None:
+            return _tiff_decodable(info)
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with _pixel_limit(None), Image.open(info.path):
+                pass
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            return f"not an image Pillow can read ({exc})"
+        return None
+
+    @classmethod
+    def open(cls, info: SourceInfo, mpp: float | None) -> ImageSlide:
+        if info.tiff is not None:
+            return cls._open_tiff(info, mpp)
+        from PIL import Image
+
+        with _pixel_limit(None), Image.open(info.path) as im:
+            w, h = im.size
+            props = {f"image.{k}": str(v) for k, v in im.info.items() if isinstance(v, str | int)}
+            props["image.format"] = str(im.format)
+            dpi = im.info.get("dpi")
+        if w * h > MAX_PIXELS:
+            raise SlideError(
+                info.path,
+                f"{w}x{h} px is more than balnmp_cache.slide_image.MAX_PIXELS ({MAX_PIXELS}); "
+                "convert it to a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)",
+            )
+        if mpp is None and dpi:
+            mpp = resolution_mpp((float(dpi[0]), float(dpi[1])), 2)
+        return cls(info.path, ((w, h),), mpp, props)
+
+    @classmethod
+    def _open_tiff(cls, info: SourceInfo, mpp: float | None) -> ImageSlide:
+        import tifffile
+        import zarr
+
+        tif = tifffile.TiffFile(info.path)
+        try:
+            levels = info.tiff.levels  # type: ignore[union-attr]
+            arrays = [zarr.open(tif.pages[lv.index].aszarr(), mode="r") for lv in levels]
+        except Exception:
+            tif.close()
+            raise
+        dims = tuple((lv.width, lv.height) for lv in levels)
+        props = {"tiff.ImageDescription": info.tiff.description}  # type: ignore[union-attr]
+        found = mpp if mpp is not None else tiff_mpp(info.tiff)
+        return cls(info.path, dims, found, props, arrays=arrays, tiff=tif)
+
+    def _image(self) -> np.ndarray:
+        """The decoded image (first call decodes it; later calls share it)."""
+        with self._lock:
+            if self._pixels is None:
+                from PIL import Image
+
+                with _pixel_limit(None), Image.open(self.path) as im:
+                    im.load()
+                    self._pixels = to_rgb8(_pil_array(im), self.path)
+            return self._pixels
+
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        if self._arrays is not None:
+            return to_rgb8(np.asarray(self._arrays[level][y : y + h, x : x + w]), self.path)
+        return self._image()[y : y + h, x : x + w]
+
+    def thumbnail(self, max_size: int) -> np.ndarray:
+        """JPEGs not yet decoded: libjpeg decodes at 1/2..1/8 scale (cheap); else the base."""
+        self._check_open()
+        if self._arrays is not None or self._pixels is not None or max_size < 1:
+            return super().thumbnail(max_size)
+        from PIL import Image
+
+        w0, h0 = self.dimensions
+        with _pixel_limit(None), Image.open(self.path) as im:
+            if im.format != "JPEG":
+                return super().thumbnail(max_size)
+            scale = max_size / max(w0, h0)
+            im.draft("RGB", (max(1, int(w0 * scale)), max(1, int(h0 * scale))))
+            small = to_rgb8(_pil_array(im), self.path)
+        scale = max_size / max(small.shape[:2])
+        if scale >= 1:
+            return small
+        return resize_rgb(
+            small, max(1, round(small.shape[1] * scale)), max(1, round(small.shape[0] * scale))
+        )
+
+    def _close(self) -> None:
+        self._pixels = None
+        self._arrays = None
+        tif = getattr(self, "_tiff", None)
+        if tif is not None:
+            tif.close()  # type: ignore[attr-defined]
+            self._tiff = None
+
+
+def _pil_array(im: object) -> np.ndarray:
+    """A Pillow image as a uint8 array, palette/CMYK/16-bit converted to RGB(A)."""
+    mode = im.mode  # type: ignore[attr-defined]
+    if mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")  # type: ignore[attr-defined]
+    return np.asarray(im)
+
+
+def _tiff_decodable(info: SourceInfo) -> str | None:
+    """None when tifffile can decode the first pixel segment of every pyramid level."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(info.path) as tif:
+            for level in info.tiff.levels:  # type: ignore[union-attr]
+                page = tif.pages[level.index]
+                offsets, counts = page.dataoffsets, page.databytecounts
+                i = next((k for k, c in enumerate(counts) if c), None)
+                if i is None:
+                    continue
+                tif.filehandle.seek(offsets[i])
+                data = tif.filehandle.read(counts[i])
+                page.decode(data, i, jpegtables=page.jpegtables)
+    except Exception as exc:  # noqa: BLE001 - codec errors come in many types
+        return f"tifffile cannot decode its pixels ({type(exc).__name__}: {exc})"
+    return None

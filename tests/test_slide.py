@@ -1,0 +1,133 @@
+"""open_slide: backend choice, geometry, read_region/read_regions/thumbnail, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _slide_helpers import pattern, write_tiff
+
+from balnmp_cache.slide import SlideError, open_slide, slide_id_from_path
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return pattern(256, 384)
+
+
+@pytest.fixture(scope="module")
+def svs(tmp_path_factory: pytest.TempPathFactory, image: np.ndarray):
+    path = tmp_path_factory.mktemp("svs") / "case 1.svs"
+    return write_tiff(path, image, "lzw", levels=3, svs=True, mpp=0.25)
+
+
+@pytest.mark.parametrize("backend", ["auto", "cucim", "openslide", "image"])
+def test_svs_geometry_and_pixels(svs, image, backend):
+    with open_slide(svs, backend=backend) as slide:
+        assert slide.backend == ("cucim" if backend == "auto" else backend)
+        assert slide.slide_id == "case 1"
+        assert slide.dimensions == (384, 256)
+        assert slide.level_count == 3
+        assert slide.level_dimensions == ((384, 256), (192, 128), (96, 64))
+        assert slide.level_downsamples == (1.0, 2.0, 4.0)
+        assert slide.mpp == pytest.approx(0.25)
+        assert slide.level_mpp(2) == pytest.approx(1.0)
+        assert slide.fixed_coords is None
+        region = slide.read_region((13, 7), 0, (40, 30))
+        assert region.dtype == np.uint8 and region.shape == (30, 40, 3)
+        np.testing.assert_array_equal(region, image[7:37, 13:53])
+
+
+@pytest.mark.parametrize("backend", ["cucim", "openslide", "image"])
+def test_outside_is_white(svs, image, backend):
+    with open_slide(svs, backend=backend) as slide:
+        region = slide.read_region((-10, -5), 0, (30, 20))
+        assert (region[:5] == 255).all() and (region[:, :10] == 255).all()
+        np.testing.assert_array_equal(region[5:, 10:], image[:15, :20])
+        edge = slide.read_region((360, 250), 1, (40, 40))  # level 1 starts at (180, 125)
+        assert (edge[3:] == 255).all() and (edge[:, 12:] == 255).all()
+        assert (slide.read_region((5000, 5000), 0, (8, 8)) == 255).all()
+
+
+@pytest.mark.parametrize("backend", ["cucim", "openslide", "image"])
+def test_read_regions_matches_read_region(svs, backend):
+    rng = np.random.default_rng(1)
+    locs = np.concatenate([rng.integers(0, 380, (37, 1)), rng.integers(0, 250, (37, 1))], 1)
+    locs[0] = (-20, -20)  # partly outside: white padding in batches too
+    locs[1] = (370, 240)
+    with open_slide(svs, backend=backend) as slide:
+        for level in (0, 1):
+            batches = list(slide.read_regions(locs, level, (32, 24), batch_size=8, num_workers=2))
+            assert [len(b) for b in batches] == [8, 8, 8, 8, 5]
+            got = np.concatenate(batches)
+            want = np.stack([slide.read_region(tuple(loc), level, (32, 24)) for loc in locs])
+            np.testing.assert_array_equal(got, want)
+        assert list(slide.read_regions(np.zeros((0, 2)), 0, (8, 8))) == []
+
+
+def test_thumbnail_and_best_level(svs):
+    with open_slide(svs) as slide:
+        thumb = slide.thumbnail(100)
+        assert thumb.shape == (67, 100, 3) and thumb.dtype == np.uint8
+        assert slide.get_best_level_for_downsample(1.0) == 0
+        assert slide.get_best_level_for_downsample(3.0) == 1
+        assert slide.get_best_level_for_downsample(64.0) == 2
+
+
+def test_plain_tiff_resolution_and_strips(tmp_path, image):
+    tiled = write_tiff(tmp_path / "plain.tif", image, "jpeg", mpp=0.5)
+    with open_slide(tiled) as slide:
+        assert slide.backend == "cucim" and slide.mpp == pytest.approx(0.5)
+    strips = write_tiff(tmp_path / "strips.tif", image, "adobe_deflate", levels=1, tile=None)
+    with open_slide(strips) as slide:  # no tiles: neither cuCIM nor OpenSlide; tifffile
+        assert slide.backend == "image"
+        np.testing.assert_array_equal(slide.read_region((5, 6), 0, (20, 10)), image[6:16, 5:25])
+
+
+def test_jpeg_image_backend(tmp_path, image):
+    from PIL import Image
+
+    path = tmp_path / "wsi.png"
+    Image.fromarray(image).save(path)
+    with open_slide(path) as slide:
+        assert slide.backend == "image" and slide.level_count == 1 and slide.mpp is None
+        np.testing.assert_array_equal(slide.read_region((3, 4), 0, (10, 10)), image[4:14, 3:13])
+    jpg = tmp_path / "wsi.jpg"
+    Image.fromarray(image).save(jpg, quality=95)
+    with open_slide(jpg, mpp=0.5) as slide:
+        assert slide.mpp == 0.5
+        thumb = slide.thumbnail(48)
+        assert thumb.shape == (32, 48, 3)
+        assert abs(thumb.astype(int).mean() - image.mean()) < 5
+
+
+def test_errors_name_path_and_reason(tmp_path, svs):
+    empty = tmp_path / "empty.svs"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.svs"
+    text.write_text("not a slide")
+    for path, reason in [(empty, "empty"), (text, "no backend"), (tmp_path / "nope.svs", "exist")]:
+        with pytest.raises(SlideError, match=reason) as info:
+            open_slide(path)
+        assert str(path) in str(info.value)
+    with pytest.raises(SlideError, match="unknown backend"):
+        open_slide(svs, backend="bioformats")
+    with open_slide(svs) as slide:
+        with pytest.raises(SlideError, match="level 7"):
+            slide.read_region((0, 0), 7, (4, 4))
+    with pytest.raises(SlideError, match="closed"):
+        slide.read_region((0, 0), 0, (4, 4))
+
+
+def test_truncated_file(tmp_path, image):
+    whole = write_tiff(tmp_path / "whole.svs", image, "none", svs=True)
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    for backend in ("auto", "cucim", "openslide"):
+        with pytest.raises(SlideError, match="truncated"):
+            open_slide(cut, backend=backend)
+
+
+def test_slide_id_from_path():
+    assert slide_id_from_path("/x/12.svs") == "12"
+    assert slide_id_from_path("/x/a.b.ome.tiff") == "a.b"
+    assert slide_id_from_path("/x/patient 7") == "patient 7"
