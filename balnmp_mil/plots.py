@@ -80,9 +80,15 @@ def plot_roc(curves: Mapping[str, tuple], out: str | Path, title: str = "ROC",
              ci: bool = True, n_bootstrap: int = 500, seed: int = 0) -> Path:
     """ROC curves (label -> (y, positive-class scores)), each with its 95 % bootstrap band.
 
-    The legend reads 'label: AUC 0.812 [0.741-0.873]'. A curve on a single class is listed
-    as 'AUC undefined (one class)' and not drawn.
+    The legend reads 'label: AUC 0.812 [0.741-0.873] (n=...)'. A curve on a single class is
+    listed as 'AUC undefined (one class)' and not drawn.
     """
+    return _save(roc_figure(curves, title, ci, n_bootstrap, seed), out)
+
+
+def roc_figure(curves: Mapping[str, tuple], title: str = "ROC", ci: bool = True,
+               n_bootstrap: int = 500, seed: int = 0) -> Figure:
+    """The figure behind `plot_roc` (for embedding or inspection)."""
     fig = Figure(figsize=(5.6, 5.2))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="0.6", label="chance (AUC 0.5)")
@@ -110,7 +116,7 @@ def plot_roc(curves: Mapping[str, tuple], out: str | Path, title: str = "ROC",
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7.5, framealpha=0.9)
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
 
 
 def _nice_length(max_um: float) -> float:
@@ -134,6 +140,18 @@ def plot_attention_heatmap(thumbnail: np.ndarray, coords: np.ndarray, attention:
                            top_k: int = 8, patches: Sequence[np.ndarray] | None = None,
                            mpp: float | None = None, title: str | None = None,
                            alpha: float = 0.5) -> Path:
+    """Attention over a slide thumbnail, with a colourbar and the top-k patches as a gallery.
+
+    See `attention_figure` for the arguments.
+    """
+    return _save(attention_figure(thumbnail, coords, attention, patch_size_level0, downsample,
+                                  top_k, patches, mpp, title, alpha), out)
+
+
+def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.ndarray,
+                     patch_size_level0: float, downsample: float, top_k: int = 8,
+                     patches: Sequence[np.ndarray] | None = None, mpp: float | None = None,
+                     title: str | None = None, alpha: float = 0.5) -> Figure:
     """Attention over a slide thumbnail, with a colourbar and the top-k patches as a gallery.
 
     coords are level-0 top-left corners; downsample = level-0 px per thumbnail px. Attention is
@@ -191,12 +209,17 @@ def plot_attention_heatmap(thumbnail: np.ndarray, coords: np.ndarray, attention:
         gax.set_xticks([])
         gax.set_yticks([])
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
 
 
 def plot_training_curves(history: Sequence[Mapping[str, float]], out: str | Path,
                          title: str = "Training") -> Path:
     """Loss (left) and the other numeric metrics (right) against the epoch."""
+    return _save(training_figure(history, title), out)
+
+
+def training_figure(history: Sequence[Mapping[str, float]], title: str = "Training") -> Figure:
+    """The figure behind `plot_training_curves`."""
     if not history:
         raise ValueError("empty training history: nothing to plot")
     epochs = [row.get("epoch", i) for i, row in enumerate(history)]
@@ -220,7 +243,7 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], out: str | Path
             ax.text(0.5, 0.5, "no values recorded", ha="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
 
 
 def _num(v) -> float:

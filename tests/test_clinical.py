@@ -1,0 +1,151 @@
+"""ClinicalEncoder: column finding, train-only fitting, errors naming patient and column."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from balnmp_mil.baseline import fit_clinical_baseline
+from balnmp_mil.clinical import ClinicalEncoder, ClinicalError, clinical_baseline
+
+
+def bcnb(n=8, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "Patient ID": np.arange(1, n + 1),
+        "Age(years)": rng.integers(30, 80, n),
+        "Tumour Size(cm)": np.round(rng.uniform(0.5, 5, n), 1),
+        "Tumour Type": ["Invasive ductal carcinoma", "Invasive lobular carcinoma"] * (n // 2),
+        "ER": ["Positive", "Negative"] * (n // 2),
+        "PR": ["Negative", "Positive", "Positive", "Negative"] * (n // 4),
+        "HER2": ["Negative"] * (n - 1) + ["Positive"],
+        "HER2 Expression": ["0", "1+", "2+", "3+"] * (n // 4),
+        "Histological grading": [1, 2, 3, 2] * (n // 4),
+        "Surgical": ["Breast-conserving surgery", "Modified radical mastectomy"] * (n // 2),
+        "Ki67": [f"{v}%" for v in rng.integers(5, 60, n)],
+        "Molecular subtype": ["Luminal A", "Luminal B", "HER2(+)", "Triple negative"] * (n // 4),
+        "ALN status": ["N0", "N+(1-2)"] * (n // 2),
+    })
+
+
+def test_full_variant_features_and_train_only_statistics():
+    df = bcnb()
+    train, test = df.iloc[:4], df.iloc[4:]
+    enc = ClinicalEncoder().fit(train)
+    x = enc.transform(test)
+    assert x.dtype == np.float32 and x.shape == (4, len(enc.feature_names))
+    age = train["Age(years)"].to_numpy(float)
+    z = (test["Age(years)"].to_numpy(float) - age.mean()) / age.std()
+    np.testing.assert_allclose(x[:, enc.feature_names.index("age (z)")], z, rtol=1e-5)
+    ki = np.array([float(v.rstrip("%")) for v in train["Ki67"]])
+    assert enc.stats_["ki67"]["mean"] == pytest.approx(ki.mean())
+    assert "tumour_type=invasive ductal carcinoma" in enc.feature_names
+    er = x[:, enc.feature_names.index("er_positive")]
+    assert er.tolist() == [1, 0, 1, 0]
+    # one-hot blocks sum to one per row
+    cols = [i for i, n in enumerate(enc.feature_names) if n.startswith("molecular_subtype=")]
+    assert x[:, cols].sum(axis=1).tolist() == [1, 1, 1, 1]
+
+
+def test_paper5_variant_negative_flags():
+    df = bcnb()
+    enc = ClinicalEncoder("paper5").fit(df)
+    assert enc.feature_names == ["age (z)", "tumour_size (z)", "er_negative", "pr_negative",
+                                 "her2_negative"]
+    x = enc.transform(df)
+    assert x[:, 2].tolist() == [0, 1] * 4
+    assert x[:, 4].tolist() == [1] * 7 + [0]
+
+
+def test_columns_found_case_and_spacing_insensitively_and_by_mapping():
+    df = bcnb().rename(columns={"Age(years)": "AGE (YEARS)", "Tumour Size(cm)": "tumor_size_cm",
+                                "ER": " er ", "PR": "Pr"})
+    assert ClinicalEncoder("paper5").fit(df).transform(df).shape == (8, 5)
+    df = df.rename(columns={"tumor_size_cm": "diameter"})
+    with pytest.raises(ClinicalError, match="no column for 'tumour_size'.*columns="):
+        ClinicalEncoder("paper5").fit(df)
+    enc = ClinicalEncoder("paper5", columns={"tumour_size": "diameter"}).fit(df)
+    assert enc.transform(df).shape == (8, 5)
+    with pytest.raises(ClinicalError, match="'nope'.*not in the clinical table"):
+        ClinicalEncoder("paper5", columns={"age": "nope"}).fit(df)
+    with pytest.raises(ClinicalError, match="unknown clinical field"):
+        ClinicalEncoder(columns={"weight": "w"})
+
+
+def test_unseen_category_errors_or_zeros_with_impute():
+    df = bcnb()
+    train, test = df.iloc[:4].copy(), df.iloc[4:].copy()
+    test.loc[test.index[1], "Tumour Type"] = "Mucinous carcinoma"
+    with pytest.raises(ClinicalError) as err:
+        ClinicalEncoder().fit(train).transform(test)
+    msg = str(err.value)
+    assert "patient 6" in msg and "'Tumour Type'" in msg and "mucinous carcinoma" in msg
+    assert "impute=True" in msg
+    enc = ClinicalEncoder(impute=True).fit(train)
+    x = enc.transform(test)
+    cols = [i for i, n in enumerate(enc.feature_names) if n.startswith("tumour_type=")]
+    assert x[1, cols].tolist() == [0, 0] and x[0, cols].sum() == 1
+
+
+def test_missing_values_error_or_impute_from_training_rows():
+    df = bcnb()
+    df.loc[2, "Age(years)"] = np.nan
+    df.loc[5, "ER"] = ""
+    with pytest.raises(ClinicalError) as err:
+        ClinicalEncoder("paper5").fit(df)
+    assert "patient 3, column 'Age(years)': missing value" in str(err.value)
+    assert "patient 6, column 'ER': missing value" in str(err.value)
+    enc = ClinicalEncoder("paper5", impute=True).fit(df)
+    x = enc.transform(df)
+    assert x[2, 0] == pytest.approx((enc.stats_["age"]["median"] - enc.stats_["age"]["mean"])
+                                    / enc.stats_["age"]["std"])
+    assert x[5, 2] == 1 - enc.stats_["er"]["most_frequent"]
+
+
+def test_unreadable_values_always_error():
+    df = bcnb()
+    df["Ki67"] = df["Ki67"].astype(object)
+    df.loc[1, "Ki67"] = "high"
+    df.loc[3, "ER"] = "Equivocal"
+    for impute in (False, True):
+        with pytest.raises(ClinicalError) as err:
+            ClinicalEncoder(impute=impute).fit(df)
+        assert "patient 2, column 'Ki67': cannot read 'high'" in str(err.value)
+        assert "patient 4, column 'ER'" in str(err.value)
+
+
+def test_patient_ids_from_index_when_no_column():
+    df = bcnb().drop(columns=["Patient ID"])
+    df.index = [f"P{i}" for i in range(8)]
+    df.loc["P3", "Age(years)"] = None
+    with pytest.raises(ClinicalError, match="patient P3, column 'Age"):
+        ClinicalEncoder("paper5").fit(df)
+
+
+def test_json_round_trip_and_not_fitted():
+    df = bcnb()
+    enc = ClinicalEncoder(impute=True).fit(df.iloc[:4])
+    back = ClinicalEncoder.from_dict(json.loads(json.dumps(enc.to_dict())))
+    assert back.feature_names == enc.feature_names
+    np.testing.assert_array_equal(back.transform(df), enc.transform(df))
+    with pytest.raises(ClinicalError, match="not fitted"):
+        ClinicalEncoder().transform(df)
+    with pytest.raises(ClinicalError, match="not a saved clinical encoder"):
+        ClinicalEncoder.from_dict({"variant": "full"})
+    with pytest.raises(ClinicalError, match="unknown clinical variant"):
+        ClinicalEncoder("paper7")
+
+
+def test_clinical_baseline_learns_signal():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    y = (x[:, 0] + 0.3 * rng.normal(size=200) > 0).astype(int)
+    model = fit_clinical_baseline(x[:150], y[:150], seed=0)
+    p = model.predict_proba(x[150:])
+    assert p.shape == (50, 2) and ((p[:, 1] > 0.5) == y[150:]).mean() > 0.8
+    assert clinical_baseline(x[:150], y[:150]).predict_proba(x[:2]).shape == (2, 2)
+    with pytest.raises(ValueError, match="two classes"):
+        fit_clinical_baseline(x[:10], np.zeros(10))
