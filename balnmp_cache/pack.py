@@ -32,6 +32,7 @@ from balnmp_cache.store import (
     with_known,
 )
 from balnmp_cache.store_h5 import decode_attrs, encode_attrs, fsync_dir, open_h5
+from balnmp_cache.store_load import majority
 
 PACK_VERSION = 1
 STR = h5py.string_dtype(encoding="utf-8")
@@ -277,17 +278,17 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
     infos = [src.info(sid) for sid in ids]
     if not infos:
         raise StoreError(f"{src.path}: no slides to pack")
-    dims = sorted({i.feature_dim for i in infos})
-    if len(dims) > 1:
-        odd = [f"{i.slide_id} (D={i.feature_dim})" for i in infos if i.feature_dim != dims[0]]
-        raise StoreError(f"{src.path}: slides have different feature dimensions {dims}; a pack "
-                         f"needs one. Differing from D={dims[0]}: {', '.join(odd[:12])}")
+    dim = int(majority([i.feature_dim for i in infos]))
+    odd = [f"{i.slide_id} (D={i.feature_dim})" for i in infos if i.feature_dim != dim]
+    if odd:
+        raise StoreError(f"{src.path}: slides have different feature dimensions; a pack needs "
+                         f"one. Differing from D={dim}: {', '.join(odd[:12])}")
     counts = np.array([i.n_patches for i in infos], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     dtype = np.result_type(*{i.dtype for i in infos})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    sink = _load(PACK_SINKS[format])(tmp, int(offsets[-1]), dims[0], dtype, len(infos))
+    sink = _load(PACK_SINKS[format])(tmp, int(offsets[-1]), dim, dtype, len(infos))
     try:
         show = sys.stderr.isatty() if progress is None else progress
         for k, info in enumerate(tqdm(infos, desc="pack", unit="slide", disable=not show)):
@@ -300,7 +301,7 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
             sink.features[a:b] = feats
             sink.coords[a:b] = coords
         root = {"balnmp_pack": PACK_VERSION, "n_slides": len(infos), "n_patches": int(offsets[-1]),
-                "feature_dim": dims[0], "source": str(src.path), "source_format": src.format,
+                "feature_dim": dim, "source": str(src.path), "source_format": src.format,
                 "balnmp_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **_common(infos)}  # fmt: skip

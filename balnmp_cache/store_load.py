@@ -59,7 +59,7 @@ class _Problems:
         self.reported.extend(pending)
 
 
-def _majority(values: list[object]) -> object:
+def majority(values: list[object]) -> object:
     """Most common value; ties go to the first seen (deterministic)."""
     counts = Counter(values)
     best = max(counts.values())
@@ -69,7 +69,7 @@ def _majority(values: list[object]) -> object:
 def _check_dims(infos: list[SlideInfo], problems: _Problems) -> list[SlideInfo]:
     if not infos:
         return infos
-    dim = _majority([i.feature_dim for i in infos])
+    dim = majority([i.feature_dim for i in infos])
     odd = [i for i in infos if i.feature_dim != dim]
     problems.add(f"feature dimension differs from the cohort's D={dim}",
                  [f"{i.slide_id} (D={i.feature_dim})" for i in odd])
@@ -89,7 +89,7 @@ def _check_mixed(infos: list[SlideInfo], problems: _Problems) -> list[SlideInfo]
         known = [(i, v) for i, v in known if v is not None]
         if len({v for _, v in known}) < 2:
             continue
-        common = _majority([v for _, v in known])
+        common = majority([v for _, v in known])
         odd = [f"{i.slide_id} ({v!r})" for i, v in known if v != common]
         problems.add(f"mixed {attr}: most slides have {common!r} (pass allow_mixed=True "
                      "to combine them anyway)", odd)
