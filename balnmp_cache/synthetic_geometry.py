@@ -149,9 +149,12 @@ def tissue_core_mask(
     random field), at two scales.
     """
     g = geometry if geometry is not None else _core(rng, height, width, mpp=0.5)
-    scales = (5 * g.roughness_px, g.roughness_px)
-    top_edge = g.centre_y - g.half_width + g.roughness_px * noise_1d(rng, width, scales) * 0.7
-    bottom_edge = g.centre_y + g.half_width - g.roughness_px * noise_1d(rng, width, scales) * 0.7
+    def edge_noise() -> np.ndarray:
+        coarse = noise_1d(rng, width, (5 * g.roughness_px,))
+        return g.roughness_px * (0.8 * coarse + 0.3 * noise_1d(rng, width, (2 * g.roughness_px,)))
+
+    top_edge = g.centre_y - g.half_width + edge_noise()
+    bottom_edge = g.centre_y + g.half_width - edge_noise()
     y = np.arange(height, dtype=np.float32)[:, None]
     mask = (y >= top_edge.astype(np.float32)[None, :]) & (
         y <= bottom_edge.astype(np.float32)[None, :]
