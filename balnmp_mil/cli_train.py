@@ -45,6 +45,9 @@ _SHARED: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--val",), dict(type=float, help="Validation fraction of patients [0.15].")),
     (("--bag-level",), dict(type=click.Choice(["patient", "slide"]),
                             help="One bag per patient (default) or per slide.")),
+    (("--on-missing",), dict(type=click.Choice(["error", "warn"]),
+                             help="Labelled slides absent from FEATURES: fail (default) or skip "
+                                  "with a warning.")),
     (("--device",), dict(help="torch device, e.g. cuda, cuda:1, cpu [cuda when available].")),
     (("--model-arg",), dict(multiple=True, metavar="KEY=VALUE",
                             help="Extra build_model argument (repeatable), e.g. hidden=128.")),
@@ -60,7 +63,7 @@ _SHARED: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 SHARED_NAMES = ["features", "labels", "clinical", "clinical_variant", "clinical_impute", "task",
                 "seed", "epochs", "lr", "weight_decay", "bags_per_step", "instances_per_bag",
-                "patience", "val", "bag_level", "device", "model_arg", "ci", "n_bootstrap"]
+                "patience", "val", "bag_level", "on_missing", "device", "model_arg", "ci", "n_bootstrap"]
 CV_NAMES = ["folds", "models", "compare"]
 
 

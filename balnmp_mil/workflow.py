@@ -55,6 +55,7 @@ class TrainConfig:
     test: float = 0.2
     splits: str | None = None
     bag_level: str = "patient"
+    on_missing: str = "error"
     device: str | None = None
     ci: str = "bootstrap"
     n_bootstrap: int = 1000
@@ -140,6 +141,8 @@ def check_inputs(cfg: TrainConfig, need_model: bool = True) -> None:
         raise InputError("--clinical-only needs --clinical TABLE (the clinical data)")
     if cfg.clinical_variant not in ("full", "paper5"):
         raise InputError(f"unknown clinical variant {cfg.clinical_variant!r}; use full or paper5")
+    if cfg.on_missing not in ("error", "warn"):
+        raise InputError(f"unknown --on-missing {cfg.on_missing!r}; use error or warn")
     if cfg.bag_level not in ("patient", "slide"):
         raise InputError(f"unknown bag level {cfg.bag_level!r}; use patient or slide")
     if not (0 <= cfg.val < 1 and 0 < cfg.test < 1 and cfg.val + cfg.test < 1):
@@ -170,13 +173,23 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- building blocks
 def load_training_cohort(cfg: TrainConfig, device: str) -> Any:
-    """`load_cohort` with the run's labels, clinical table, task and bag level."""
-    from balnmp_mil.cohort import load_cohort
+    """`load_cohort` with the run's labels, clinical table, task and bag level.
 
-    return load_cohort(
-        cfg.features, cfg.labels, clinical=cfg.clinical, task=cfg.task,
-        bag_level=cfg.bag_level, device=device,
-    )
+    Label-table errors are prefixed with the labels file, so the message names it.
+    """
+    from balnmp_mil.cohort import load_cohort
+    from balnmp_mil.labels import LabelError
+
+    try:
+        return load_cohort(
+            cfg.features, cfg.labels, clinical=cfg.clinical, task=cfg.task,
+            bag_level=cfg.bag_level, device=device, on_missing=cfg.on_missing,
+        )
+    except LabelError as exc:
+        raise InputError(f"labels file {cfg.labels}: {exc}") from exc
+    except ValueError as exc:
+        text = str(exc).replace("pass on_missing='warn'", "pass --on-missing warn")
+        raise InputError(text) from exc
 
 
 def labels_numpy(cohort: Any) -> np.ndarray:
@@ -213,13 +226,16 @@ def attach_clinical(cfg: TrainConfig, cohort: Any, train_idx: np.ndarray) -> tup
     """Fit the clinical encoder on the training patients only; return (encoder, cohort)."""
     if cfg.clinical is None:
         return None, cohort
-    from balnmp_mil.clinical import ClinicalEncoder
+    from balnmp_mil.clinical import ClinicalEncoder, ClinicalError
 
     table = cohort.clinical_table
     train_ids = [cohort.patient_ids[i] for i in train_idx]
-    encoder = ClinicalEncoder(variant=cfg.clinical_variant, impute=cfg.clinical_impute)
-    encoder.fit(table.loc[train_ids])
-    matrix = encoder.transform(table.loc[list(cohort.patient_ids)])
+    try:
+        encoder = ClinicalEncoder(variant=cfg.clinical_variant, impute=cfg.clinical_impute)
+        encoder.fit(table.loc[train_ids])
+        matrix = encoder.transform(table.loc[list(cohort.patient_ids)])
+    except ClinicalError as exc:
+        raise InputError(f"clinical table {cfg.clinical}: {exc}") from exc
     return encoder, cohort.with_clinical(matrix)
 
 
