@@ -177,6 +177,8 @@ def evaluate(y_true, scores, threshold: float = 0.5, ci: str = "bootstrap",
     """
     if ci not in CI_METHODS:
         raise ValueError(f"unknown ci method {ci!r}; choose one of {sorted(CI_METHODS)}")
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
     y, s, n_classes = _validate(y_true, scores)
     if y.size == 0:
         raise ValueError("evaluate needs at least one patient")

@@ -180,8 +180,11 @@ def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.nd
     k = int(min(top_k, att.size))
     top = np.argsort(-att, kind="mergesort")[:k]
 
-    fig = Figure(figsize=(8, 8.6 if k else 7))
-    grid = fig.add_gridspec(2 if k else 1, max(k, 1), height_ratios=[4, 1] if k else [1])
+    main_h = min(9.0, max(2.5, 6.8 * h / max(w, 1)) + 0.5)  # follow the slide's aspect
+    gallery_h = 8.0 / max(k, 4) + 0.4 if k else 0.0
+    fig = Figure(figsize=(8, main_h + gallery_h))
+    grid = fig.add_gridspec(2 if k else 1, max(k, 1),
+                            height_ratios=[main_h, gallery_h] if k else [1])
     ax = fig.add_subplot(grid[0, :])
     ax.imshow(thumb)
     im = ax.imshow(np.ma.masked_invalid(heat), cmap="jet", alpha=alpha, vmin=0, vmax=1,
@@ -205,7 +208,7 @@ def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.nd
             x, y = tl[i]
             img = thumb[max(y, 0):y + side, max(x, 0):x + side]
         gax.imshow(img)
-        gax.set_title(f"#{rank + 1} a={rel[i]:.2f}", fontsize=7)
+        gax.set_title(f"#{rank + 1} att {rel[i]:.2f}", fontsize=7)
         gax.set_xticks([])
         gax.set_yticks([])
     fig.tight_layout()

@@ -83,7 +83,7 @@ def test_attention_heatmap_colourbar_scale_bar_gallery(tmp_path):
     assert any(t.endswith(("µm", "mm")) for t in texts)  # scale bar with a unit
     assert {"1", "2", "3", "4"} <= set(texts)  # top-k boxes numbered
     gallery = [a.get_title() for a in fig.axes if a.get_title().startswith("#")]
-    assert gallery[0] == "#1 a=1.00" and len(gallery) == 4
+    assert gallery[0] == "#1 att 1.00" and len(gallery) == 4
     no_mpp = attention_figure(thumb, coords, att, 512, 20, top_k=0)
     assert not any(t.get_text().endswith(("µm", "mm")) for t in no_mpp.axes[0].texts)
     with pytest.raises(ValueError, match="attention values"):
