@@ -1,0 +1,168 @@
+"""Model registry and the common MIL model interface.
+
+Every model has two forwards: :meth:`MILModel.forward` over many packed bags at once (segment
+ops, no padding) and :meth:`MILModel.forward_bag`, a plain one-bag reference the tests compare
+against. Models always return C logits; clinical vectors (``clinical_dim > 0``) are joined to
+the pooled bag embedding before the classifier.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from balnmp_mil.segment import Segments, as_segments
+
+__all__ = [
+    "MILOutput",
+    "MILModel",
+    "ClassifierHead",
+    "register_model",
+    "list_models",
+    "build_model",
+]
+
+_REGISTRY: dict[str, type[MILModel]] = {}
+_BUILTIN_MODULES = (
+    "balnmp_mil.models_pool",
+    "balnmp_mil.models_attention",
+)
+
+
+@dataclass
+class MILOutput:
+    """Bag logits (B, C), per-instance attention (P,) summing to 1 per bag (or None), and an
+    auxiliary loss already weighted (CLAM instance clustering, DSMIL max-instance), or None."""
+
+    logits: torch.Tensor
+    attention: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+
+
+class ClassifierHead(nn.Module):
+    """Pooled embedding (+ clinical vector) -> optional hidden MLP -> C logits."""
+
+    def __init__(
+        self, embed_dim: int, n_classes: int, clinical_dim: int = 0, hidden: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.clinical_dim = clinical_dim
+        width = embed_dim + clinical_dim
+        if hidden:
+            self.net: nn.Module = nn.Sequential(
+                nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout),
+                nn.Linear(hidden, n_classes),
+            )
+        else:
+            self.net = nn.Linear(width, n_classes)
+
+    def forward(self, z: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+        if self.clinical_dim:
+            if clinical is None:
+                raise ValueError(
+                    f"the model was built with clinical_dim={self.clinical_dim}; pass the "
+                    "encoded clinical matrix (cohort.with_clinical)"
+                )
+            clinical = clinical.reshape(z.shape[0], -1).to(z.dtype)
+            if clinical.shape[1] != self.clinical_dim:
+                raise ValueError(
+                    f"clinical has {clinical.shape[1]} columns; the model expects "
+                    f"{self.clinical_dim}"
+                )
+            z = torch.cat([z, clinical], dim=1)
+        return self.net(z)
+
+
+class MILModel(nn.Module):
+    """Base class: subclasses implement ``forward_packed`` and ``forward_bag``."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, in_dim: int, n_classes: int, clinical_dim: int = 0, **hparams: Any):
+        super().__init__()
+        if in_dim < 1 or n_classes < 2:
+            raise ValueError(f"need in_dim >= 1 and n_classes >= 2; got {in_dim}, {n_classes}")
+        self.in_dim, self.n_classes, self.clinical_dim = in_dim, n_classes, clinical_dim
+        self._hparams = hparams
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-able; ``build_model(**model.config)`` rebuilds the architecture."""
+        return {
+            "name": self.name,
+            "in_dim": self.in_dim,
+            "n_classes": self.n_classes,
+            "clinical_dim": self.clinical_dim,
+            **self._hparams,
+        }
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        offsets: torch.Tensor | Segments,
+        clinical: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> MILOutput:
+        """Packed forward: ``features`` (P, D), bag ``offsets`` (B+1,), clinical (B, K)."""
+        seg = as_segments(offsets, features.shape[0])
+        return self.forward_packed(features, seg, clinical, labels)
+
+    def forward_packed(
+        self, x: torch.Tensor, seg: Segments, clinical: torch.Tensor | None,
+        labels: torch.Tensor | None,
+    ) -> MILOutput:
+        raise NotImplementedError
+
+    def forward_bag(
+        self, x: torch.Tensor, clinical: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> MILOutput:
+        """Reference forward of one bag ``x`` (N, D); logits (1, C)."""
+        raise NotImplementedError
+
+
+def register_model(name: str) -> Callable[[type[MILModel]], type[MILModel]]:
+    """Class decorator adding a model to the registry under ``name``."""
+
+    def deco(cls: type[MILModel]) -> type[MILModel]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"model {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_builtin() -> None:
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def list_models() -> list[str]:
+    """Names of the registered models."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def build_model(
+    name: str, in_dim: int, n_classes: int, clinical_dim: int = 0, seed: int | None = None,
+    **kwargs: Any,
+) -> MILModel:
+    """Instantiate a registered model; ``seed`` makes its initial weights reproducible without
+    touching the caller's global RNG."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(_REGISTRY)}")
+    cls = _REGISTRY[name]
+    if seed is None:
+        return cls(in_dim=in_dim, n_classes=n_classes, clinical_dim=clinical_dim, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(in_dim=in_dim, n_classes=n_classes, clinical_dim=clinical_dim, **kwargs)
