@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +24,9 @@ from balnmp_cache.tiffprobe import SourceInfo, cucim_support
 __all__ = ["CuCIMSlide", "cucim_available", "cuda_available"]
 
 _IMPORT_LOCK = threading.Lock()
+# Batches taken from one cuCIM iterator before yielding: lets its threads prefetch while
+# bounding memory (and lets a failing GPU read fall back to the CPU per chunk).
+_CHUNK_BATCHES = 8
 
 
 def cucim_available() -> str | None:
@@ -95,10 +100,29 @@ class CuCIMSlide(Slide):
         return int(math.floor((lx + 0.5) * ds)), int(math.floor((ly + 0.5) * ds))
 
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        region = self._image.read_region(  # type: ignore[attr-defined]
-            self._location0(x, y, level), (w, h), level
+        location = self._location0(x, y, level)
+        region = self._on_device(
+            lambda device: _to_host(
+                self._image.read_region(location, (w, h), level, device=device)  # type: ignore[attr-defined]
+            )
         )
-        return _rgb(np.asarray(region))
+        return _rgb(region)
+
+    def _on_device(self, read: Callable[[str], Any]) -> Any:
+        """Run ``read`` on this slide's device; if GPU decoding fails, fall back to the CPU
+        for the rest of this slide's life (cuCIM's GPU path covers fewer codecs)."""
+        if self.device == "cpu":
+            return read("cpu")
+        try:
+            return read(self.device)
+        except Exception as exc:  # noqa: BLE001 - any GPU decode failure: retry on the CPU
+            warnings.warn(
+                f"{self.path}: cuCIM GPU decoding failed ({exc}); decoding on the CPU",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.device = "cpu"
+            return read("cpu")
 
     def _read_batches(
         self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
@@ -138,20 +162,32 @@ class CuCIMSlide(Slide):
         self._check_open()
         w, h = size
         locations = [(int(x), int(y)) for x, y in starts]
-        try:
-            batches = self._image.read_region(  # type: ignore[attr-defined]
-                locations,
-                (w, h),
-                level,
-                num_workers=max(workers, 1),
-                batch_size=batch_size,
-                device=self.device,
-            )
-            for batch in batches:
-                yield _rgb(_to_host(batch)).reshape(-1, h, w, 3)
-        except Exception as exc:
-            reason = f"cuCIM batched read at level {level} failed: {exc}"
-            raise SlideError(self.path, reason) from exc
+        for first in range(0, len(locations), batch_size * _CHUNK_BATCHES):
+            chunk = locations[first : first + batch_size * _CHUNK_BATCHES]
+            try:
+                arrays = self._on_device(lambda device, chunk=chunk: self._chunk(
+                    chunk, level, (w, h), batch_size, workers, device))  # fmt: skip
+            except Exception as exc:
+                reason = f"cuCIM batched read at level {level} failed: {exc}"
+                raise SlideError(self.path, reason) from exc
+            yield from arrays
+
+    def _chunk(
+        self,
+        locations: list[tuple[int, int]],
+        level: int,
+        size: tuple[int, int],
+        batch_size: int,
+        workers: int,
+        device: str,
+    ) -> list[np.ndarray]:
+        """A few batches from one cuCIM multi-location iterator (it prefetches ahead)."""
+        w, h = size
+        batches = self._image.read_region(  # type: ignore[attr-defined]
+            locations, (w, h), level, num_workers=max(workers, 1), batch_size=batch_size,
+            device=device,
+        )  # fmt: skip
+        return [_rgb(_to_host(b)).reshape(-1, h, w, 3) for b in batches]
 
     def _close(self) -> None:
         image = getattr(self, "_image", None)
@@ -172,9 +208,14 @@ def _downsamples(dims: object) -> tuple[float, ...]:
 def _to_host(array: object) -> np.ndarray:
     """A cuCIM image (CPU or CUDA memory) as a host numpy array."""
     if hasattr(array, "__cuda_array_interface__"):
-        import cupy  # present whenever cuCIM decodes on a GPU
+        try:
+            import cupy
 
-        return cupy.asnumpy(cupy.asarray(array))
+            return cupy.asnumpy(cupy.asarray(array))
+        except ImportError:  # cupy is optional: torch understands the same interface
+            import torch
+
+            return torch.as_tensor(array, device="cuda").cpu().numpy()
     return np.asarray(array)
 
 

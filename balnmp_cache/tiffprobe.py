@@ -9,6 +9,8 @@ that the test suite checks pixel-for-pixel against OpenSlide.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ __all__ = [
     "SourceInfo",
     "TiffInfo",
     "TiffLevel",
+    "clear_probe_cache",
     "cucim_support",
     "probe_source",
     "probe_tiff",
@@ -35,6 +38,11 @@ CUCIM_COMPRESSIONS: dict[int, tuple[str, frozenset[int]]] = {
 }
 _PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR = 2, 6
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# Probes keyed by (path, inode, size, mtime): a slide reopened by another worker or stage is
+# not re-parsed, and a file that changed on disk is.
+_CACHE: OrderedDict[tuple, TiffInfo] = OrderedDict()
+_CACHE_SIZE = 512
+_CACHE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,8 @@ def probe_source(path: Path, error: Callable[[Path, str], Exception]) -> SourceI
     if not path.exists():
         raise error(path, "file does not exist; check the path")
     try:
-        size = path.stat().st_size
+        stat = path.stat()
+        size = stat.st_size
         with open(path, "rb") as fh:
             magic = fh.read(4)
     except OSError as exc:
@@ -99,10 +108,18 @@ def probe_source(path: Path, error: Callable[[Path, str], Exception]) -> SourceI
         raise error(path, "file is empty (0 bytes); re-copy or re-export the slide")
     if magic not in _TIFF_MAGIC:
         return SourceInfo(path=path, is_dir=False, size=size)
-    try:
-        info = probe_tiff(path)
-    except Exception as exc:  # noqa: BLE001 - tifffile raises many types on broken files
-        raise error(path, f"broken TIFF structure ({type(exc).__name__}: {exc})") from exc
+    key = (str(path.resolve()), stat.st_ino, size, stat.st_mtime_ns)
+    with _CACHE_LOCK:
+        info = _CACHE.get(key)
+    if info is None:
+        try:
+            info = probe_tiff(path)
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many types on broken files
+            raise error(path, f"broken TIFF structure ({type(exc).__name__}: {exc})") from exc
+        with _CACHE_LOCK:
+            _CACHE[key] = info
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
     if not info.levels:
         raise error(path, "TIFF holds no image pages")
     end = max(level.data_end for level in info.levels)
@@ -113,6 +130,12 @@ def probe_source(path: Path, error: Callable[[Path, str], Exception]) -> SourceI
             "re-copy the slide",
         )
     return SourceInfo(path=path, is_dir=False, size=size, tiff=info)
+
+
+def clear_probe_cache() -> None:
+    """Forget cached probes (tests; or after rewriting files in place within one second)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
 
 
 def probe_tiff(path: Path) -> TiffInfo:
