@@ -205,12 +205,18 @@ def _build_torchvision(name: str, weights: str | Path, seed: int, flatten: bool)
         except OSError as exc:  # URLError is an OSError: the download failed
             raise EncoderError(_imagenet_hint(name, tv_weights, exc)) from exc
         weights_id = f"imagenet:{type(tv_weights).__name__}.{tv_weights.name}"
+        dim = entry.adapt(model, flatten)
     else:
+        # Build on the meta device (no memory, no init), drop the head, then initialise only
+        # what is kept: VGG's 120M-parameter classifier is never materialised.
+        extra = {"init_weights": False} if entry.arch == "inception_v3" else {}
+        with torch.device("meta"):
+            model = get_model(entry.arch, weights=None, **extra)
+            dim = entry.adapt(model, flatten)
+        model = model.to_empty(device="cpu")
         torch.manual_seed(seed)
-        extra = {"init_weights": True, "aux_logits": True} if entry.arch == "inception_v3" else {}
-        model = get_model(entry.arch, weights=None, **extra)
+        init_weights(model)
         weights_id = f"none:seed={seed}"
-    dim = entry.adapt(model, flatten)
     if kind not in ("imagenet", "none"):
         weights_id = load_checkpoint(model, weights, ignore_prefixes=entry.head_prefixes)
     return Encoder(
@@ -274,6 +280,36 @@ def _build_timm(name: str, weights: str | Path, seed: int) -> Encoder:
         feature_dim=int(model.num_features),
         weights_id=weights_id,
     )
+
+
+def init_weights(model: nn.Module) -> None:
+    """Deterministic random init of every parameter and buffer (torchvision's CNN scheme).
+
+    Convolutions: Kaiming normal (fan_out, ReLU); norms: weight 1, bias 0, fresh running
+    stats; linear layers: N(0, 0.01). Other modules use their own `reset_parameters`.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+            if getattr(m, "weight", None) is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif any(True for _ in m.parameters(recurse=False)) or any(
+            True for _ in m.buffers(recurse=False)
+        ):
+            reset = getattr(m, "reset_parameters", None)
+            if reset is None:
+                raise EncoderError(f"cannot initialise {type(m).__name__} for random weights")
+            reset()
 
 
 # ----------------------------------------------------------------------------- checkpoints
