@@ -106,13 +106,16 @@ def roc_figure(curves: Mapping[str, tuple], title: str = "ROC", ci: bool = True,
             grid, lo, hi = roc_band(y, s, n_bootstrap=n_bootstrap, seed=seed)
             ax.fill_between(grid, lo, hi, color=color, alpha=0.18, lw=0)
             text += f" [{rep.auc_ci[0]:.3f}-{rep.auc_ci[1]:.3f}]"
-        ax.plot(fpr, tpr, color=color, lw=1.8, label=f"{text} (n={rep.n})")
+        if "n=" not in label:
+            text += f" (n={rep.n})"
+        ax.plot(fpr, tpr, color=color, lw=1.8, label=text)
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
     ax.set_xlabel(FPR_LABEL)
     ax.set_ylabel(TPR_LABEL)
-    ax.set_title(title + (" (shaded: 95% bootstrap CI)" if ci else ""), fontsize=10)
+    ax.set_title(title + (" (shaded: 95% bootstrap CI)" if ci and "CI" not in title else ""),
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7.5, framealpha=0.9)
     fig.tight_layout()

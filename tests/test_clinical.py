@@ -149,3 +149,15 @@ def test_clinical_baseline_learns_signal():
     assert clinical_baseline(x[:150], y[:150]).predict_proba(x[:2]).shape == (2, 2)
     with pytest.raises(ValueError, match="two classes"):
         fit_clinical_baseline(x[:10], np.zeros(10))
+
+
+def test_encodes_the_synthetic_bcnb_table():
+    synth = pytest.importorskip("balnmp_cache.synthetic_clinical")
+    rng = np.random.default_rng(0)
+    table = synth.make_clinical_table(rng, synth.assign_aln_status(rng, 40))
+    table.index = [str(p) for p in table["Patient ID"]]
+    enc = ClinicalEncoder("full", impute=True).fit(table.iloc[:30])
+    x = enc.transform(table)
+    assert x.shape == (40, len(enc.feature_names)) and np.isfinite(x).all()
+    assert {"age (z)", "ki67 (z)", "er_positive"} <= set(enc.feature_names)
+    assert ClinicalEncoder("paper5").fit(table).transform(table).shape == (40, 5)
