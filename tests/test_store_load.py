@@ -39,12 +39,13 @@ def test_subset_keeps_requested_order(tmp_path):
     np.testing.assert_array_equal(packed.features[:4], written["c"][0])
 
 
-def test_nan_and_inf_are_errors_or_skipped(tmp_path):
-    write_store(tmp_path / "f", {"ok": 3, "nan": 3, "inf": 3}, dim=4)
-    bad = np.ones((3, 4), np.float16)
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_nan_and_inf_are_errors_or_skipped(tmp_path, dtype):
+    write_store(tmp_path / "f", {"ok": 3, "nan": 3, "inf": 3}, dim=4, dtype=dtype)
+    bad = np.full((3, 4), -65504.0, dtype)  # the most negative finite float16 is no problem
     bad[1, 2] = np.nan
     _poke(tmp_path / "f", "nan", bad)
-    bad[1, 2] = np.inf
+    bad[1, 2] = -np.inf
     _poke(tmp_path / "f", "inf", bad)
     with pytest.raises(StoreError, match=r"NaN or Inf.*inf \(1 patches\), nan \(1 patches\)"):
         load_bags(tmp_path / "f")
