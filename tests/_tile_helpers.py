@@ -99,12 +99,18 @@ class FakeSlide:
 
 
 def _capsule(h: int, w: int, p0, p1, radius: float) -> np.ndarray:
-    """Pixels within ``radius`` of the segment p0-p1 (a biopsy core)."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    """Pixels within ``radius`` of the segment p0-p1 (a biopsy core; a disc when p0 == p1)."""
     (x0, y0), (x1, y1) = p0, p1
+    out = np.zeros((h, w), bool)
+    c0, c1 = max(int(min(x0, x1) - radius), 0), min(int(max(x0, x1) + radius) + 2, w)
+    r0, r1 = max(int(min(y0, y1) - radius), 0), min(int(max(y0, y1) + radius) + 2, h)
+    if c1 <= c0 or r1 <= r0:
+        return out
+    yy, xx = np.mgrid[r0:r1, c0:c1].astype(np.float32)
     dx, dy = x1 - x0, y1 - y0
     t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / max(dx * dx + dy * dy, 1e-6), 0, 1)
-    return (xx - x0 - t * dx) ** 2 + (yy - y0 - t * dy) ** 2 <= radius * radius
+    out[r0:r1, c0:c1] = (xx - x0 - t * dx) ** 2 + (yy - y0 - t * dy) ** 2 <= radius * radius
+    return out
 
 
 def _texture(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
@@ -143,17 +149,15 @@ def make_scene(
     ]
     if faint:
         cores.append((_capsule(h, w, (300 * s, 1150 * s), (900 * s, 1250 * s), 90 * s), 0.25))
-    yy, xx = np.mgrid[0:h, 0:w]
     for cx, cy, r in [(1320, 1180, 60), (1180, 1320, 45), (1420, 1000, 50)]:
-        cores.append(((xx - cx * s) ** 2 + (yy - cy * s) ** 2 <= (r * s) ** 2, 1.0))
+        cores.append((_capsule(h, w, (cx * s, cy * s), (cx * s, cy * s), r * s), 1.0))
 
     nuclei = _texture(rng, h, w, max(2, int(6 * s / scale)))[..., None]
     he = EOSIN * (1 - nuclei) + HAEMATOXYLIN * nuclei
     img = np.broadcast_to(GLASS, (h, w, 3)).copy()
     tissue = np.zeros((h, w), bool)
     for mask, strength in cores:
-        colour = GLASS * (1 - strength) + he * strength
-        img[mask] = colour[mask]
+        img[mask] = GLASS * (1 - strength) + he[mask] * strength
         tissue |= mask
 
     pen = np.zeros((h, w), bool)
@@ -173,6 +177,6 @@ def make_scene(
         img[:border, :] = 5
         tissue[:, :border] = False
         tissue[:border, :] = False
-    img += rng.normal(0, 2.0, img.shape).astype(np.float32)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * 2.0
     image = np.clip(img, 0, 255).round().astype(np.uint8)
     return TissueScene(image, tissue, pen, 1536.0 / size)
