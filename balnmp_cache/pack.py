@@ -32,7 +32,7 @@ from balnmp_cache.store import (
     with_known,
 )
 from balnmp_cache.store_h5 import decode_attrs, encode_attrs, fsync_dir, open_h5
-from balnmp_cache.store_load import majority, parallel_blocks
+from balnmp_cache.store_load import majority, run_parallel
 
 PACK_VERSION = 1
 STR = h5py.string_dtype(encoding="utf-8")
@@ -52,10 +52,14 @@ class PackIndex:
     root_attrs: dict
 
 
+Run = tuple[int, int, int, int]  # (src_a, src_b, dst_a, dst_b) row ranges
+
+
 class PackReader(Protocol):
     index: PackIndex
 
-    def read_rows(self, a: int, b: int, features: np.ndarray, coords: np.ndarray) -> None: ...
+    def read_runs(self, runs: list[Run], features: np.ndarray, coords: np.ndarray) -> None:
+        """Copy pack rows src_a:src_b to features/coords rows dst_a:dst_b for each run."""
 
     def close(self) -> None: ...
 
@@ -125,32 +129,36 @@ class H5PackReader:
         self.fd = os.open(path, os.O_RDONLY)
         self.raw = {n: _raw_offset(f[n]) for n in ("features", "coords")}
 
-    def read_rows(self, a: int, b: int, features: np.ndarray, coords: np.ndarray) -> None:
+    def read_runs(self, runs: list[Run], features: np.ndarray, coords: np.ndarray) -> None:
+        """All runs in one thread pool: contiguous unfiltered datasets are read with parallel
+        `os.preadv` straight into the output (no HDF5 call, no copy); others by read_direct."""
+        tasks: list[tuple[memoryview, int, int, int]] = []  # (buffer, start, end, file offset)
         try:
             for name, out in (("features", features), ("coords", coords)):
-                ds = self.file[name]
-                offset = self.raw[name]
-                if offset is not None and out.dtype == ds.dtype and out.flags.c_contiguous:
-                    row = out.itemsize * (out.shape[1] if out.ndim == 2 else 1)
-                    self._pread(offset + a * row, out)
-                else:
-                    ds.read_direct(out, source_sel=np.s_[a:b])
+                ds, offset = self.file[name], self.raw[name]
+                if offset is None or out.dtype != ds.dtype or not out.flags.c_contiguous:
+                    for a, b, da, db in runs:
+                        if b > a:
+                            ds.read_direct(out, source_sel=np.s_[a:b], dest_sel=np.s_[da:db])
+                    continue
+                row = out.itemsize * int(np.prod(out.shape[1:]))
+                buf = memoryview(out.reshape(-1).view(np.uint8))
+                for a, _b, da, db in runs:
+                    for start in range(da * row, db * row, PREAD_BLOCK):
+                        end = min(start + PREAD_BLOCK, db * row)
+                        tasks.append((buf, start, end, offset + a * row + start - da * row))
+            run_parallel(self._pread, tasks)
         except (OSError, ValueError, TypeError) as e:
-            raise StoreError(f"{self.path}: reading rows {a}:{b} failed ({e}); the pack is "
+            raise StoreError(f"{self.path}: reading the pack failed ({e}); the pack is "
                              "corrupted or truncated - pack it again") from e
 
-    def _pread(self, offset: int, out: np.ndarray) -> None:
-        """Contiguous unfiltered dataset: read its bytes straight into `out`, in parallel."""
-        buf = memoryview(out.reshape(-1).view(np.uint8))
-
-        def fill(a: int, b: int) -> None:
-            while a < b:
-                n = os.preadv(self.fd, [buf[a:b]], offset + a)
-                if n <= 0:
-                    raise OSError(f"unexpected end of file at byte {offset + a}")
-                a += n
-
-        parallel_blocks(len(buf), PREAD_BLOCK, fill)
+    def _pread(self, task: tuple[memoryview, int, int, int]) -> None:
+        buf, start, end, where = task
+        while start < end:
+            n = os.preadv(self.fd, [buf[start:end]], where)
+            if n <= 0:
+                raise OSError(f"unexpected end of file at byte {where}")
+            start, where = start + n, where + n
 
     def close(self) -> None:
         os.close(self.fd)
@@ -239,11 +247,12 @@ class PackBackend(StoreBackend):
 
     def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
         i = self.rows[slide_id]
-        off = self.reader.index.offsets
-        self.reader.read_rows(int(off[i]), int(off[i + 1]), features, coords)
+        a, b = (int(x) for x in self.reader.index.offsets[i : i + 2])
+        self.reader.read_runs([(a, b, 0, b - a)], features, coords)
 
     def read_many(self, slide_ids: Sequence[str], features: np.ndarray, coords: np.ndarray,
                   offsets: np.ndarray) -> None:  # fmt: skip
+        """Adjacent bags merge into one run: the whole pack in order is a single read."""
         off = self.reader.index.offsets
         runs: list[list[int]] = []  # [src_a, src_b, dst_a, dst_b]
         for k, sid in enumerate(slide_ids):
@@ -252,11 +261,9 @@ class PackBackend(StoreBackend):
             if runs and runs[-1][1] == a:
                 runs[-1][1] = b
                 runs[-1][3] = int(offsets[k + 1])
-            else:
+            elif b > a:
                 runs.append([a, b, int(offsets[k]), int(offsets[k + 1])])
-        for a, b, da, db in runs:
-            if b > a:
-                self.reader.read_rows(a, b, features[da:db], coords[da:db])
+        self.reader.read_runs([(a, b, da, db) for a, b, da, db in runs], features, coords)
 
     def close(self) -> None:
         self.reader.close()

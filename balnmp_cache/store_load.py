@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from balnmp_cache.store import FeatureStore, PackedBags, SlideInfo, StoreError
 MIXED_ATTRS = ("encoder", "weights", "target_mpp")  # a cohort must agree on these
 FINITE_BLOCK = 8192  # rows checked for NaN/Inf at a time (bounded temporaries)
 MAX_THREADS = 8
+T = TypeVar("T")
 
 
 class StoreWarning(UserWarning):
@@ -145,16 +147,15 @@ def _read(store: FeatureStore, infos: list[SlideInfo], features: np.ndarray,
     return ok
 
 
-def parallel_blocks(n_rows: int, block: int, fn: Callable[[int, int], None]) -> None:
-    """Run fn(a, b) over row blocks on a thread pool (numpy and os.preadv release the GIL)."""
-    spans = [(a, min(a + block, n_rows)) for a in range(0, n_rows, block)]
-    workers = min(MAX_THREADS, os.cpu_count() or 1, len(spans))
+def run_parallel(fn: Callable[[T], None], items: Sequence[T]) -> None:
+    """fn(item) for every item on a thread pool (numpy and os.preadv release the GIL)."""
+    workers = min(MAX_THREADS, os.cpu_count() or 1, len(items))
     if workers <= 1:
-        for a, b in spans:
-            fn(a, b)
+        for item in items:
+            fn(item)
         return
     with ThreadPoolExecutor(workers) as pool:
-        for future in [pool.submit(fn, a, b) for a, b in spans]:
+        for future in [pool.submit(fn, item) for item in items]:
             future.result()
 
 
@@ -164,7 +165,8 @@ def _finite_rows(features: np.ndarray) -> np.ndarray:
     out = np.empty(features.shape[0], dtype=bool)
     half = features.dtype == np.float16
 
-    def check(a: int, b: int) -> None:
+    def check(span: tuple[int, int]) -> None:
+        a, b = span
         block = features[a:b]
         if half:
             bits = np.bitwise_and(block.view(np.uint16), 0x7FFF)
@@ -175,7 +177,8 @@ def _finite_rows(features: np.ndarray) -> np.ndarray:
     if features.shape[1] == 0:
         out.fill(True)
     else:
-        parallel_blocks(features.shape[0], FINITE_BLOCK, check)
+        n = features.shape[0]
+        run_parallel(check, [(a, min(a + FINITE_BLOCK, n)) for a in range(0, n, FINITE_BLOCK)])
     return out
 
 

@@ -272,12 +272,15 @@ class ZarrPackReader:
             raise StoreError(f"{path}: Zarr pack cannot be read ({type(e).__name__}: {e}); "
                              "pack it again") from e
 
-    def read_rows(self, a: int, b: int, features: np.ndarray, coords: np.ndarray) -> None:
+    def read_runs(self, runs: list[tuple[int, int, int, int]], features: np.ndarray,
+                  coords: np.ndarray) -> None:  # fmt: skip
+        """Rows src_a:src_b -> dst_a:dst_b per run (zarr decodes chunks concurrently)."""
         try:
-            read_array_into(self.features, a, b, features)
-            read_array_into(self.coords, a, b, coords)
+            for a, b, da, db in runs:
+                read_array_into(self.features, a, b, features[da:db])
+                read_array_into(self.coords, a, b, coords[da:db])
         except ZARR_ERRORS as e:
-            raise StoreError(f"{self.path}: reading rows {a}:{b} failed ({e}); the pack is "
+            raise StoreError(f"{self.path}: reading the pack failed ({e}); the pack is "
                              "corrupted or truncated - pack it again") from e
 
     def close(self) -> None:
