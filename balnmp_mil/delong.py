@@ -140,3 +140,14 @@ def delong_test(y_true: np.ndarray, scores1: np.ndarray, scores2: np.ndarray) ->
     pos = _as_binary(y_true)
     return DeLongResult(auc1=a1, auc2=a2, z=float(z), p=float(p), auc_diff=diff, se_diff=se,
                         n=int(pos.size), n_pos=int(pos.sum()))
+
+
+def pairwise_delong(y_true: np.ndarray, scores: dict[str, np.ndarray]
+                    ) -> dict[tuple[str, str], DeLongResult]:
+    """Paired DeLong test for every pair of models scored on the same patients.
+
+    Keys are (first, second) in the dict's order, e.g. ('image-only', 'image + clinical').
+    """
+    names = list(scores)
+    return {(a, b): delong_test(y_true, scores[a], scores[b])
+            for i, a in enumerate(names) for b in names[i + 1:]}

@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from balnmp_mil.bootstrap import bootstrap_aucs, percentile_ci
-from balnmp_mil.delong import DeLongResult, auc_score, delong_ci, delong_test
+from balnmp_mil.delong import DeLongResult, auc_score, delong_ci, delong_test, pairwise_delong
 
 __all__ = [
     "Report", "evaluate", "youden_threshold", "threshold_metrics", "subgroup_reports",
-    "clinical_subgroups", "delong_test", "DeLongResult", "auc_score", "CI_METHODS",
+    "clinical_subgroups", "delong_test", "pairwise_delong", "DeLongResult", "auc_score",
+    "CI_METHODS",
 ]
 
 NAN = float("nan")

@@ -9,7 +9,14 @@ import pytest
 from scipy.stats import norm, rankdata
 from sklearn.metrics import roc_auc_score
 
-from balnmp_mil.delong import auc_score, delong_ci, delong_components, delong_test, midrank
+from balnmp_mil.delong import (
+    auc_score,
+    delong_ci,
+    delong_components,
+    delong_test,
+    midrank,
+    pairwise_delong,
+)
 
 # Fixed data with ties inside and across classes (10 positives, 8 negatives).
 Y = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1])
@@ -109,3 +116,11 @@ def test_errors_name_the_problem():
     # one positive: variance undefined -> NaN CI rather than a made-up number
     lo, hi = delong_ci(np.array([1, 0, 0, 0]), np.array([.9, .1, .2, .3]))
     assert math.isnan(lo) and math.isnan(hi)
+
+
+def test_pairwise_delong_covers_every_pair_once():
+    s3 = np.linspace(0, 1, Y.size)
+    res = pairwise_delong(Y, {"a": S1, "b": S2, "c": s3})
+    assert list(res) == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert res[("a", "b")].p == pytest.approx(delong_test(Y, S1, S2).p)
+    assert res[("b", "c")].to_dict()["auc2"] == pytest.approx(auc_score(Y, s3))
