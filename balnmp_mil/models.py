@@ -31,6 +31,9 @@ _REGISTRY: dict[str, type[MILModel]] = {}
 _BUILTIN_MODULES = (
     "balnmp_mil.models_pool",
     "balnmp_mil.models_attention",
+    "balnmp_mil.models_clam",
+    "balnmp_mil.models_dsmil",
+    "balnmp_mil.models_transformer",
 )
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from _mil_helpers import planted_cohort
+
 from balnmp_mil.cohort import Cohort
 from balnmp_mil.models import build_model
 from balnmp_mil.train import FitConfig, auc_score, class_weight_vector, fit, predict
