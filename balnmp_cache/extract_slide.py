@@ -17,11 +17,18 @@ from typing import Any
 from balnmp_cache.encoders import Encoder
 from balnmp_cache.locks import holder, try_lock
 from balnmp_cache.pipeline import EncoderRunner, PipelineError, encode_patches
+from balnmp_cache.slide import SLIDE_SUFFIXES
+from balnmp_cache.slide import slide_id_from_path as slide_id_of
 
-SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
-    ".dcm", ".jpg", ".jpeg", ".png",
-)  # fmt: skip
+__all__ = [
+    "SLIDE_SUFFIXES",
+    "SlideFailure",
+    "SlideJob",
+    "SlideOptions",
+    "SlideResult",
+    "slide_id_of",
+]
+
 LOCK_DIR = ".locks"
 
 
@@ -51,19 +58,6 @@ class SlideFailure(RuntimeError):
 
     def __reduce__(self) -> tuple:  # keep `result` when sent back from a worker process
         return (SlideFailure, (self.result,))
-
-
-def slide_id_of(path: str | Path) -> str:
-    """File name without its slide extension (`a.ome.tiff` -> `a`); a folder keeps its name."""
-    p = Path(path)
-    name = p.name
-    if p.is_dir():
-        return name
-    lower = name.lower()
-    for suffix in (".ome.tiff", ".ome.tif", *SLIDE_SUFFIXES):
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return p.stem
 
 
 @dataclass
@@ -221,7 +215,7 @@ class SlideJob:
                         num_workers=o.num_workers,
                     )  # fmt: skip
                     try:
-                        encode_patches(batches, grid.coords, self.runner, writer, on_batch)
+                        encode_patches(batches, grid.coords, self.runner, writer, on_batch=on_batch)
                     except PipelineError as exc:
                         raise _StageError(exc.stage) from exc
         return n
