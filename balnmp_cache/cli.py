@@ -86,6 +86,9 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--flatten", is_flag=True,
               help="VGG/AlexNet: the flattened conv map (25,088-d for VGG16) instead of "
                    "global average pooling.")
+@click.option("--input-size", type=click.IntRange(min=16), default=None,
+              help="Resize patches to this side for the encoder [default: its native size, "
+                   "e.g. 224; CNNs accept any size].")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
               show_default=True, help="Stored feature dtype.")
 @click.option("--progress/--no-progress", default=None,
@@ -97,7 +100,7 @@ def main(slides: tuple[Path, ...], out: Path, encoder: str, weights: str, mpp: f
          num_workers: int | None, shard: str | None, skip_errors: bool, overwrite: bool,
          level: int | None, min_tissue: float, tissue: str, backend: str,
          mpp_overrides: Path | None, qc_dir: Path | None, seed: int, flatten: bool,
-         dtype: str, progress: bool | None) -> None:  # fmt: skip
+         input_size: int | None, dtype: str, progress: bool | None) -> None:  # fmt: skip
     """Encode every slide in SLIDE_OR_DIR... into per-slide patch embeddings under --out.
 
     Resumable: finished slides are skipped; several jobs (or a SLURM array) may share --out.
@@ -113,7 +116,7 @@ def main(slides: tuple[Path, ...], out: Path, encoder: str, weights: str, mpp: f
             overwrite=overwrite, min_tissue=min_tissue, level=level, qc_dir=qc_dir,
             allow_unannotated=allow_unannotated, mpp_overrides=mpp_overrides, backend=backend,
             tissue=tissue, progress=progress, devices=devices, seed=seed, flatten=flatten,
-            dtype=dtype,
+            dtype=dtype, input_size=input_size,
         )  # fmt: skip
     except (ExtractError, EncoderError) as exc:
         raise click.UsageError(str(exc)) from exc

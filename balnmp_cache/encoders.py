@@ -162,18 +162,25 @@ def build_encoder(
     weights: str | Path | None = "none",
     seed: int = 0,
     flatten: bool = False,
+    input_size: int | None = None,
 ) -> Encoder:
     """Build encoder `name` in eval mode with frozen parameters.
 
     weights: "imagenet" (torchvision weights API; needs the file in the local torch cache when
     offline), "none" (random init after `torch.manual_seed(seed)`: deterministic) or a local
     checkpoint path (state dict, or a dict holding one under "state_dict"/"model").
+    input_size overrides the side patches are resized to (CNNs pool globally, so any size
+    works; CLAM, for one, feeds 256 px patches to ResNet50 unresized).
     """
     weights = "none" if weights is None else weights
     if name.startswith("timm:"):
         enc = _build_timm(name, weights, seed)
     else:
         enc = _build_torchvision(name, weights, seed, flatten)
+    if input_size is not None:
+        if input_size < 16:
+            raise EncoderError(f"input_size must be >= 16 px, got {input_size}")
+        enc.input_size = int(input_size)
     enc.module.eval()
     for p in enc.module.parameters():
         p.requires_grad_(False)

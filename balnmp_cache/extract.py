@@ -157,13 +157,15 @@ def extract_features(
     seed: int = 0,
     flatten: bool = False,
     dtype: str = "float16",
+    input_size: int | None = None,
 ) -> ExtractSummary:
     """Encode every slide in `slides` into the feature store `out`; see docs/extraction.md.
 
     weights: "imagenet" (default), "none" (seeded random init) or a checkpoint path.
     Finished slides are skipped unless `overwrite`. A failing slide raises SlideFailure
     unless `skip_errors`, in which case it is recorded and the job goes on. progress=None
-    shows a bar only on a terminal.
+    shows a bar only on a terminal. input_size: resize patches to this side before the
+    encoder instead of the encoder's native size.
     """
     if batch_size < 1:
         raise ExtractError(f"batch_size must be >= 1, got {batch_size}")
@@ -187,7 +189,7 @@ def extract_features(
         batch_size=batch_size, num_workers=num_workers, overwrite=overwrite, dtype=dtype,
     )  # fmt: skip
     model = _ModelSpec(encoder, "imagenet" if weights is None else str(weights), seed, flatten,
-                       precision)  # fmt: skip
+                       precision, input_size)  # fmt: skip
     if len(device_list) > 1:
         from balnmp_cache.extract_workers import run_on_devices
 
@@ -207,6 +209,7 @@ class _ModelSpec:
     seed: int = 0
     flatten: bool = False
     precision: str | None = None
+    input_size: int | None = None
 
 
 def _build_job(opts: SlideOptions, model: _ModelSpec, device: str | None) -> SlideJob:
@@ -221,7 +224,8 @@ def _build_job(opts: SlideOptions, model: _ModelSpec, device: str | None) -> Sli
         raise ExtractError(f"--device {device!r}: {exc}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ExtractError(f"--device {device}: no CUDA device is available; use --device cpu")
-    enc = build_encoder(model.name, model.weights, seed=model.seed, flatten=model.flatten)
+    enc = build_encoder(model.name, model.weights, seed=model.seed, flatten=model.flatten,
+                        input_size=model.input_size)  # fmt: skip
     out_dtype = torch.float32 if opts.dtype == "float32" else torch.float16
     runner = EncoderRunner(enc, dev, model.precision, out_dtype=out_dtype)
     return SlideJob(opts, enc, runner)

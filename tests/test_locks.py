@@ -1,0 +1,114 @@
+"""Per-slide lock files: exclusivity, release, stale detection and race-free takeover."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from balnmp_cache.locks import is_stale, read_lock, try_lock
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_lock(path: Path, host: str, pid: int, age_s: float = 0.0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": host, "pid": pid, "time": time.time(), "token": "x"}))
+    if age_s:
+        t = time.time() - age_s
+        os.utime(path, (t, t))
+
+
+def test_lock_is_exclusive_until_released(tmp_path: Path) -> None:
+    path = tmp_path / "locks" / "s1.lock"
+    first = try_lock(path)
+    assert first is not None
+    info = read_lock(path)
+    assert info is not None and info.pid == os.getpid() and info.host == socket.gethostname()
+    assert try_lock(path) is None  # held by a live process: not stale
+    first.release()
+    assert not path.exists()
+    again = try_lock(path)
+    assert again is not None
+    again.release()
+
+
+def test_lock_of_dead_process_on_this_host_is_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "s.lock"
+    _write_lock(path, socket.gethostname(), _dead_pid())
+    assert is_stale(path)
+    lock = try_lock(path)
+    assert lock is not None
+    assert read_lock(path).pid == os.getpid()
+    lock.release()
+
+
+def test_other_host_lock_is_stale_only_after_heartbeat_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "s.lock"
+    _write_lock(path, "some-other-node", 12345)
+    assert try_lock(path, stale_after=60) is None  # fresh heartbeat: respected
+    _write_lock(path, "some-other-node", 12345, age_s=120)
+    lock = try_lock(path, stale_after=60)
+    assert lock is not None
+    lock.release()
+
+
+def test_heartbeat_keeps_a_long_job_fresh(tmp_path: Path) -> None:
+    path = tmp_path / "s.lock"
+    lock = try_lock(path, heartbeat_s=0.05)
+    assert lock is not None
+    old = time.time() - 100
+    os.utime(path, (old, old))
+    time.sleep(0.3)
+    assert time.time() - path.stat().st_mtime < 50
+    assert not is_stale(path, stale_after=50)
+    lock.release()
+
+
+def test_release_does_not_delete_a_lock_taken_over_by_someone_else(tmp_path: Path) -> None:
+    path = tmp_path / "s.lock"
+    lock = try_lock(path, heartbeat_s=0)
+    assert lock is not None
+    path.unlink()
+    _write_lock(path, "other", 1)  # another job's lock now
+    lock.release()
+    assert path.exists() and read_lock(path).host == "other"
+
+
+def test_concurrent_takeover_has_exactly_one_winner(tmp_path: Path) -> None:
+    path = tmp_path / "s.lock"
+    _write_lock(path, socket.gethostname(), _dead_pid())
+    winners, barrier = [], threading.Barrier(8)
+
+    def contend() -> None:
+        barrier.wait()
+        lock = try_lock(path, heartbeat_s=0)
+        if lock is not None:
+            winners.append(lock)
+
+    threads = [threading.Thread(target=contend) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    assert read_lock(path).token == winners[0].info.token
+    assert not path.with_name(path.name + ".break").exists()
+
+
+def test_break_lock_left_by_a_dead_breaker_does_not_block_takeover(tmp_path: Path) -> None:
+    path = tmp_path / "s.lock"
+    _write_lock(path, socket.gethostname(), _dead_pid())
+    _write_lock(path.with_name(path.name + ".break"), socket.gethostname(), _dead_pid())
+    lock = try_lock(path)
+    assert lock is not None
+    lock.release()
