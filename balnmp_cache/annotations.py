@@ -265,7 +265,9 @@ class _Checker:
     def polygons(self, raws: list[_Raw]) -> list[Polygon]:
         out = []
         for name, rings in raws:
-            arrays = [self._ring(r, name) for r in rings]
+            arrays = []
+            for ring in rings:  # a loop, not a comprehension: keeps warning stacklevels exact
+                arrays.append(self._ring(ring, name))
             if not arrays or arrays[0] is None:
                 continue
             out.append(Polygon(arrays[0], [a for a in arrays[1:] if a is not None], name))

@@ -233,7 +233,10 @@ def tissue_mask(
     if arr.dtype != np.uint8:
         raise ValueError(f"tissue_mask needs a uint8 image, got {arr.dtype}")
     mpp = float(mpp) if mpp else params.mask_mpp
-    be = _BACKENDS[_resolve_device(device)]()
+    resolved = _resolve_device(device)
+    if resolved == "cpu" and hasattr(arr, "get"):
+        arr = arr.get()  # a CuPy thumbnail asked to run on the CPU
+    be = _BACKENDS[resolved]()
     return be.to_numpy(_mask(be, be.xp.asarray(arr[..., :3]), params, mpp)).astype(bool)
 
 
