@@ -156,6 +156,27 @@ class ImageSlide(Slide):
             return to_rgb8(np.asarray(self._arrays[level][y : y + h, x : x + w]), self.path)
         return self._image()[y : y + h, x : x + w]
 
+    def _read_batches(
+        self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
+    ) -> Iterator[np.ndarray]:
+        """A decoded JPEG/PNG is in memory: copy slices straight into each batch (threads
+        would only add overhead). Lazily decoded TIFFs use the thread pool."""
+        if self._arrays is not None:
+            yield from super()._read_batches(locs, level, size, batch_size, workers)
+            return
+        pixels = self._image()
+        w, h = size
+        lh, lw = pixels.shape[:2]
+        for first in range(0, len(locs), batch_size):
+            chunk = locs[first : first + batch_size]
+            out = np.empty((len(chunk), h, w, 3), dtype=np.uint8)
+            for i, (x, y) in enumerate(chunk):
+                if 0 <= x and 0 <= y and x + w <= lw and y + h <= lh:
+                    out[i] = pixels[y : y + h, x : x + w]
+                else:  # partly outside: white padding via the general path
+                    out[i] = self.read_region((int(x), int(y)), level, size)
+            yield out
+
     def thumbnail(self, max_size: int) -> np.ndarray:
         """JPEGs not yet decoded: libjpeg decodes at 1/2..1/8 scale (cheap); else the base."""
         self._check_open()

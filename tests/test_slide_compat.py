@@ -70,3 +70,20 @@ def test_odd_sized_pyramid_level0_and_geometry(tmp_path):
         np.testing.assert_array_equal(
             cu.read_region((217, 101), 2, (20, 10)), level2[y : y + 10, x : x + 20]
         )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("codec", ["lzw", "jpeg"])
+def test_cucim_gpu_decoding_matches_cpu(tmp_path, image, codec):
+    """With a GPU, cuCIM decodes on the device; lossless tiles must match the CPU exactly,
+    JPEG (nvJPEG vs libjpeg-turbo) to within rounding."""
+    path = write_tiff(tmp_path / "g.svs", image, codec, levels=3, svs=True)
+    locs = [(0, 0), (64, 128), (13, 7), (300, 200)]
+    with open_slide(path, backend="cucim") as slide:
+        assert slide.device == "cuda"
+        gpu = np.concatenate(list(slide.read_regions(locs, 1, SIZE, batch_size=2)))
+        assert slide.device == "cuda", "GPU decoding fell back to the CPU"
+        slide.device = "cpu"
+        cpu = np.concatenate(list(slide.read_regions(locs, 1, SIZE, batch_size=2)))
+    diff = np.abs(gpu.astype(int) - cpu.astype(int))
+    assert diff.max() == 0 if codec == "lzw" else diff.mean() < 1.0
