@@ -124,19 +124,21 @@ def plan_biopsy(
             end_cap(tx0, -1)[::-1],
         ]
     )
-    # Fragments: break the core outside the tumour, where there is room.
+    # Fragments: slanted breaks through the core, clear of the tumour (the slant shifts a
+    # break by up to |slope| * half width at the core's edges).
     inside = np.nonzero(core.half_width > 0)[0]
     cap = lo - inside[0]
     left, right = inside[0] + 0.3 * cap, inside[-1] - 0.3 * cap
-    spans = [(left, tx0 - bulge - 30.0 / mpp), (tx1 + bulge + 30.0 / mpp, right)]
-    spans = [s for s in spans if s[1] - s[0] > 60.0 / mpp]
+    hw_max = float(core.half_width.max())
     for _ in range(max(0, fragments - 1)):
+        slope, gap = rng.uniform(-0.5, 0.5), rng.uniform(30.0, 80.0) / mpp
+        clear = abs(slope) * hw_max + gap / 2 + 20.0 / mpp
+        spans = [(left, tx0 - bulge - clear), (tx1 + bulge + clear, right)]
+        spans = [s for s in spans if s[1] - s[0] > 20.0 / mpp]
         if not spans:
             break
         a, b = spans[int(rng.integers(len(spans)))]
-        core.breaks.append(
-            (rng.uniform(a, b), rng.uniform(-0.5, 0.5), rng.uniform(30.0, 80.0) / mpp)
-        )
+        core.breaks.append((rng.uniform(a, b), slope, gap))
     return BiopsyPlan(core, np.rint(poly).astype(np.int64))
 
 

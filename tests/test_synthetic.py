@@ -247,3 +247,20 @@ def test_cli_writes_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert (out / "truth.json").exists() and (out / "clinical.csv").exists()
     assert main([*args, "--height", "320"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fragments", [1, 3])
+def test_tumour_polygon_inside_core_across_seeds(fragments: int) -> None:
+    from balnmp_cache.synthetic_geometry import plan_biopsy, tissue_core_mask
+
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        h, w = 896, 1792
+        plan = plan_biopsy(rng, h, w, tumour_area_px=12 * 112**2, fragments=fragments)
+        tissue = tissue_core_mask(rng, h, w, plan.core)
+        tumour = polygon_mask(plan.tumour_polygon, (h, w))
+        assert tumour.sum() > 5 * 112**2, seed
+        assert tissue[tumour].all(), seed
+        if fragments > 1:
+            labels, n = ndimage.label(tissue)
+            assert n >= 2 or not plan.core.breaks, seed
