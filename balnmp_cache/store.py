@@ -106,9 +106,13 @@ def plain(value: Any) -> Any:
 
 
 def with_known(attrs: dict) -> dict:
-    """Fill the DESIGN.md attribute names that are absent with None (absent means unknown)."""
+    """Fill the DESIGN.md attribute names that are absent with None. Absent and "" both mean
+    unknown / none (HDF5 has no null), so "" reads back as None for those names."""
     out = {k: None for k in KNOWN_ATTRS}
     out.update(attrs)
+    for key in KNOWN_ATTRS:
+        if out[key] == "":
+            out[key] = None
     return out
 
 

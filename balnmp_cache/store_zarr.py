@@ -38,7 +38,7 @@ from balnmp_cache.store_h5 import CHUNK_BYTES, fsync_dir
 
 ZARR_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, zarr.errors.BaseZarrError)
 ROOT_META = {"zarr_format": 3, "node_type": "group", "attributes": {"balnmp_store": 1}}
-PACK_CHUNK_BYTES = 32 << 20  # uncompressed pack chunks: few, large, sequential reads
+PACK_CHUNK_BYTES = 8 << 20  # uncompressed pack chunks: large sequential reads, small edge pad
 
 
 def _fsync_tree(root: Path) -> None:
@@ -227,13 +227,14 @@ class ZarrPackSink:
 
     def __init__(self, path: Path, n_rows: int, dim: int, dtype: np.dtype, n_slides: int) -> None:
         self.group = zarr.open_group(path, mode="w")
-        rows = _row_chunks(dim, dtype.itemsize, PACK_CHUNK_BYTES)
+        rows = min(_row_chunks(dim, dtype.itemsize, PACK_CHUNK_BYTES), max(1, n_rows))
         self.features = self.group.create_array(
             "features", shape=(n_rows, dim), chunks=(rows, dim), dtype=dtype, compressors=None,
             config={"write_empty_chunks": True},
         )  # fmt: skip
         self.coords = self.group.create_array(
-            "coords", shape=(n_rows, 2), chunks=(1 << 20, 2), dtype=np.int64, compressors=None,
+            "coords", shape=(n_rows, 2), chunks=(min(1 << 18, max(1, n_rows)), 2),
+            dtype=np.int64, compressors=None,
             config={"write_empty_chunks": True},
         )  # fmt: skip
         self.path = path

@@ -47,11 +47,12 @@ def test_files_load_the_clam_trident_way(tmp_path):
 
 def test_none_and_structured_attrs_round_trip(tmp_path):
     store = FeatureStore(tmp_path / "f", mode="a")
-    attrs = {"annotations": None, "params": {"min_tissue": 0.5, "names": ["a"]}, "xy": [1, 2]}
+    attrs = {"annotations": "", "tissue": None, "params": {"min_tissue": 0.5, "names": ["a"]}, "xy": [1, 2]}
     with store.writer("s", 4, attrs=attrs) as w:
         w.append(np.ones((2, 4)), np.zeros((2, 2)))
     got = store.attrs("s")
-    assert got["annotations"] is None and got["params"] == attrs["params"]
+    assert got["annotations"] is None and got["tissue"] is None  # "" and None: unknown
+    assert got["params"] == attrs["params"]
     assert got["xy"] == [1, 2]
 
 
