@@ -27,7 +27,7 @@ from balnmp_cache.store import (
 )
 
 JSON_ATTRS = "balnmp_json_attrs"  # names of attributes whose string value is JSON text
-CHUNK_BYTES = 1 << 20  # ~1 MiB feature chunks: streaming appends, fast sequential reads
+CHUNK_BYTES = 64 << 10  # feature chunk target; HDF5 allocates whole chunks, keep pads small
 
 
 def encode_attrs(target: h5py.AttributeManager, attrs: dict) -> None:
@@ -157,7 +157,7 @@ class H5Writer:
                 dtype=dtype, chunks=(rows, feature_dim),
             )  # fmt: skip
             self._coords = self._file.create_dataset(
-                "coords", shape=(0, 2), maxshape=(None, 2), dtype=np.int64, chunks=(8192, 2)
+                "coords", shape=(0, 2), maxshape=(None, 2), dtype=np.int64, chunks=(1024, 2)
             )
             root = {"balnmp_version": __version__,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

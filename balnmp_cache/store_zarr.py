@@ -34,10 +34,11 @@ from balnmp_cache.store import (
     plain,
     with_known,
 )
-from balnmp_cache.store_h5 import CHUNK_BYTES, fsync_dir
+from balnmp_cache.store_h5 import fsync_dir
 
 ZARR_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, zarr.errors.BaseZarrError)
 ROOT_META = {"zarr_format": 3, "node_type": "group", "attributes": {"balnmp_store": 1}}
+CHUNK_BYTES = 1 << 20  # per-slide feature chunks (zstd squeezes the zero pad of the last one)
 PACK_CHUNK_BYTES = 8 << 20  # uncompressed pack chunks: large sequential reads, small edge pad
 
 
