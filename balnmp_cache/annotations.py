@@ -373,28 +373,43 @@ def even_odd_raster(rings: list[np.ndarray], shape: tuple[int, int], ds: float) 
     return mask
 
 
-def ring_self_intersects(ring: np.ndarray, max_edges: int = 20_000) -> bool:
-    """True when two non-adjacent edges properly cross (rings above ``max_edges`` edges are
-    not checked: the even-odd fill handles them anyway)."""
+def _orient(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    return np.sign((q[:, 0] - p[:, 0]) * (r[:, 1] - p[:, 1])
+                   - (q[:, 1] - p[:, 1]) * (r[:, 0] - p[:, 0]))
+
+
+def ring_self_intersects(ring: np.ndarray, max_pairs: int = 50_000_000) -> bool:
+    """True when two non-adjacent edges properly cross. A sweep over x tests only edges whose
+    x-ranges overlap (near-linear for drawn outlines); gives up (False) past ``max_pairs``."""
     e = _edges([ring])
     m = len(e)
-    if m < 4 or m > max_edges:
+    if m < 4:
         return False
-    a, b = e[:, :2], e[:, 2:]
-
-    def orient(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
-        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1])
-                       - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
-
-    step = max(1, 2_000_000 // m)
-    j = np.arange(m)
-    for start in range(0, m, step):
-        i = np.arange(start, min(start + step, m))[:, None]
-        pa, pb = a[i], b[i]
-        d1, d2 = orient(pa, pb, a[None]), orient(pa, pb, b[None])
-        d3, d4 = orient(a[None], b[None], pa), orient(a[None], b[None], pb)
-        cross = (d1 * d2 < 0) & (d3 * d4 < 0)
-        adjacent = (np.abs(i - j) <= 1) | (np.abs(i - j) == m - 1)
-        if np.any(cross & ~adjacent):
+    xlo, xhi = np.minimum(e[:, 0], e[:, 2]), np.maximum(e[:, 0], e[:, 2])
+    ylo, yhi = np.minimum(e[:, 1], e[:, 3]), np.maximum(e[:, 1], e[:, 3])
+    order = np.argsort(xlo, kind="stable")
+    ends = np.searchsorted(xlo[order], xhi[order], side="right")
+    counts = np.maximum(ends - np.arange(m) - 1, 0)  # later edges starting before this ends
+    if counts.sum() > max_pairs:
+        return False
+    cum = np.cumsum(counts)
+    start = 0
+    while start < m:
+        done = cum[start - 1] if start else 0
+        stop = min(max(int(np.searchsorted(cum, done + 2_000_000, side="right")), start + 1), m)
+        ks = np.arange(start, stop)
+        c = counts[ks]
+        kk = np.repeat(ks, c)
+        jj = kk + 1 + np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c)
+        i, j = order[kk], order[jj]
+        gap = np.abs(i - j)
+        ok = (ylo[i] <= yhi[j]) & (ylo[j] <= yhi[i]) & (gap > 1) & (gap != m - 1)
+        i, j = i[ok], j[ok]
+        a1, b1, a2, b2 = e[i, :2], e[i, 2:], e[j, :2], e[j, 2:]
+        cross = (_orient(a1, b1, a2) * _orient(a1, b1, b2) < 0) & (
+            _orient(a2, b2, a1) * _orient(a2, b2, b1) < 0
+        )
+        if cross.any():
             return True
+        start = stop
     return False
