@@ -235,6 +235,9 @@ class PackBackend(StoreBackend):
     def slide_ids(self) -> list[str]:
         return list(self.rows)
 
+    def has(self, slide_id: str) -> bool:
+        return slide_id in self.rows
+
     def problems(self) -> list[tuple[str, list[str]]]:
         return [("duplicate slide ids in the pack (the first copy is used)", self.dups)]
 

@@ -129,6 +129,10 @@ class StoreBackend:
     def slide_ids(self) -> list[str]:
         raise NotImplementedError
 
+    def has(self, slide_id: str) -> bool:
+        """Is this complete slide present? (backends override with a cheaper test)"""
+        return slide_id in set(self.slide_ids())
+
     def info(self, slide_id: str) -> SlideInfo:
         raise NotImplementedError
 
@@ -272,7 +276,8 @@ class FeatureStore:
         return len(self.backend.slide_ids())
 
     def __contains__(self, slide_id: object) -> bool:
-        return str(slide_id) in set(self.backend.slide_ids())
+        sid = str(slide_id)
+        return bool(sid) and not sid.startswith(".") and "/" not in sid and self.backend.has(sid)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.slide_ids)

@@ -262,6 +262,9 @@ class H5Backend(StoreBackend):
                 if e.name.endswith(self.suffix) and not e.name.startswith(".") and e.is_file()
             )  # fmt: skip
 
+    def has(self, slide_id: str) -> bool:
+        return self.file(slide_id).is_file()
+
     def info(self, slide_id: str) -> SlideInfo:
         path = self.file(slide_id)
         with open_h5(path) as f:

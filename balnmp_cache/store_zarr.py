@@ -178,6 +178,9 @@ class ZarrBackend(StoreBackend):
                 and os.path.isfile(os.path.join(e.path, "zarr.json"))
             )  # fmt: skip
 
+    def has(self, slide_id: str) -> bool:
+        return (self.path / slide_id / "zarr.json").is_file()
+
     def _group(self, slide_id: str) -> zarr.Group:
         where = self.path / slide_id
         try:
