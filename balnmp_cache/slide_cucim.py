@@ -24,9 +24,6 @@ from balnmp_cache.tiffprobe import SourceInfo, cucim_support
 __all__ = ["CuCIMSlide", "cucim_available", "cuda_available"]
 
 _IMPORT_LOCK = threading.Lock()
-# Batches taken from one cuCIM iterator before yielding: lets its threads prefetch while
-# bounding memory (and lets a failing GPU read fall back to the CPU per chunk).
-_CHUNK_BATCHES = 8
 
 
 def cucim_available() -> str | None:
@@ -116,13 +113,16 @@ class CuCIMSlide(Slide):
         try:
             return read(self.device)
         except Exception as exc:  # noqa: BLE001 - any GPU decode failure: retry on the CPU
-            warnings.warn(
-                f"{self.path}: cuCIM GPU decoding failed ({exc}); decoding on the CPU",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            self.device = "cpu"
+            self._fall_back_to_cpu(exc)
             return read("cpu")
+
+    def _fall_back_to_cpu(self, exc: BaseException) -> None:
+        warnings.warn(
+            f"{self.path}: cuCIM GPU decoding failed ({exc}); decoding on the CPU",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        self.device = "cpu"
 
     def _read_batches(
         self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
@@ -136,58 +136,51 @@ class CuCIMSlide(Slide):
         if inside.all():  # one cuCIM iterator: its threads prefetch the next batches
             yield from self._stream(starts, level, size, batch_size, workers)
             return
+        # cuCIM pads out-of-slide pixels black on generic TIFF: regions crossing the edge go
+        # through read_region (white padding); the rest still stream through one iterator.
+        stream = self._stream(starts[inside], level, size, batch_size, workers)
+        pending = np.empty((0, h, w, 3), dtype=np.uint8)
         for first in range(0, len(locs), batch_size):
-            sl = slice(first, first + batch_size)
-            if inside[sl].all():
-                yield from self._stream(starts[sl], level, size, batch_size, workers)
-                continue
-            # cuCIM pads out-of-slide pixels black on generic TIFF: edge regions go through
-            # read_region, which pads white.
-            out = np.empty((len(locs[sl]), h, w, 3), dtype=np.uint8)
-            idx = np.flatnonzero(inside[sl])
-            if len(idx):
-                out[idx] = np.concatenate(
-                    list(self._stream(starts[sl][idx], level, size, batch_size, workers))
-                )
-            for i in np.flatnonzero(~inside[sl]):
-                out[i] = self.read_region((int(locs[sl][i, 0]), int(locs[sl][i, 1])), level, size)
+            mask = inside[first : first + batch_size]
+            out = np.empty((len(mask), h, w, 3), dtype=np.uint8)
+            need = int(mask.sum())
+            while len(pending) < need:
+                pending = np.concatenate([pending, next(stream)])
+            out[mask], pending = pending[:need], pending[need:]
+            for i in np.flatnonzero(~mask):
+                x, y = locs[first + i]
+                out[i] = self.read_region((int(x), int(y)), level, size)
             yield out
 
     def _stream(
         self, starts: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
     ) -> Iterator[np.ndarray]:
-        """Batches through cuCIM's multi-location read (its own decode threads)."""
+        """Batches from one cuCIM multi-location iterator: its threads decode and prefetch
+        ``prefetch_factor`` batches ahead, so memory stays at a few batches. If GPU decoding
+        fails, the remaining locations are read on the CPU."""
         if len(starts) == 0:
             return
         self._check_open()
         w, h = size
         locations = [(int(x), int(y)) for x, y in starts]
-        for first in range(0, len(locations), batch_size * _CHUNK_BATCHES):
-            chunk = locations[first : first + batch_size * _CHUNK_BATCHES]
+        done = 0
+        while done < len(locations):
+            device = self.device
             try:
-                arrays = self._on_device(lambda device, chunk=chunk: self._chunk(
-                    chunk, level, (w, h), batch_size, workers, device))  # fmt: skip
+                batches = self._image.read_region(  # type: ignore[attr-defined]
+                    locations[done:], (w, h), level, num_workers=max(workers, 1),
+                    batch_size=batch_size, device=device,
+                )  # fmt: skip
+                for batch in batches:
+                    array = _rgb(_to_host(batch)).reshape(-1, h, w, 3)
+                    done += len(array)
+                    yield array
             except Exception as exc:
+                if device != "cpu":
+                    self._fall_back_to_cpu(exc)
+                    continue
                 reason = f"cuCIM batched read at level {level} failed: {exc}"
                 raise SlideError(self.path, reason) from exc
-            yield from arrays
-
-    def _chunk(
-        self,
-        locations: list[tuple[int, int]],
-        level: int,
-        size: tuple[int, int],
-        batch_size: int,
-        workers: int,
-        device: str,
-    ) -> list[np.ndarray]:
-        """A few batches from one cuCIM multi-location iterator (it prefetches ahead)."""
-        w, h = size
-        batches = self._image.read_region(  # type: ignore[attr-defined]
-            locations, (w, h), level, num_workers=max(workers, 1), batch_size=batch_size,
-            device=device,
-        )  # fmt: skip
-        return [_rgb(_to_host(b)).reshape(-1, h, w, 3) for b in batches]
 
     def _close(self) -> None:
         image = getattr(self, "_image", None)
