@@ -166,3 +166,14 @@ def test_polygon_outside_the_raster_is_empty_not_an_error():
     ann = Annotations([Polygon(np.array(SQUARE, float) + 1e6)])
     assert not ann.rasterize((50, 50), 4.0).any()
     assert not ann.contains(np.zeros((3, 2))).any()
+
+
+def test_self_intersection_found_in_a_long_outline():
+    from balnmp_cache.annotations import ring_self_intersects
+
+    t = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
+    r = 20_000 + 500 * np.sin(7 * t)
+    ring = np.c_[50_000 + r * np.cos(t), 40_000 + r * np.sin(t)]
+    assert not ring_self_intersects(ring)
+    ring[[7_000, 7_001]] = ring[[7_001, 7_000]]  # two swapped vertices: a tiny figure-eight
+    assert ring_self_intersects(ring)
