@@ -46,10 +46,11 @@ def write_tiff(
     tile: int | None = 64,
     svs: bool = False,
     mpp: float | None = 0.5,
+    bigtiff: bool = False,
     **extra: Any,
 ) -> Path:
     """A pyramidal TIFF with any tifffile options (``extra`` applies to every level)."""
-    with tifffile.TiffWriter(path) as tw:
+    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw:
         for level in range(levels):
             data = image if level == 0 else downsample(image, 2**level)
             kw: dict[str, Any] = {"compression": compression, "metadata": None, **extra}

@@ -52,6 +52,24 @@ def test_cucim_equals_openslide(tmp_path, image, codec, svs):
             np.testing.assert_array_equal(batch_cu, batch_os)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"bigtiff": True, "compression": "jpeg"},
+     {"compression": "jpeg", "compressionargs": {"outcolorspace": "RGB"}, "subsampling": (1, 1)},
+     {"compression": "lzw", "predictor": True},
+     {"compression": "jpeg", "tile": 48}],
+    ids=["bigtiff", "jpeg-rgb-photometric", "lzw-predictor", "tile-48"],
+)  # fmt: skip
+def test_cucim_equals_openslide_variants(tmp_path, image, options):
+    path = write_tiff(tmp_path / "v.svs", image, levels=3, svs=True, **options)
+    with open_slide(path) as cu, open_slide(path, backend="openslide") as os_:
+        assert cu.backend == "cucim"
+        for level in range(3):
+            got = np.concatenate(list(cu.read_regions(LOCATIONS, level, SIZE, batch_size=4)))
+            want = np.stack([os_.read_region(loc, level, SIZE) for loc in LOCATIONS])
+            np.testing.assert_array_equal(got, want, err_msg=f"level {level}")
+
+
 def test_odd_sized_pyramid_level0_and_geometry(tmp_path):
     """Odd dimensions give non-integer downsamples; both readers agree on the geometry and
     on level-0 pixels (OpenSlide interpolates sub-pixel offsets at other levels)."""
