@@ -144,11 +144,7 @@ class ImageSlide(Slide):
         """The decoded image (first call decodes it; later calls share it)."""
         with self._lock:
             if self._pixels is None:
-                from PIL import Image
-
-                with _pixel_limit(None), Image.open(self.path) as im:
-                    im.load()
-                    self._pixels = to_rgb8(_pil_array(im), self.path)
+                self._pixels = to_rgb8(_decode(self.path, self.properties), self.path)
             return self._pixels
 
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -205,6 +201,26 @@ class ImageSlide(Slide):
         if tif is not None:
             tif.close()  # type: ignore[attr-defined]
             self._tiff = None
+
+
+def _decode(path: Path, properties: dict[str, str]) -> np.ndarray:
+    """Decode the whole image. JPEGs go straight into one numpy array with libjpeg-turbo
+    (imagecodecs): half the peak memory of Pillow's image-then-copy, and faster."""
+    if properties.get("image.format") == "JPEG":
+        try:
+            import imagecodecs
+        except ImportError:  # optional here: Pillow decodes JPEG too
+            imagecodecs = None
+        if imagecodecs is not None:
+            try:
+                return imagecodecs.jpeg8_decode(path.read_bytes())
+            except imagecodecs.Jpeg8Error:
+                pass  # e.g. CMYK or arithmetic coding: let Pillow try
+    from PIL import Image
+
+    with _pixel_limit(None), Image.open(path) as im:
+        im.load()
+        return _pil_array(im)
 
 
 def _pil_array(im: object) -> np.ndarray:

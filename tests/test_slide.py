@@ -131,3 +131,45 @@ def test_slide_id_from_path():
     assert slide_id_from_path("/x/12.svs") == "12"
     assert slide_id_from_path("/x/a.b.ome.tiff") == "a.b"
     assert slide_id_from_path("/x/patient 7") == "patient 7"
+
+
+def test_image_modes_become_rgb(tmp_path, image):
+    from PIL import Image
+
+    grey = tmp_path / "grey.jpg"
+    Image.fromarray(image[..., 1]).save(grey, quality=100)
+    rgba = np.dstack([image, np.full(image.shape[:2], 0, np.uint8)])
+    rgba[:, :100, 3] = 255
+    png = tmp_path / "alpha.png"
+    Image.fromarray(rgba).save(png)
+    palette = tmp_path / "palette.png"
+    Image.fromarray(image).convert("P").save(palette)
+    with open_slide(grey) as slide:
+        region = slide.read_region((0, 0), 0, (50, 40)).astype(int)
+        assert (region[..., 0] == region[..., 2]).all()
+        assert np.abs(region[..., 0] - image[:40, :50, 1]).max() <= 3
+    with open_slide(png) as slide:
+        region = slide.read_region((90, 0), 0, (20, 10))
+        np.testing.assert_array_equal(region[:, :10], image[:10, 90:100])
+        assert (region[:, 10:] == 255).all()  # transparent -> white
+    with open_slide(palette) as slide:
+        assert slide.read_region((0, 0), 0, (8, 8)).shape == (8, 8, 3)
+
+
+def test_big_jpeg_beyond_pillow_limit(tmp_path, image, monkeypatch):
+    """BCNB JPEGs exceed Pillow's decompression-bomb limit; they open anyway, the global
+    limit is left as it was, and our own memory guard still applies."""
+    from PIL import Image
+
+    from balnmp_cache import slide_image
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(image).save(path, quality=95)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # image is ~98x the limit
+    with open_slide(path) as slide:
+        assert slide.read_region((0, 0), 0, (8, 8)).shape == (8, 8, 3)
+        assert slide.thumbnail(64).shape == (43, 64, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    monkeypatch.setattr(slide_image, "MAX_PIXELS", 10_000)
+    with pytest.raises(SlideError, match="MAX_PIXELS"):
+        open_slide(path)
