@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from balnmp_cache.mpp import load_mpp_overrides
+from balnmp_cache.mpp import load_mpp_overrides, resolve_override
 from balnmp_cache.tiffprobe import SourceInfo, probe_source
 
 __all__ = [
@@ -341,8 +341,6 @@ def open_slide(
     0) or an entry in ``mpp_overrides`` (dict or CSV with ``slide_id,mpp``) wins over the
     resolution found in the file. Raises SlideError naming the path and the reason.
     """
-    from balnmp_cache.mpp import resolve_override
-
     info = probe_source(Path(path), SlideError)
     override = resolve_override(info.path, slide_id_from_path(info.path), mpp, mpp_overrides)
     if backend == "auto":

@@ -26,6 +26,14 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
+def _target(info: SourceInfo) -> Path | None:
+    """The file to hand OpenSlide: the path itself, or for a DICOM WSI series folder, any of
+    its .dcm files (OpenSlide finds the rest of the series)."""
+    if not info.is_dir:
+        return info.path
+    return next(iter(sorted(info.path.glob("*.dcm"))), None)
+
+
 class OpenSlideSlide(Slide):
     """A slide read through `openslide.OpenSlide`."""
 
@@ -43,14 +51,15 @@ class OpenSlideSlide(Slide):
 
     @classmethod
     def can_open(cls, info: SourceInfo) -> str | None:
-        if info.is_dir:
-            return "a directory is not an OpenSlide slide (MRXS: pass the .mrxs file)"
+        target = _target(info)
+        if target is None:
+            return "a folder without DICOM files is not an OpenSlide slide (MRXS: pass the .mrxs)"
         try:
             import openslide
         except ImportError as exc:
             return f"OpenSlide is not installed ({exc})"
         try:
-            vendor = openslide.OpenSlide.detect_format(str(info.path))
+            vendor = openslide.OpenSlide.detect_format(str(target))
         except Exception as exc:  # noqa: BLE001 - the C library reports many kinds of failure
             return f"OpenSlide cannot inspect it ({exc})"
         return None if vendor else "not a format OpenSlide recognises"
@@ -60,7 +69,7 @@ class OpenSlideSlide(Slide):
         import openslide
 
         try:
-            handle = openslide.OpenSlide(str(info.path))
+            handle = openslide.OpenSlide(str(_target(info)))
         except openslide.OpenSlideError as exc:
             raise SlideError(info.path, f"OpenSlide cannot open it: {exc}") from exc
         if mpp is None:
