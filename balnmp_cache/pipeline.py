@@ -154,6 +154,10 @@ def encode_patches(
     def read() -> None:
         try:
             for batch in batches:
+                if not (isinstance(batch, np.ndarray) and batch.flags.owndata):
+                    # cuCIM's batch iterator recycles its buffers once it advances: a view
+                    # kept in the queue would be overwritten by a later batch.
+                    batch = np.array(batch, dtype=np.uint8, order="C", copy=True)
                 if not _put(read_q, batch, stop):
                     return
         finally:
@@ -194,7 +198,7 @@ def encode_patches(
                     "read", ValueError(f"reader returned more than {len(coords)} patches")
                 )
             try:
-                x = torch.from_numpy(np.ascontiguousarray(item))
+                x = torch.from_numpy(item)
                 if cuda:
                     x = x.pin_memory()
                 feats = runner(x)
