@@ -20,7 +20,7 @@ import numpy as np
 from balnmp_cache.store import FeatureStore, PackedBags, SlideInfo, StoreError
 
 MIXED_ATTRS = ("encoder", "weights", "target_mpp")  # a cohort must agree on these
-FINITE_BLOCK = 8192  # rows checked for NaN/Inf at a time (bounded temporaries)
+FINITE_BLOCK = 4096  # rows checked for NaN/Inf per task
 MAX_THREADS = 8
 T = TypeVar("T")
 
@@ -159,26 +159,31 @@ def run_parallel(fn: Callable[[T], None], items: Sequence[T]) -> None:
             future.result()
 
 
+# Sign-magnitude IEEE 754: as signed ints, +Inf/+NaN are the values >= the +Inf pattern; as
+# unsigned ints, -Inf/-NaN are the values >= the -Inf pattern. Two max-reductions per row
+# find both without a temporary array (np.isfinite has no SIMD float16 path and allocates).
+_NONFINITE = {2: (np.int16, 0x7C00, np.uint16, 0xFC00),
+              4: (np.int32, 0x7F800000, np.uint32, 0xFF800000)}  # fmt: skip
+
+
 def _finite_rows(features: np.ndarray) -> np.ndarray:
-    """Per-row all-finite flag, in parallel blocks. float16 has no SIMD isfinite, so test the
-    exponent bits instead: |x| bits >= 0x7c00 means Inf or NaN (IEEE 754 binary16)."""
-    out = np.empty(features.shape[0], dtype=bool)
-    half = features.dtype == np.float16
+    """Per-row all-finite flag, in parallel row blocks."""
+    out = np.ones(features.shape[0], dtype=bool)
+    if features.shape[1] == 0 or features.shape[0] == 0:
+        return out
+    signed, pos_inf, unsigned, neg_inf = _NONFINITE.get(features.dtype.itemsize, (None,) * 4)
 
     def check(span: tuple[int, int]) -> None:
         a, b = span
         block = features[a:b]
-        if half:
-            bits = np.bitwise_and(block.view(np.uint16), 0x7FFF)
-            out[a:b] = bits.max(axis=1) < 0x7C00
-        else:
+        if signed is None or not block.flags.c_contiguous:
             out[a:b] = np.isfinite(block).all(axis=1)
+        else:
+            out[a:b] = ((block.view(signed).max(axis=1) < pos_inf)
+                        & (block.view(unsigned).max(axis=1) < neg_inf))  # fmt: skip
 
-    if features.shape[1] == 0:
-        out.fill(True)
-    else:
-        n = features.shape[0]
-        run_parallel(check, [(a, min(a + FINITE_BLOCK, n)) for a in range(0, n, FINITE_BLOCK)])
+    n = features.shape[0]
+    run_parallel(check, [(a, min(a + FINITE_BLOCK, n)) for a in range(0, n, FINITE_BLOCK)])
     return out
 
 

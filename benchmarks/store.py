@@ -15,6 +15,7 @@ import argparse
 import shutil
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,10 @@ def main() -> None:
         nbytes = build(work / "features", n_slides, n_patches, args.dim, args.dtype, seed=0)
         t_build = time.perf_counter() - t
         t = time.perf_counter()
+        tracemalloc.start()
         pack = pack_store(work / "features", work / "cohort.h5", overwrite=True)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
         t_pack_write = time.perf_counter() - t
         zpack = pack_store(work / "features", work / "cohort.zarr", format="zarr", overwrite=True)
         a, b = load_bags(pack), load_bags(work / "features")
@@ -81,7 +85,7 @@ def main() -> None:
     gb = nbytes / 1e9
     print(f"cohort: {n_slides} slides, {len(a.features)} patches x {args.dim} {args.dtype} "
           f"= {gb:.3f} GB (features + coords); built in {t_build:.1f} s, packed in "
-          f"{t_pack_write:.1f} s")
+          f"{t_pack_write:.1f} s (peak traced memory while packing {peak / 1e6:.1f} MB)")
     print(f"load_bags(pack .h5):       {t_pack:.3f} s  {gb / t_pack:.2f} GB/s")
     print(f"load_bags(pack .zarr):     {t_zarr:.3f} s  {gb / t_zarr:.2f} GB/s")
     print(f"load_bags(per-slide .h5):  {t_files:.3f} s  {gb / t_files:.2f} GB/s")
