@@ -39,6 +39,10 @@ SLIDE_SUFFIXES = (
 )  # fmt: skip
 
 
+# Largest level region (pixels) a thumbnail reads in one piece; bigger ones go in bands.
+THUMBNAIL_BAND_PIXELS = 64 * 1024 * 1024
+
+
 class SlideError(Exception):
     """A slide that cannot be served; the message names the path and the reason."""
 
@@ -169,19 +173,39 @@ class Slide(abc.ABC):
         return threaded_batches(self.read_region, locs, level, size, batch_size, workers)
 
     def thumbnail(self, max_size: int) -> np.ndarray:
-        """Whole slide, longest side <= ``max_size``, from the smallest sufficient level."""
+        """Whole slide, longest side <= ``max_size``, from the smallest sufficient level.
+
+        A level too big to hold at once (single-level scans) is reduced band by band with
+        an integer block mean, so memory stays bounded by `THUMBNAIL_BAND_PIXELS`.
+        """
         self._check_open()
         if max_size < 1:
             raise ValueError(f"{self.path}: thumbnail max_size must be >= 1, got {max_size}")
         w0, h0 = self.dimensions
-        ds = max(w0, h0) / max_size
-        level = self.get_best_level_for_downsample(max(ds, 1.0))
+        level = self.get_best_level_for_downsample(max(max(w0, h0) / max_size, 1.0))
         lw, lh = self.level_dimensions[level]
+        if lw * lh > THUMBNAIL_BAND_PIXELS:
+            return self._banded_thumbnail(level, max_size)
         region = self.read_region((0, 0), level, (lw, lh))
         scale = max_size / max(lw, lh)
         if scale >= 1:
             return region
         return resize_rgb(region, max(1, round(lw * scale)), max(1, round(lh * scale)))
+
+    def _banded_thumbnail(self, level: int, max_size: int) -> np.ndarray:
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        f = max(1, math.ceil(max(lw, lh) / max_size))
+        tw, th = max(1, lw // f), max(1, lh // f)
+        rows_per_band = max(1, THUMBNAIL_BAND_PIXELS // (lw * f)) * f
+        out = np.empty((th, tw, 3), dtype=np.uint8)
+        for y in range(0, th * f, rows_per_band):
+            rows = min(rows_per_band, th * f - y)
+            loc0 = (0, int(math.ceil(y * ds)))
+            band = self.read_region(loc0, level, (tw * f, rows)).astype(np.uint32)
+            blocks = band.reshape(rows // f, f, tw, f, 3).sum(axis=(1, 3))
+            out[y // f : (y + rows) // f] = (blocks + f * f // 2) // (f * f)
+        return out
 
     @abc.abstractmethod
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:

@@ -130,12 +130,19 @@ class ImageSlide(Slide):
 
         tif = tifffile.TiffFile(info.path)
         try:
-            levels = info.tiff.levels  # type: ignore[union-attr]
-            arrays = [zarr.open(tif.pages[lv.index].aszarr(), mode="r") for lv in levels]
+            series = tif.series[0]
+            if len(series.levels) > len(info.tiff.levels) and series.axes in ("YXS", "YX"):
+                # OME-TIFF and friends keep the pyramid in SubIFDs of the first series.
+                arrays = [zarr.open(series.aszarr(level=i), mode="r")
+                          for i in range(len(series.levels))]  # fmt: skip
+                dims = tuple((int(lv.shape[1]), int(lv.shape[0])) for lv in series.levels)
+            else:
+                levels = info.tiff.levels  # type: ignore[union-attr]
+                arrays = [zarr.open(tif.pages[lv.index].aszarr(), mode="r") for lv in levels]
+                dims = tuple((lv.width, lv.height) for lv in levels)
         except Exception:
             tif.close()
             raise
-        dims = tuple((lv.width, lv.height) for lv in levels)
         props = {"tiff.ImageDescription": info.tiff.description}  # type: ignore[union-attr]
         found = mpp if mpp is not None else tiff_mpp(info.tiff)
         return cls(info.path, dims, found, props, arrays=arrays, tiff=tif)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 from _slide_helpers import pattern, write_tiff
 
 from balnmp_cache.slide import SlideError, open_slide, slide_id_from_path
@@ -173,3 +174,35 @@ def test_big_jpeg_beyond_pillow_limit(tmp_path, image, monkeypatch):
     monkeypatch.setattr(slide_image, "MAX_PIXELS", 10_000)
     with pytest.raises(SlideError, match="MAX_PIXELS"):
         open_slide(path)
+
+
+@pytest.mark.parametrize("backend", ["openslide", "image"])
+def test_banded_thumbnail_of_a_big_level(tmp_path, image, backend, monkeypatch):
+    """Single-level scans too big to read at once are reduced band by band."""
+    from balnmp_cache import slide as slide_module
+
+    path = write_tiff(tmp_path / "flat.tif", image, "lzw", levels=1, tile=64)
+    monkeypatch.setattr(slide_module, "THUMBNAIL_BAND_PIXELS", 384 * 40)
+    with open_slide(path, backend=backend) as slide:
+        thumb = slide.thumbnail(96)  # factor 4 -> bands of 40 rows
+    assert thumb.shape == (64, 96, 3)
+    want = image.reshape(64, 4, 96, 4, 3).mean(axis=(1, 3))
+    assert np.abs(thumb - want).max() <= 1
+
+
+def test_subifd_pyramid_via_image_backend(tmp_path, image):
+    """OME-style pyramids live in SubIFDs, which slide readers may not see; tifffile does."""
+    path = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(image, tile=(64, 64), subifds=2, photometric="rgb", compression="zlib")
+        for f in (2, 4):
+            tw.write(image[::f, ::f], tile=(64, 64), subfiletype=1, photometric="rgb",
+                     compression="zlib")  # fmt: skip
+    with open_slide(path, backend="image") as slide:
+        assert slide.slide_id == "pyr"
+        assert slide.level_dimensions == ((384, 256), (192, 128), (96, 64))
+        np.testing.assert_array_equal(
+            slide.read_region((26, 14), 1, (20, 10)), image[::2, ::2][7:17, 13:33]
+        )
+    with open_slide(path) as slide:  # whichever reader auto picks, level 0 is right
+        np.testing.assert_array_equal(slide.read_region((5, 5), 0, (9, 9)), image[5:14, 5:14])
