@@ -42,6 +42,12 @@ _SHARED: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--instances-per-bag",), dict(type=int, help="Sample at most this many patches per bag "
                                                    "in training.")),
     (("--patience",), dict(type=int, help="Early-stopping patience in epochs (on val).")),
+    (("--monitor",), dict(type=click.Choice(["auc", "loss"]),
+                          help="Validation metric that picks the kept epoch [auc].")),
+    (("--optimizer",), dict(type=click.Choice(["adam", "adamw", "sgd"]),
+                            help="Optimiser [adam].")),
+    (("--schedule",), dict(type=click.Choice(["cosine", "constant"]),
+                           help="Learning-rate schedule [cosine].")),
     (("--val",), dict(type=float, help="Validation fraction of patients [0.15].")),
     (("--bag-level",), dict(type=click.Choice(["patient", "slide"]),
                             help="One bag per patient (default) or per slide.")),
@@ -63,7 +69,8 @@ _SHARED: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 SHARED_NAMES = ["features", "labels", "clinical", "clinical_variant", "clinical_impute", "task",
                 "seed", "epochs", "lr", "weight_decay", "bags_per_step", "instances_per_bag",
-                "patience", "val", "bag_level", "on_missing", "device", "model_arg", "ci", "n_bootstrap"]
+                "patience", "monitor", "optimizer", "schedule", "val", "bag_level", "on_missing",
+                "device", "model_arg", "ci", "n_bootstrap"]
 CV_NAMES = ["folds", "models", "compare"]
 
 

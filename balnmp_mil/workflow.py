@@ -11,6 +11,7 @@ Cross-validation lives in `workflow_cv.py`, applying a saved run in `workflow_ap
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from balnmp_mil import rundir
 from balnmp_mil.report import fmt_auc, train_report
 
 SPLIT_NAMES = ("train", "val", "test")
-FIT_OPTIONS = ("epochs", "lr", "weight_decay", "bags_per_step", "instances_per_bag", "patience")
+FIT_OPTIONS = ("epochs", "lr", "weight_decay", "bags_per_step", "instances_per_bag", "patience",
+               "monitor", "optimizer", "schedule")
 
 
 class InputError(ValueError):
@@ -51,6 +53,9 @@ class TrainConfig:
     bags_per_step: int | None = None
     instances_per_bag: int | None = None
     patience: int | None = None
+    monitor: str | None = None
+    optimizer: str | None = None
+    schedule: str | None = None
     val: float = 0.15
     test: float = 0.2
     splits: str | None = None
@@ -145,6 +150,12 @@ def check_inputs(cfg: TrainConfig, need_model: bool = True) -> None:
         raise InputError(f"unknown --on-missing {cfg.on_missing!r}; use error or warn")
     if cfg.bag_level not in ("patient", "slide"):
         raise InputError(f"unknown bag level {cfg.bag_level!r}; use patient or slide")
+    from balnmp_mil.train import FitConfig
+
+    try:
+        FitConfig(**fit_options(cfg))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"bad training option: {exc}") from exc
     if not (0 <= cfg.val < 1 and 0 < cfg.test < 1 and cfg.val + cfg.test < 1):
         raise InputError(
             f"--val {cfg.val} and --test {cfg.test} must be fractions with val + test < 1"
@@ -311,7 +322,7 @@ def fit_and_predict(
                         clinical_dim=clinical_dim, seed=cfg.seed, **cfg.model_kwargs)
     val = cohort.subset(idx["val"]) if "val" in idx else None
     result = fit(model, cohort.subset(idx["train"]), val=val, seed=cfg.seed, device=device,
-                 **fit_options(cfg))
+                 progress=sys.stderr.isatty(), **fit_options(cfg))
     probs = {part: np.asarray(predict(result.model, cohort.subset(rows)))
              for part, rows in idx.items()}
     return result.model, result, probs

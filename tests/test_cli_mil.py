@@ -38,7 +38,7 @@ def cohort(tmp_path_factory):
 def run(cohort):
     out = cohort.features.parent / "run"
     res = invoke("train", cohort.features, "--labels", cohort.labels, "--task", "n0_vs_n+",
-                 "--model", "abmil", "--out", out, "--lr", "0.01", *fast_args(12))
+                 "--model", "abmil", "--out", out, "--lr", "0.01", *fast_args(4))
     assert res.exit_code == 0, res.output
     return out, res.output
 
