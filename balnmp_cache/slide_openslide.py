@@ -51,6 +51,8 @@ class OpenSlideSlide(Slide):
 
     @classmethod
     def can_open(cls, info: SourceInfo) -> str | None:
+        if info.tiff is not None and info.tiff.subifds:
+            return "its pyramid is stored in SubIFDs, which OpenSlide does not read"
         target = _target(info)
         if target is None:
             return "a folder without DICOM files is not an OpenSlide slide (MRXS: pass the .mrxs)"

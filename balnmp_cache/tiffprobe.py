@@ -75,6 +75,7 @@ class TiffInfo:
     resolution: tuple[float, float] | None  # XResolution, YResolution of level 0
     resolution_unit: int  # 1 none, 2 inch, 3 centimetre
     file_size: int
+    subifds: int = 0  # reduced levels stored as SubIFDs of level 0 (OME-TIFF pyramids)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,9 @@ def probe_tiff(path: Path) -> TiffInfo:
             resolution = (_ratio(xres), _ratio(yres.value if yres is not None else xres))
             unit_tag = first.tags.get("ResolutionUnit")
             unit = int(unit_tag.value) if unit_tag is not None else 2
+        subifds = first.tags.get("SubIFDs") if first is not None else None
         return TiffInfo(
+            subifds=len(subifds.value) if subifds is not None else 0,
             flavour=flavour,
             levels=tuple(_level(i, p) for i, p in levels),
             description=description or "",
@@ -217,6 +220,8 @@ def cucim_support(info: TiffInfo) -> str | None:
     """None when cuCIM decodes this TIFF correctly, else why it must not be given it."""
     if info.flavour not in ("svs", "philips", "generic"):
         return f"{info.flavour.upper()} TIFF is not a cuCIM format"
+    if info.subifds:
+        return "its pyramid is stored in SubIFDs, which cuCIM does not read"
     for n, level in enumerate(info.levels):
         where = f"level {n} (page {level.index})"
         if not level.tiled:
