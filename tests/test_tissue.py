@@ -110,3 +110,22 @@ def test_gpu_mask_equals_cpu_mask(scene):
         gpu = tissue_mask(thumb, preset, mpp=MASK_DS * scene.mpp, device="cuda")
         assert gpu.dtype == bool and gpu.shape == cpu.shape
         assert np.array_equal(cpu, gpu)
+
+
+def test_fast_median_and_disk_morphology_match_scipy_exactly():
+    """The fast paths (sorting-network median, distance-transform morphology) must equal the
+    textbook operations: CPU/GPU agreement relies on every step being exact."""
+    import scipy.ndimage as ndi
+
+    from balnmp_cache.tissue import _dilate, _disk, _erode, _median, _numpy_backend
+
+    be, rng = _numpy_backend(), np.random.default_rng(0)
+    img = rng.integers(0, 256, (41, 57)).astype(np.uint8)
+    for size in (3, 5):
+        assert np.array_equal(_median(be, img, size), ndi.median_filter(img, size, mode="nearest"))
+    mask = rng.random((60, 70)) > 0.96
+    for r in (1, 3, 4, 7):
+        assert np.array_equal(_dilate(be, mask, r), ndi.binary_dilation(mask, _disk(r)))
+        assert np.array_equal(
+            _erode(be, ~mask, r), ndi.binary_erosion(~mask, _disk(r), border_value=1)
+        )
