@@ -10,9 +10,11 @@ MPP lives only in the Aperio description; image editors write 72 dpi): values ou
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import re
+import types
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -132,6 +134,21 @@ def load_mpp_overrides(csv_path: str | os.PathLike[str]) -> dict[str, float]:
         raise ValueError(f"{path}: cannot read the mpp overrides CSV: {exc}") from exc
 
 
+def _cached_table(path: Path) -> Mapping[str, float]:
+    """`load_mpp_overrides`, parsed once per file version (a job opens thousands of slides
+    with the same table)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return load_mpp_overrides(path)  # raises with the file name
+    return _load_versioned(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_versioned(path: str, mtime_ns: int, size: int) -> Mapping[str, float]:
+    return types.MappingProxyType(load_mpp_overrides(path))
+
+
 def resolve_override(
     path: Path,
     slide_id: str,
@@ -146,7 +163,7 @@ def resolve_override(
         return float(mpp)
     if overrides is None:
         return None
-    table = load_mpp_overrides(overrides) if isinstance(overrides, str | os.PathLike) else overrides
+    table = _cached_table(Path(overrides)) if isinstance(overrides, str | os.PathLike) else overrides
     for key in (slide_id, path.name):
         if key in table:
             return float(table[key])
