@@ -23,6 +23,7 @@ __all__ = [
     "aperio_mpp",
     "load_mpp_overrides",
     "mpp_from_properties",
+    "philips_mpp",
     "resolution_mpp",
     "resolve_override",
     "tiff_mpp",
@@ -32,6 +33,10 @@ __all__ = [
 PLAUSIBLE_MPP = (0.05, 50.0)
 _UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
 _APERIO_MPP = re.compile(r"(?:^|\|)\s*MPP\s*=\s*([0-9.eE+-]+)")
+# Philips TIFF XML: <Attribute Name="DICOM_PIXEL_SPACING" ...>&quot;0.000243&quot; &quot;0.00024&quot;
+# </Attribute> (mm, row then column); the first belongs to the full-resolution image.
+_PHILIPS_SPACING = re.compile(r'Name="DICOM_PIXEL_SPACING"[^>]*>([^<]*)<')
+_NUMBER = re.compile(r"\d+(?:\.\d*)?(?:[eE][+-]?\d+)?")
 
 
 def _plausible(value: float | None) -> float | None:
@@ -55,6 +60,17 @@ def aperio_mpp(description: str) -> float | None:
     return _plausible(_float(match.group(1))) if match else None
 
 
+def philips_mpp(description: str) -> float | None:
+    """µm/px from a Philips TIFF's XML description (DICOM_PIXEL_SPACING, in mm), or None."""
+    if "DICOM_PIXEL_SPACING" not in description:
+        return None
+    match = _PHILIPS_SPACING.search(description)
+    values = [float(v) for v in _NUMBER.findall(match.group(1))] if match else []
+    if not values:
+        return None
+    return _plausible(1000.0 * sum(values[:2]) / len(values[:2]))
+
+
 def resolution_mpp(resolution: tuple[float, float] | None, unit: int) -> float | None:
     """µm/px from TIFF XResolution/YResolution (pixels per unit); None without a unit."""
     if resolution is None or unit not in _UM_PER_UNIT:
@@ -66,9 +82,13 @@ def resolution_mpp(resolution: tuple[float, float] | None, unit: int) -> float |
 
 
 def tiff_mpp(info: object) -> float | None:
-    """µm/px from a `tiffprobe.TiffInfo`: the Aperio MPP field, else the resolution tags."""
-    return aperio_mpp(info.description) or resolution_mpp(  # type: ignore[attr-defined]
-        info.resolution, info.resolution_unit  # type: ignore[attr-defined]
+    """µm/px from a `tiffprobe.TiffInfo`: the Aperio MPP field, Philips pixel spacing, else
+    the resolution tags."""
+    description = info.description  # type: ignore[attr-defined]
+    return (
+        aperio_mpp(description)
+        or philips_mpp(description)
+        or resolution_mpp(info.resolution, info.resolution_unit)  # type: ignore[attr-defined]
     )
 
 

@@ -11,6 +11,7 @@ from balnmp_cache.mpp import (
     aperio_mpp,
     load_mpp_overrides,
     mpp_from_properties,
+    philips_mpp,
     resolution_mpp,
 )
 from balnmp_cache.slide import open_slide
@@ -102,3 +103,18 @@ def test_parsers():
     ) == pytest.approx(0.25)
     assert mpp_from_properties({"tiff.XResolution": "40000"}) is None
     assert mpp_from_properties({}) is None
+
+
+def test_philips_pixel_spacing(tmp_path, image):
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8" ?><DataObject ObjectType="DPUfsImport">'
+        '<Attribute Name="DICOM_PIXEL_SPACING" Group="0x0028" Element="0x0030" '
+        'PMSVR="IDoubleArray">&quot;0.00025&quot; &quot;0.00027&quot;</Attribute>'
+        '<Attribute Name="DICOM_PIXEL_SPACING" PMSVR="IDoubleArray">&quot;0.0005&quot; '
+        '&quot;0.0005&quot;</Attribute></DataObject>'
+    )
+    assert philips_mpp(xml) == pytest.approx(0.26)
+    assert philips_mpp("<DataObject/>") is None
+    path = write_tiff(tmp_path / "p.tif", image, "jpeg", mpp=None, levels=2, description=xml)
+    with open_slide(path, backend="cucim") as slide:
+        assert slide.mpp == pytest.approx(0.26)
