@@ -33,8 +33,8 @@ __all__ = [
 PLAUSIBLE_MPP = (0.05, 50.0)
 _UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
 _APERIO_MPP = re.compile(r"(?:^|\|)\s*MPP\s*=\s*([0-9.eE+-]+)")
-# Philips TIFF XML: <Attribute Name="DICOM_PIXEL_SPACING" ...>&quot;0.000243&quot; &quot;0.00024&quot;
-# </Attribute> (mm, row then column); the first belongs to the full-resolution image.
+# Philips TIFF XML: <Attribute Name="DICOM_PIXEL_SPACING" ...>&quot;0.00024&quot;
+# &quot;0.00024&quot;</Attribute> (mm, row then column); the first is the full-resolution one.
 _PHILIPS_SPACING = re.compile(r'Name="DICOM_PIXEL_SPACING"[^>]*>([^<]*)<')
 _NUMBER = re.compile(r"\d+(?:\.\d*)?(?:[eE][+-]?\d+)?")
 
@@ -183,7 +183,9 @@ def resolve_override(
         return float(mpp)
     if overrides is None:
         return None
-    table = _cached_table(Path(overrides)) if isinstance(overrides, str | os.PathLike) else overrides
+    table = overrides
+    if isinstance(overrides, str | os.PathLike):
+        table = _cached_table(Path(overrides))
     for key in (slide_id, path.name):
         if key in table:
             return float(table[key])
