@@ -8,6 +8,7 @@ process on some TIFFs rather than raising. Batched reads use cuCIM's own multi-l
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import warnings
@@ -36,8 +37,9 @@ def cucim_available() -> str | None:
     return None
 
 
+@functools.cache
 def cuda_available() -> bool:
-    """True when a CUDA device is usable (cuCIM can then decode on the GPU)."""
+    """True when a CUDA device is usable (cuCIM can then decode on the GPU); asked once."""
     try:
         import torch
     except ImportError:
