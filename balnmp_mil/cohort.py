@@ -95,18 +95,7 @@ class Cohort:
 
     def subset(self, indices: Any) -> Cohort:
         """The given patients (indices into ``patient_ids``) with all their bags, repacked."""
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1))
-        if idx.numel() and (idx.min() < 0 or idx.max() >= len(self)):
-            raise IndexError(f"patient index out of range [0, {len(self)})")
-        if idx.unique().numel() != idx.numel():
-            raise CohortError("subset indices repeat a patient; pass each patient once")
-        bp = self.bag_patient.cpu()
-        new_of_old = torch.full((len(self),), -1, dtype=torch.long)
-        new_of_old[idx] = torch.arange(idx.numel())
-        bag_new_patient = new_of_old[bp]
-        keep = torch.nonzero(bag_new_patient >= 0).flatten()
-        # bags ordered by new patient index, keeping their relative order
-        keep = keep[torch.argsort(bag_new_patient[keep], stable=True)]
+        idx, keep, bag_new_patient = self.bag_selection(indices)
         offs = self.offsets.cpu()
         starts, counts = offs[:-1][keep], (offs[1:] - offs[:-1])[keep]
         rows = gather_ranges(starts, counts)
@@ -118,7 +107,7 @@ class Cohort:
             offsets=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)]).to(
                 self.offsets.device
             ),
-            bag_patient=bag_new_patient[keep].to(self.bag_patient.device),
+            bag_patient=bag_new_patient.to(self.bag_patient.device),
             patient_ids=[self.patient_ids[i] for i in idx.tolist()],
             labels=self.labels.index_select(0, idx.to(self.labels.device)),
             slide_ids=[self.slide_ids[i] for i in keep.tolist()],
@@ -133,6 +122,22 @@ class Cohort:
             slides=slides,
             slide_offsets=slide_offs,
         )
+
+    def bag_selection(self, indices: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For patients ``indices``: (patient idx, their bags in subset order, each kept bag's
+        new patient index), all CPU int64. ``subset`` packs bags in exactly this order."""
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1))
+        if idx.numel() and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"patient index out of range [0, {len(self)})")
+        if idx.unique().numel() != idx.numel():
+            raise CohortError("subset indices repeat a patient; pass each patient once")
+        new_of_old = torch.full((len(self),), -1, dtype=torch.long)
+        new_of_old[idx] = torch.arange(idx.numel())
+        bag_new_patient = new_of_old[self.bag_patient.cpu()]
+        keep = torch.nonzero(bag_new_patient >= 0).flatten()
+        # bags ordered by new patient index, keeping their relative order
+        keep = keep[torch.argsort(bag_new_patient[keep], stable=True)]
+        return idx, keep, bag_new_patient[keep]
 
     def _subset_slides(self, rows: torch.Tensor) -> tuple[list[str], np.ndarray | None]:
         """Slide bookkeeping after selecting packed ``rows`` (whole slides, in order)."""

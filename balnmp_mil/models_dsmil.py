@@ -40,11 +40,9 @@ class DSMIL(MILModel):
         if labels is None:
             return None
         valid = labels >= 0
-        if not bool(valid.any()):
-            return max_logits.new_zeros(())
         loss = F.cross_entropy(max_logits.float(), labels.clamp(min=0), reduction="none")
         w = valid.to(loss.dtype)
-        return self.max_weight * (loss * w).sum() / w.sum()
+        return self.max_weight * (loss * w).sum() / w.sum().clamp(min=1)
 
     def forward_packed(
         self, x: torch.Tensor, seg: Segments, clinical: torch.Tensor | None,

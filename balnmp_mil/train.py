@@ -309,15 +309,22 @@ def bag_logits(
 
 def merge_patients(bag_probs: torch.Tensor, cohort: Cohort, merge: str = "mean") -> np.ndarray:
     """Bag probabilities (B, C) -> patient probabilities (n_patients, C) by mean or max."""
-    if cohort.n_bags == len(cohort) and torch.equal(
-        cohort.bag_patient.cpu(), torch.arange(len(cohort))
+    return merge_bags(bag_probs, cohort.bag_patient, len(cohort), merge)
+
+
+def merge_bags(
+    bag_probs: torch.Tensor, bag_patient: torch.Tensor, n_patients: int, merge: str = "mean"
+) -> np.ndarray:
+    """Merge bag rows into ``n_patients`` rows by their ``bag_patient`` index (mean or max)."""
+    idx = bag_patient.to(bag_probs.device)
+    if bag_probs.shape[0] == n_patients and torch.equal(
+        idx.cpu(), torch.arange(n_patients)
     ):
         return bag_probs.cpu().double().numpy()
-    idx = cohort.bag_patient.to(bag_probs.device)
-    shape = (len(cohort), bag_probs.shape[1])
+    shape = (n_patients, bag_probs.shape[1])
     if merge == "mean":
         s = bag_probs.new_zeros(shape).index_add(0, idx, bag_probs)
-        n = torch.bincount(idx, minlength=len(cohort)).clamp(min=1).unsqueeze(1)
+        n = torch.bincount(idx, minlength=n_patients).clamp(min=1).unsqueeze(1)
         out = s / n
     elif merge == "max":
         m = bag_probs.new_zeros(shape).scatter_reduce(
