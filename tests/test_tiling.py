@@ -187,6 +187,25 @@ def test_patch_folder_slides_return_their_fixed_coords():
     assert np.all(grid.tissue_fraction == 1)
 
 
+def test_unknown_mpp_tiles_a_fixed_level(scene):
+    slide = FakeSlide(scene.image, mpp=None, levels=2)
+    grid = tile_slide(slide, 32, level=1)
+    assert (grid.plan.level, grid.plan.read_size, grid.plan.patch_size_level0) == (1, 32, 64)
+    assert grid.plan.target_mpp is None and len(grid) > 100
+    truth = box_fractions(scene.tissue, np.hstack([grid.coords, grid.coords + 64]), 1.0)
+    assert np.mean(truth >= 0.4) >= 0.95
+
+
+def test_edge_patches_count_outside_as_no_tissue():
+    image = np.full((100, 100, 3), 238, np.uint8)
+    image[:, 60:] = (200, 120, 170)  # tissue up to the right border
+    grid = tile_slide(FakeSlide(image, mpp=1.0, levels=1), 32, 1.0, min_tissue=0.0)
+    right = grid.coords[:, 0] == 96  # patches over x = 96..128: 4 of their 32 px columns inside
+    assert grid.coords[right, 1].tolist() == [0, 32, 64, 96]
+    expected = [4 / 32, 4 / 32, 4 / 32, (4 / 32) * (4 / 32)]
+    assert np.allclose(grid.tissue_fraction[right], expected, atol=0.01)
+
+
 # --------------------------------------------------------------------------- real files
 
 
