@@ -101,12 +101,13 @@ def train_report(
     present = [s for s in splits if s in metrics]
     names = list(metrics.get("class_names") or [])
     parts = [
-        f"# balnmp-mil run: {config.get('model')} on {config.get('task') or 'label'}\n",
+        f"# balnmp-mil run: {metrics.get('model') or config.get('model')} on "
+        f"{config.get('task') or 'label'}\n",
         f"Features: `{config.get('features')}`  \nLabels: `{config.get('labels')}`  \n"
         f"Clinical: `{config.get('clinical') or 'none'}`"
         + (f" ({config.get('clinical_variant')})" if config.get("clinical") else "")
         + f"  \nClasses: {', '.join(names)}  \nSeed: {config.get('seed')}\n",
-        "## Threshold 0.5\n",
+        "## Threshold 0.5\n" if len(names) <= 2 else "## Predicted class = argmax\n",
         metrics_table({s: metrics[s] for s in present}),
     ]
     youden = {s: metrics[s]["at_youden"] for s in present if metrics[s].get("at_youden")}
@@ -119,10 +120,13 @@ def train_report(
     if test and _get(test, "confusion") and names:
         parts += ["\n## Confusion matrix (test, threshold 0.5)\n", confusion_table(test["confusion"], names)]
     ci = _get(test, "ci_method") if test else None
-    parts.append(
-        f"\nAUC 95% CI: {ci or 'bootstrap'}. Binary metrics count `{names[-1] if names else 1}`"
-        " as positive. Files: predictions.csv, metrics.json, roc.png, history.csv.\n"
-    )
+    if len(names) > 2:
+        how = ("AUC is the macro one-vs-rest AUC; SENS, SPEC, PPV, NPV and F1 are macro-averaged "
+               "one-vs-rest.")
+    else:
+        how = f"Binary metrics count `{names[-1] if names else 1}` as positive."
+    parts.append(f"\nAUC 95% CI: {ci or 'bootstrap'}. {how} "
+                 "Files: predictions.csv, metrics.json, roc.png, history.csv.\n")
     return "\n".join(parts)
 
 

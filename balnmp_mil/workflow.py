@@ -108,7 +108,8 @@ class RunResult:
 
     def summary(self) -> str:
         """A few lines for the terminal: AUC [CI] per split and the files written."""
-        lines = [f"{self.config.model} on {self.config.task or 'label'} (seed {self.config.seed})"]
+        model = self.metrics.get("model") or self.config.model
+        lines = [f"{model} on {self.config.task or 'label'} (seed {self.config.seed})"]
         for name in SPLIT_NAMES:
             if name in self.metrics:
                 m = self.metrics[name]

@@ -153,6 +153,21 @@ def test_clinical_runs(cohort, tmp_path):
     np.testing.assert_allclose(new.loc[old.index, "prob_N+"], old["prob_N+"], atol=1e-6)
 
 
+def test_three_class_run(cohort, tmp_path):
+    res = invoke("train", cohort.features, "--labels", cohort.labels, "--task", "three_class",
+                 "--clinical", cohort.labels, "--clinical-only", "--out", tmp_path / "three",
+                 "--n-bootstrap", "50")
+    assert res.exit_code == 0, res.output
+    preds = pd.read_csv(tmp_path / "three" / "predictions.csv")
+    assert [c for c in preds.columns if c.startswith("prob_")] == [
+        "prob_N0", "prob_N+(1-2)", "prob_N+(>2)"]
+    metrics = json.loads((tmp_path / "three" / "metrics.json").read_text())
+    assert set(metrics["test"]["per_class_auc"]) == {"N0", "N+(1-2)", "N+(>2)"}
+    assert metrics["youden_threshold"] is None and "at_youden" not in metrics["test"]
+    assert len(metrics["test"]["confusion"]) == 3
+    assert (tmp_path / "three" / "roc.png").is_file()
+
+
 def test_cv_prints_mean_sd_table_for_three_settings(cohort, tmp_path):
     res = invoke("cv", cohort.features, "--labels", cohort.labels, "--task", "n0_vs_n+",
                  "--folds", "3", "--clinical", cohort.labels, "--out", tmp_path / "cv",
