@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from balnmp_cache.mpp import resolution_mpp, tiff_mpp
 from balnmp_cache.slide import Slide, SlideError, resize_rgb
 from balnmp_cache.tiffprobe import SourceInfo
 
-__all__ = ["MAX_PIXELS", "ImageSlide", "to_rgb8"]
+__all__ = ["MAX_PIXELS", "ImageSlide", "decode_image", "to_rgb8"]
 
 # Largest image decoded into memory (3 bytes/px: 4 Gpx = 12 GB). Raise for bigger scans.
 MAX_PIXELS = 4 * 1024**3
@@ -151,7 +151,8 @@ class ImageSlide(Slide):
         """The decoded image (first call decodes it; later calls share it)."""
         with self._lock:
             if self._pixels is None:
-                self._pixels = to_rgb8(_decode(self.path, self.properties), self.path)
+                jpeg = self.properties.get("image.format") == "JPEG"
+                self._pixels = to_rgb8(decode_image(self.path, jpeg, unlimited=True), self.path)
             return self._pixels
 
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -210,10 +211,12 @@ class ImageSlide(Slide):
             self._tiff = None
 
 
-def _decode(path: Path, properties: dict[str, str]) -> np.ndarray:
-    """Decode the whole image. JPEGs go straight into one numpy array with libjpeg-turbo
-    (imagecodecs): half the peak memory of Pillow's image-then-copy, and faster."""
-    if properties.get("image.format") == "JPEG":
+def decode_image(path: Path, jpeg: bool, unlimited: bool = False) -> np.ndarray:
+    """Decode a whole image file. JPEGs go through libjpeg-turbo (imagecodecs) straight into
+    one numpy array: half the peak memory of Pillow's image-then-copy, faster, and the GIL is
+    released so threads decode in parallel. Other formats (and unusual JPEGs) use Pillow;
+    ``unlimited`` lifts Pillow's decompression-bomb limit for this one file."""
+    if jpeg:
         try:
             import imagecodecs
         except ImportError:  # optional here: Pillow decodes JPEG too
@@ -225,7 +228,7 @@ def _decode(path: Path, properties: dict[str, str]) -> np.ndarray:
                 pass  # e.g. CMYK or arithmetic coding: let Pillow try
     from PIL import Image
 
-    with _pixel_limit(None), Image.open(path) as im:
+    with _pixel_limit(None) if unlimited else nullcontext(), Image.open(path) as im:
         im.load()
         return _pil_array(im)
 

@@ -14,13 +14,14 @@ import math
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from balnmp_cache.slide import Slide, SlideError
-from balnmp_cache.slide_image import to_rgb8
+from balnmp_cache.slide import Slide, SlideError, threaded_batches
+from balnmp_cache.slide_image import decode_image, to_rgb8
 from balnmp_cache.tiffprobe import SourceInfo
 
 __all__ = ["IMAGE_SUFFIXES", "PatchFolderSlide", "PatchLayout", "scan_patch_folder"]
@@ -136,12 +137,9 @@ class PatchFolderSlide(Slide):
             if cached is not None:
                 self._cache.move_to_end(i)
                 return cached
-        from PIL import Image
-
         path = self.layout.files[i]
         try:
-            with Image.open(path) as im:
-                arr = to_rgb8(np.asarray(im.convert("RGBA" if "A" in im.mode else "RGB")), path)
+            arr = to_rgb8(decode_image(path, jpeg=path.suffix.lower() in (".jpg", ".jpeg")), path)
         except OSError as exc:
             raise SlideError(path, f"patch image cannot be decoded: {exc}") from exc
         s = self.layout.patch_size
@@ -152,6 +150,20 @@ class PatchFolderSlide(Slide):
             if len(self._cache) > _CACHE_PATCHES:
                 self._cache.popitem(last=False)
         return arr
+
+    def _fetch(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """A patch's own box straight from the decoder (no white canvas, no extra copy)."""
+        s = self.layout.patch_size
+        exact = self._index.get((int(location[0]), int(location[1])))
+        if exact is not None and tuple(size) == (s, s):
+            self._check_open()
+            return self._patch(exact)
+        return self.read_region(location, level, size)
+
+    def _read_batches(
+        self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
+    ) -> Iterator[np.ndarray]:
+        return threaded_batches(self._fetch, locs, level, size, batch_size, workers)
 
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         s = self.layout.patch_size
