@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=default_workers())
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="best of N (fresh slide each)")
     ap.add_argument("--backends", default="cucim,openslide,image,patches")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
