@@ -69,13 +69,17 @@ def test_geojson_feature_collection_with_holes_and_classes(tmp_path):
         _feature([[[150, 150], [250, 150], [250, 250], [150, 250], [150, 150]]], "Ignore*"),
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 1]},
          "properties": {"objectType": "detection"}},
+        {"type": "Feature", "id": "PathDetectionObject",  # QuPath 0.2 style detection
+         "geometry": {"type": "Polygon", "coordinates": [[[7000, 0], [7100, 0], [7100, 90]]]},
+         "properties": {"classification": {"name": "Tumor", "colorRGB": -3670016}}},
     ]}
     ann = load_annotations(_write(tmp_path, "s.geojson", doc))
     assert len(ann.positive) == 3 and len(ann.negative) == 1
     assert [len(q.holes) for q in ann.positive] == [1, 0, 0]
     assert ann.positive[1].name == "two islands[0]"
-    got = ann.contains([[300, 300], [500, 500], [200, 200], [2090, 10], [3090, 10], [5050, 50]])
-    assert got.tolist() == [True, False, False, True, True, False]
+    got = ann.contains([[300, 300], [500, 500], [200, 200], [2090, 10], [3090, 10], [5050, 50],
+                        [7090, 10]])
+    assert got.tolist() == [True, False, False, True, True, False, False]
 
 
 @pytest.mark.parametrize("wrap", ["feature", "geometry", "list"])
@@ -169,7 +173,7 @@ def test_polygon_outside_the_raster_is_empty_not_an_error():
 
 
 def test_self_intersection_found_in_a_long_outline():
-    from balnmp_cache.annotations import ring_self_intersects
+    from balnmp_cache.polygons import ring_self_intersects
 
     t = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
     r = 20_000 + 500 * np.sin(7 * t)
