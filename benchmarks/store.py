@@ -58,13 +58,18 @@ def main() -> None:
     ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp dir, removed")
+    ap.add_argument("--reuse", action="store_true", help="reuse --workdir's per-slide store")
     args = ap.parse_args()
     scale = 1.0 if args.full else args.scale
     n_slides, n_patches = max(2, round(SLIDES * scale)), max(2, round(PATCHES * scale))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="balnmp-bench-"))
     try:
         t = time.perf_counter()
-        nbytes = build(work / "features", n_slides, n_patches, args.dim, args.dtype, seed=0)
+        if args.reuse and (work / "features").is_dir():
+            n = load_bags(work / "features").features.shape[0]
+            nbytes = n * (args.dim * np.dtype(args.dtype).itemsize + 16)
+        else:
+            nbytes = build(work / "features", n_slides, n_patches, args.dim, args.dtype, seed=0)
         t_build = time.perf_counter() - t
         t = time.perf_counter()
         tracemalloc.start()
