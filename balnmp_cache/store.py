@@ -106,13 +106,10 @@ def plain(value: Any) -> Any:
 
 
 def with_known(attrs: dict) -> dict:
-    """Fill the DESIGN.md attribute names that are absent with None. Absent and "" both mean
-    unknown / none (HDF5 has no null), so "" reads back as None for those names."""
+    """Fill the DESIGN.md attribute names that are absent with None (HDF5 has no null: a None
+    value is written as an absent attribute). Other values, "" included, read back as is."""
     out = {k: None for k in KNOWN_ATTRS}
     out.update(attrs)
-    for key in KNOWN_ATTRS:
-        if out[key] == "":
-            out[key] = None
     return out
 
 

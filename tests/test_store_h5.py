@@ -51,7 +51,7 @@ def test_none_and_structured_attrs_round_trip(tmp_path):
     with store.writer("s", 4, attrs=attrs) as w:
         w.append(np.ones((2, 4)), np.zeros((2, 2)))
     got = store.attrs("s")
-    assert got["annotations"] is None and got["tissue"] is None  # "" and None: unknown
+    assert got["annotations"] == "" and got["tissue"] is None  # None: absent, reads as None
     assert got["params"] == attrs["params"]
     assert got["xy"] == [1, 2]
 
