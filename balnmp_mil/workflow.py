@@ -123,9 +123,16 @@ class RunResult:
 
 # --------------------------------------------------------------------------- validation
 def resolve_device(device: str | None) -> str:
+    """The given torch device, or cuda when available; a CUDA device that is absent is an
+    input error (e.g. a config.yaml from a GPU node reused on a laptop)."""
     import torch
 
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but no CUDA device is available; "
+                         "pass --device cpu")
+    return str(device)
 
 
 def check_inputs(cfg: TrainConfig, need_model: bool = True) -> None:

@@ -148,7 +148,7 @@ def evaluate_run(run_path: str | Path, features: str | Path | None = None,
         return EvalResult(reports, metrics)
     if features is None or labels is None:
         raise InputError("evaluating on new data needs both --features and --labels")
-    dev = resolve_device(device or cfg.device)
+    dev = resolve_device(device)
     if run.model is not None:
         run.model.to(dev)
     cohort = load_labelled(run, features, labels, dev)
@@ -176,7 +176,7 @@ def predict_run(run_path: str | Path, features: str | Path, out: str | Path,
     slides are grouped by patient and the true label is added.
     """
     run = rundir.load_run(run_path, device="cpu")
-    dev = resolve_device(device or run.config.get("device"))
+    dev = resolve_device(device)
     if run.model is not None:
         run.model.to(dev)
     cohort = (load_labelled(run, features, labels, dev) if labels is not None

@@ -83,6 +83,23 @@ def test_without_val_the_last_epoch_is_kept_and_the_signal_learned(cohort, tmp_p
     assert roc_auc_score(train["label"], train["prob_N+"]) > 0.85
 
 
+@pytest.mark.gpu
+def test_train_on_cuda_then_apply_on_cpu(cohort, tmp_path):
+    out = tmp_path / "cuda"
+    res = invoke("train", cohort.features, "--labels", cohort.labels, "--task", "n0_vs_n+",
+                 "--clinical", cohort.labels, "--out", out, "--n-bootstrap", "50",
+                 "--epochs", "3", "--device", "cuda")
+    assert res.exit_code == 0, res.output
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["meta"]["device"] == "cuda"
+    res = invoke("predict", out, cohort.features, "--out", tmp_path / "p.csv", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    new = pd.read_csv(tmp_path / "p.csv", dtype={"patient_id": str}).set_index("patient_id")
+    old = pd.read_csv(out / "predictions.csv", dtype={"patient_id": str}).set_index("patient_id")
+    np.testing.assert_allclose(new.loc[old.index, "prob_N+"], old["prob_N+"], atol=2e-2)
+
+
 def test_config_reproduces_the_run(run, tmp_path):
     out, _ = run
     res = invoke("train", "--config", out / "config.yaml", "--out", tmp_path / "again")
