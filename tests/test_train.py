@@ -101,3 +101,15 @@ def test_class_weights_and_config_validation():
         fit(build_model("mean", 8, 2), planted_cohort(n_bags=4), epoch=3)
     assert isinstance(pd.DataFrame(fit(build_model("max", 8, 2), planted_cohort(n_bags=4),
                                        epochs=1).history), pd.DataFrame)
+
+
+@pytest.mark.gpu
+def test_fit_on_gpu_with_amp_learns_and_matches_packed_reference():
+    tr, va = _split(planted_cohort(n_bags=48))
+    model = build_model("abmil", tr.feature_dim, 2, seed=0, dropout=0.0)
+    res = fit(model, tr.to("cuda"), va.to("cuda"), epochs=15, lr=3e-3, bags_per_step=6, amp=True)
+    assert next(res.model.parameters()).is_cuda
+    probs = predict(res.model, va.to("cuda"))
+    assert auc_score(va.labels.numpy(), probs) > 0.8
+    cpu_probs = predict(res.model.float().cpu(), va)
+    np.testing.assert_allclose(probs, cpu_probs, atol=3e-2)  # bf16 autocast
