@@ -32,7 +32,7 @@ from balnmp_cache.store import (
     with_known,
 )
 from balnmp_cache.store_h5 import decode_attrs, encode_attrs, fsync_dir, open_h5
-from balnmp_cache.store_load import majority, run_parallel
+from balnmp_cache.store_load import finite_rows, majority, run_parallel
 
 PACK_VERSION = 1
 STR = h5py.string_dtype(encoding="utf-8")
@@ -50,6 +50,7 @@ class PackIndex:
     feature_dim: int
     dtype: np.dtype
     root_attrs: dict
+    nonfinite_rows: np.ndarray | None = None  # per slide, counted when packing (None: unknown)
 
 
 Run = tuple[int, int, int, int]  # (src_a, src_b, dst_a, dst_b) row ranges
@@ -70,8 +71,8 @@ class PackSink(Protocol):
     features: Any
     coords: Any
 
-    def finish(self, offsets: np.ndarray, slide_ids: list[str], slide_attrs: list[str],
-               slide_coords_attrs: list[str], root_attrs: dict) -> None: ...  # fmt: skip
+    def finish(self, index: dict[str, Any], root_attrs: dict) -> None:
+        """Write the per-slide index arrays (INDEX_ARRAYS) and the root attributes."""
 
 
 def _json_list(values: Any, path: Path, name: str) -> list[dict]:
@@ -81,11 +82,23 @@ def _json_list(values: Any, path: Path, name: str) -> list[dict]:
         raise StoreError(f"{path}: dataset {name!r} is not JSON text per slide ({e})") from e
 
 
-def make_index(path: Path, slide_ids: Any, offsets: Any, slide_attrs: Any,
-               slide_coords_attrs: Any, shape: tuple, dtype: Any, root: dict) -> PackIndex:
+# Per-slide index arrays of a pack: name -> required. JSON text arrays hold one object per slide.
+INDEX_ARRAYS = {"offsets": True, "slide_ids": True, "slide_attrs": False,
+                "slide_coords_attrs": False, "nonfinite_rows": False}  # fmt: skip
+
+
+def make_index(path: Path, arrays: dict[str, Any], shape: tuple, dtype: Any,
+               root: dict) -> PackIndex:  # fmt: skip
     """Validate a pack's index arrays (shared by the HDF5 and Zarr readers)."""
-    ids = [str(s) for s in plain(slide_ids)]
-    offsets = np.asarray(offsets, dtype=np.int64)
+    ids = [str(s) for s in plain(arrays["slide_ids"])]
+    offsets = np.asarray(arrays["offsets"], dtype=np.int64)
+    slide_attrs, slide_coords_attrs = arrays.get("slide_attrs"), arrays.get("slide_coords_attrs")
+    nonfinite = arrays.get("nonfinite_rows")
+    if nonfinite is not None:
+        nonfinite = np.asarray(nonfinite, dtype=np.int64)
+        if nonfinite.shape != (len(ids),):
+            raise StoreError(f"{path}: pack 'nonfinite_rows' has shape {nonfinite.shape}, "
+                             f"expected ({len(ids)},); pack it again")
     if len(shape) != 2:
         raise StoreError(f"{path}: pack 'features' has shape {shape}, expected (P, D)")
     if (len(offsets) != len(ids) + 1 or (len(offsets) and offsets[0] != 0)
@@ -99,7 +112,8 @@ def make_index(path: Path, slide_ids: Any, offsets: Any, slide_attrs: Any,
     for sid, a in zip(ids, attrs):
         a["slide_id"] = a["slide_id"] or sid
     cattrs = cattrs or [{} for _ in ids]
-    return PackIndex(ids, offsets, attrs, cattrs, int(shape[1]), np.dtype(dtype), root)
+    return PackIndex(ids, offsets, attrs, cattrs, int(shape[1]), np.dtype(dtype), root,
+                     nonfinite)
 
 
 class H5PackReader:
@@ -110,16 +124,14 @@ class H5PackReader:
         self.file = open_h5(path)
         f = self.file
         try:
-            for name in ("features", "coords", "offsets", "slide_ids"):
+            required = ["features", "coords", *(n for n, r in INDEX_ARRAYS.items() if r)]
+            for name in required:
                 if name not in f:
                     raise StoreError(f"{path}: not a pack (no {name!r} dataset); make one with "
                                      "`balnmp-mil pack FEATURES --out PACK`")
-            self.index = make_index(
-                path, f["slide_ids"][()], f["offsets"][()],
-                f["slide_attrs"][()] if "slide_attrs" in f else None,
-                f["slide_coords_attrs"][()] if "slide_coords_attrs" in f else None,
-                f["features"].shape, f["features"].dtype, decode_attrs(f.attrs),
-            )  # fmt: skip
+            arrays = {n: f[n][()] for n in INDEX_ARRAYS if n in f}
+            self.index = make_index(path, arrays, f["features"].shape, f["features"].dtype,
+                                    decode_attrs(f.attrs))
         except (OSError, KeyError, ValueError) as e:
             self.file.close()
             raise StoreError(f"{path}: pack cannot be read ({e}); pack it again") from e
@@ -183,14 +195,13 @@ class H5PackSink:
         self.features = self.file.create_dataset("features", shape=(n_rows, dim), dtype=dtype)
         self.coords = self.file.create_dataset("coords", shape=(n_rows, 2), dtype=np.int64)
 
-    def finish(self, offsets: np.ndarray, slide_ids: list[str], slide_attrs: list[str],
-               slide_coords_attrs: list[str], root_attrs: dict) -> None:  # fmt: skip
+    def finish(self, index: dict[str, Any], root_attrs: dict) -> None:
         f = self.file
-        f.create_dataset("offsets", data=offsets.astype(np.int64))
-        f.create_dataset("slide_ids", data=np.array(slide_ids, dtype=object), dtype=STR)
-        f.create_dataset("slide_attrs", data=np.array(slide_attrs, dtype=object), dtype=STR)
-        f.create_dataset("slide_coords_attrs", data=np.array(slide_coords_attrs, dtype=object),
-                         dtype=STR)
+        for name, values in index.items():
+            if isinstance(values, np.ndarray):
+                f.create_dataset(name, data=values)
+            else:  # lists of str: variable-length UTF-8
+                f.create_dataset(name, data=np.array(values, dtype=object), dtype=STR)
         encode_attrs(f.attrs, root_attrs)
         f.flush()
         f.close()
@@ -237,6 +248,11 @@ class PackBackend(StoreBackend):
 
     def has(self, slide_id: str) -> bool:
         return slide_id in self.rows
+
+    def nonfinite_rows(self, slide_ids: Sequence[str]) -> np.ndarray | None:
+        """NaN/Inf row counts recorded when packing: a pack load needs no scan."""
+        counts = self.reader.index.nonfinite_rows
+        return None if counts is None else counts[[self.rows[s] for s in slide_ids]]
 
     def problems(self) -> list[tuple[str, list[str]]]:
         return [("duplicate slide ids in the pack (the first copy is used)", self.dups)]
@@ -332,6 +348,7 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     sink = _load(PACK_SINKS[format])(tmp, int(offsets[-1]), dim, dtype, len(infos))
+    nonfinite = np.zeros(len(infos), dtype=np.int64)
     try:
         show = sys.stderr.isatty() if progress is None else progress
         for k, info in enumerate(tqdm(infos, desc="pack", unit="slide", disable=not show)):
@@ -341,6 +358,7 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
             feats = np.empty((b - a, info.feature_dim), dtype=info.dtype)
             coords = np.empty((b - a, 2), dtype=np.int64)
             src.backend.read_into(info.slide_id, feats, coords)
+            nonfinite[k] = int(np.count_nonzero(~finite_rows(feats)))
             sink.features[a:b] = feats
             sink.coords[a:b] = coords
         root = {"balnmp_pack": PACK_VERSION, "n_slides": len(infos), "n_patches": int(offsets[-1]),
@@ -348,9 +366,10 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
                 "balnmp_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **_common(infos)}  # fmt: skip
-        sink.finish(offsets, [i.slide_id for i in infos],
-                    [json.dumps(plain(i.attrs)) for i in infos],
-                    [json.dumps(plain(i.coords_attrs)) for i in infos], root)
+        sink.finish({"offsets": offsets, "slide_ids": [i.slide_id for i in infos],
+                     "slide_attrs": [json.dumps(plain(i.attrs)) for i in infos],
+                     "slide_coords_attrs": [json.dumps(plain(i.coords_attrs)) for i in infos],
+                     "nonfinite_rows": nonfinite}, root)  # fmt: skip
     except BaseException:
         sink.abort()
         _remove(tmp)

@@ -147,6 +147,10 @@ class StoreBackend:
             if b > a:
                 self.read_into(sid, features[a:b], coords[a:b])
 
+    def nonfinite_rows(self, slide_ids: Sequence[str]) -> np.ndarray | None:
+        """Per-slide NaN/Inf row counts known without reading (packs), else None (scan)."""
+        return None
+
     def problems(self) -> list[tuple[str, list[str]]]:
         """Problems found when opening (e.g. duplicate ids in a pack): (message, slides)."""
         return []

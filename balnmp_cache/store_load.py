@@ -166,7 +166,7 @@ _NONFINITE = {2: (np.int16, 0x7C00, np.uint16, 0xFC00),
               4: (np.int32, 0x7F800000, np.uint32, 0xFF800000)}  # fmt: skip
 
 
-def _finite_rows(features: np.ndarray) -> np.ndarray:
+def finite_rows(features: np.ndarray) -> np.ndarray:
     """Per-row all-finite flag, in parallel row blocks."""
     out = np.ones(features.shape[0], dtype=bool)
     if features.shape[1] == 0 or features.shape[0] == 0:
@@ -232,8 +232,10 @@ def _load(store: FeatureStore, slide_ids: Sequence[str] | None, on_problem: str,
     coords = np.empty((int(offsets[-1]), 2), dtype=np.int64)
     ok = _read(store, infos, features, coords, offsets, problems)
 
-    finite = _finite_rows(features)
-    bad_rows = np.add.reduceat(~finite, offsets[:-1]) if len(finite) else np.zeros(0, int)
+    bad_rows = store.backend.nonfinite_rows([i.slide_id for i in infos])
+    if bad_rows is None:  # per-slide stores: scan (packs were scanned once, when packing)
+        finite = finite_rows(features)
+        bad_rows = np.add.reduceat(~finite, offsets[:-1]) if len(finite) else np.zeros(0, int)
     bad = ok & (bad_rows > 0)
     problems.add("NaN or Inf in the features (re-extract these slides)",
                  [f"{i.slide_id} ({int(n)} patches)" for i, n, b in zip(infos, bad_rows, bad)

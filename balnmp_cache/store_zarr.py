@@ -243,15 +243,15 @@ class ZarrPackSink:
         )  # fmt: skip
         self.path = path
 
-    def finish(self, offsets: np.ndarray, slide_ids: list[str], slide_attrs: list[str],
-               slide_coords_attrs: list[str], root_attrs: dict) -> None:  # fmt: skip
+    def finish(self, index: dict[str, Any], root_attrs: dict) -> None:
         g = self.group
-        g.create_array("offsets", data=offsets.astype(np.int64))
-        for name, values in (("slide_ids", slide_ids), ("slide_attrs", slide_attrs),
-                             ("slide_coords_attrs", slide_coords_attrs)):
-            arr = g.create_array(name, shape=(len(values),), dtype=str)
-            if values:
-                arr[:] = np.array(values, dtype=str)
+        for name, values in index.items():
+            if isinstance(values, np.ndarray):
+                g.create_array(name, data=values)
+            else:  # lists of str: Zarr "string" arrays
+                arr = g.create_array(name, shape=(len(values),), dtype=str)
+                if values:
+                    arr[:] = np.array(values, dtype=str)
         g.attrs.update(plain(root_attrs))
         _fsync_tree(self.path)
 
@@ -269,10 +269,15 @@ class ZarrPackReader:
         try:
             g = zarr.open_group(path, mode="r")
             self.features, self.coords = g["features"], g["coords"]
-            opt = {n: (g[n][:] if n in g else None) for n in ("slide_attrs", "slide_coords_attrs")}
-            self.index = make_index(path, g["slide_ids"][:], g["offsets"][:], opt["slide_attrs"],
-                                    opt["slide_coords_attrs"], self.features.shape,
-                                    self.features.dtype, dict(g.attrs))  # fmt: skip
+            from balnmp_cache.pack import INDEX_ARRAYS
+
+            arrays = {n: g[n][:] for n in INDEX_ARRAYS if n in g}
+            for name in (n for n, required in INDEX_ARRAYS.items() if required):
+                if name not in arrays:
+                    raise StoreError(f"{path}: not a pack (no {name!r} array); make one with "
+                                     "`balnmp-mil pack FEATURES --out PACK --format zarr`")
+            self.index = make_index(path, arrays, self.features.shape, self.features.dtype,
+                                    dict(g.attrs))
         except ZARR_ERRORS as e:
             raise StoreError(f"{path}: Zarr pack cannot be read ({type(e).__name__}: {e}); "
                              "pack it again") from e

@@ -52,6 +52,31 @@ def test_pack_layout_is_plain_hdf5(tmp_path, cohort):
         assert attrs["slide_id"] == "p2" and attrs["encoder"] == "resnet50"
         assert f.attrs["balnmp_pack"] == 1 and f.attrs["encoder"] == "resnet50"
         assert f.attrs["n_slides"] == 4 and f.attrs["feature_dim"] == 8
+        np.testing.assert_array_equal(f["nonfinite_rows"][:], [0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("fmt,name", [("h5", "pack.h5"), ("zarr", "pack.zarr")])
+def test_nan_counted_when_packing_so_loads_need_no_scan(tmp_path, monkeypatch, fmt, name):
+    store = FeatureStore(tmp_path / "f", mode="a")
+    for sid, value in (("a", 1.0), ("b", np.nan), ("c", 2.0)):
+        with store.writer(sid, 4) as w:
+            w.append(np.array([[1, 2, 3, 4], [value, 0, 0, 0]]), np.zeros((2, 2)))
+    out = pack_store(store, tmp_path / name, format=fmt)
+
+    def no_scan(features):
+        raise AssertionError("a pack load must not rescan the features")
+
+    with monkeypatch.context() as m:
+        m.setattr("balnmp_cache.store_load.finite_rows", no_scan)
+        with pytest.raises(StoreError, match=r"NaN or Inf.*: b \(1 patches\)"):
+            load_bags(out)
+        with pytest.warns(UserWarning, match="NaN"):
+            assert load_bags(out, on_problem="warn").slide_ids == ["a", "c"]
+    if fmt == "h5":  # a pack without the counts (another writer) is scanned instead
+        with h5py.File(out, "a") as f:
+            del f["nonfinite_rows"]
+        with pytest.raises(StoreError, match=r"NaN or Inf.*: b \(1 patches\)"):
+            load_bags(out)
 
 
 def test_existing_out_mixed_dims_and_failures_leave_nothing(tmp_path, cohort, monkeypatch):

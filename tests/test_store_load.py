@@ -110,7 +110,7 @@ def test_unreadable_file_named_or_skipped(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_finite_check_matches_isfinite_on_special_values(dtype):
-    from balnmp_cache.store_load import _finite_rows
+    from balnmp_cache.store_load import finite_rows
 
     info = np.finfo(dtype)
     specials = [np.nan, -np.nan, np.inf, -np.inf, info.max, info.min, info.tiny, -0.0, 0.0,
@@ -118,5 +118,5 @@ def test_finite_check_matches_isfinite_on_special_values(dtype):
     x = np.random.default_rng(0).normal(size=(len(specials) * 2, 6)).astype(dtype)
     for i, v in enumerate(specials):
         x[2 * i, i % 6] = v
-    np.testing.assert_array_equal(_finite_rows(x), np.isfinite(x).all(axis=1))
-    assert not _finite_rows(x).all()
+    np.testing.assert_array_equal(finite_rows(x), np.isfinite(x).all(axis=1))
+    assert not finite_rows(x).all()
