@@ -157,7 +157,7 @@ def _make_patient(cfg: CohortConfig, pid: int, status: str, root: Path) -> dict[
     decoy_cells: list[tuple[int, int]] = []
     if status == "N0" and rng.random() < DECOY_PROBABILITY:
         decoy_cells = choose_signal_cells(rng, candidates, 1e-9, cluster_size=(1, 1))
-    density = float(rng.uniform(0.85, 1.15))
+    density = float(rng.uniform(0.75, 1.25))
     image = render_tissue(
         rng,
         h,

@@ -72,12 +72,12 @@ def _patient_row(rng: np.random.Generator, pid: int, status: str) -> dict[str, o
     positive = status != "N0"
     pos_neg = ("Negative", "Positive")
     age = int(np.clip(np.rint(rng.normal(50.0 if positive else 53.0, 10.0)), 25, 85))
-    size = float(np.clip(np.exp(rng.normal(np.log(2.5 if positive else 2.1), 0.4)), 0.5, 8.0))
-    grade_p = (0.08, 0.55, 0.37) if positive else (0.15, 0.60, 0.25)
+    size = float(np.clip(np.exp(rng.normal(np.log(2.5 if positive else 2.0), 0.45)), 0.5, 8.0))
+    grade_p = (0.06, 0.50, 0.44) if positive else (0.16, 0.60, 0.24)
     grade = int(rng.choice([1, 2, 3], p=grade_p))
     er = bool(rng.random() < 0.75)
     pr = bool(rng.random() < (0.8 if er else 0.15))
-    her2 = bool(rng.random() < (0.30 if positive else 0.20))
+    her2 = bool(rng.random() < (0.32 if positive else 0.18))
     if her2:
         her2_expr = "3+" if rng.random() < 0.7 else "2+"
     else:

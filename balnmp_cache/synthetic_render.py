@@ -29,6 +29,7 @@ __all__ = [
 # Quantisation of the two per-pixel maps that index the colour look-up table.
 TEXTURE_RANGE = 0.6  # texture index 0..255 <-> relative eosin modulation -0.6..+0.6
 HAEM_MAX = 2.0  # nucleus index 0..255 <-> haematoxylin concentration 0..2
+DECOY_STRENGTH = 0.35  # weakly abnormal nuclei in "decoy" cells of some N0 slides
 COARSE = 4  # texture fields are drawn at 1/COARSE resolution and upsampled
 
 
@@ -48,25 +49,31 @@ NUCLEUS_STYLES: dict[str, NucleusStyle] = {
     "tumour": NucleusStyle(5.0, (3.6, 4.8), (0.50, 0.80), (0.75, 0.95)),
     # The planted signal (BALNMP: nucleus density, circumference and circularity): denser,
     # larger, rounder, darker nuclei.
-    "signal": NucleusStyle(7.5, (5.4, 6.8), (0.85, 1.00), (0.95, 1.15)),
+    "signal": NucleusStyle(6.0, (4.4, 5.4), (0.85, 1.00), (0.85, 1.05)),
 }
 
 
 def signal_style(strength: float, base: NucleusStyle | None = None) -> NucleusStyle:
-    """Interpolate from ordinary tumour (0) to full signal (1) nuclei; >1 extrapolates."""
-    base = base or NUCLEUS_STYLES["tumour"]
-    sig = NUCLEUS_STYLES["signal"]
+    """Interpolate from ordinary tumour nuclei (0) to full signal nuclei (1).
 
-    def mix(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
-        return (a[0] + strength * (b[0] - a[0]), a[1] + strength * (b[1] - a[1]))
+    ``base`` is this slide's tumour style; its density is scaled by the signal/tumour
+    density ratio, so the contrast is relative to the patient's own tumour.
+    """
+    ref, sig = NUCLEUS_STYLES["tumour"], NUCLEUS_STYLES["signal"]
+    base = base or ref
+
+    def mix(
+        a: tuple[float, float], b: tuple[float, float], hi: float = np.inf
+    ) -> tuple[float, float]:
+        return (
+            min(hi, a[0] + strength * (b[0] - a[0])),
+            min(hi, a[1] + strength * (b[1] - a[1])),
+        )
 
     return NucleusStyle(
-        density=base.density + strength * (sig.density - base.density),
+        density=base.density * (1 + strength * (sig.density / ref.density - 1)),
         semi_major_um=mix(base.semi_major_um, sig.semi_major_um),
-        aspect=(
-            min(1.0, mix(base.aspect, sig.aspect)[0]),
-            min(1.0, mix(base.aspect, sig.aspect)[1]),
-        ),
+        aspect=mix(base.aspect, sig.aspect, hi=1.0),
         haematoxylin=mix(base.haematoxylin, sig.haematoxylin),
     )
 
@@ -81,6 +88,7 @@ class Stain:
     tumour_eosin: float = 0.17
     tumour_haematoxylin: float = 0.10  # faint purple cytoplasm of tumour cells
     background_od: float = 0.026  # ~ (240, 240, 240)
+    nucleus_scale: float = 1.0  # haematoxylin uptake of nuclei
 
 
 def random_stain(rng: np.random.Generator) -> Stain:
@@ -99,6 +107,7 @@ def random_stain(rng: np.random.Generator) -> Stain:
         stroma_eosin=base.stroma_eosin * float(rng.uniform(0.8, 1.2)),
         tumour_eosin=base.tumour_eosin * float(rng.uniform(0.8, 1.2)),
         tumour_haematoxylin=base.tumour_haematoxylin * float(rng.uniform(0.8, 1.2)),
+        nucleus_scale=float(rng.uniform(0.85, 1.15)),
     )
 
 
@@ -123,6 +132,7 @@ def stamp_nuclei(
     axis_angle: np.ndarray | None = None,
     modulation: np.ndarray | None = None,
     chromatin: np.ndarray | None = None,
+    intensity: float = 1.0,
     batch: int = 2048,
 ) -> int:
     """Draw nuclei of ``style`` inside ``mask`` into the uint8 nucleus map; return the count.
@@ -145,7 +155,7 @@ def stamp_nuclei(
         return 0
     a = rng.uniform(*style.semi_major_um, n) / mpp
     b = a * rng.uniform(*style.aspect, n)
-    conc = rng.uniform(*style.haematoxylin, n) * (255.0 / HAEM_MAX)
+    conc = rng.uniform(*style.haematoxylin, n) * (intensity * 255.0 / HAEM_MAX)
     if style.aligned and axis_angle is not None:
         theta = axis_angle[pts[:, 1].astype(np.intp)] + rng.normal(0, 0.15, n)
     else:
@@ -262,18 +272,15 @@ def render_tissue(
     angle = None if centre_y is None else np.arctan(np.gradient(np.asarray(centre_y, float)))
     nests = np.clip(0.55 + 0.35 * smooth_noise(rng, coarse, 30 * um / COARSE), 0.0, 1.0)
     base = NUCLEUS_STYLES["tumour"]
-    tumour_style = replace(base, density=base.density * nuclei_density / 0.55)
-    opts = {"chromatin": chromatin}
-    stamp_nuclei(
-        nuclei, rng, tissue_mask & ~tumour, NUCLEUS_STYLES["stroma"], mpp, axis_angle=angle, **opts
-    )
-    stamp_nuclei(
-        nuclei, rng, tumour & ~signal & ~decoy, tumour_style, mpp, modulation=nests, **opts
-    )
+    tumour_style = replace(base, density=base.density * nuclei_density)
+    # nests thin the plain tumour out; compensate so its mean density is tumour_style's
+    nested = replace(tumour_style, density=tumour_style.density / max(float(nests.mean()), 0.1))
+    opts = {"chromatin": chromatin, "intensity": stain.nucleus_scale}
+    stroma_style = NUCLEUS_STYLES["stroma"]
+    stamp_nuclei(nuclei, rng, tissue_mask & ~tumour, stroma_style, mpp, axis_angle=angle, **opts)
+    stamp_nuclei(nuclei, rng, tumour & ~signal & ~decoy, nested, mpp, modulation=nests, **opts)
     stamp_nuclei(nuclei, rng, signal, signal_style(signal_strength, tumour_style), mpp, **opts)
-    stamp_nuclei(
-        nuclei, rng, decoy, signal_style(0.35, tumour_style), mpp, modulation=nests, **opts
-    )
+    stamp_nuclei(nuclei, rng, decoy, signal_style(DECOY_STRENGTH, tumour_style), mpp, **opts)
 
     index = region.astype(np.int32) << 16
     index |= tex_idx.astype(np.int32) << 8
