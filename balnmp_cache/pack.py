@@ -329,7 +329,10 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
 
     if format not in PACK_SINKS:
         raise StoreError(f"pack format {format!r} is not supported; use one of {list(PACK_SINKS)}")
-    src = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    if not isinstance(store, FeatureStore):
+        with FeatureStore(store) as src:
+            return pack_store(src, out, format, slide_ids, overwrite, progress)
+    src = store
     out = Path(out)
     if out.exists() and not overwrite:
         raise StoreError(f"{out}: already exists; choose another --out or pass --overwrite")
