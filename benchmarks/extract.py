@@ -1,0 +1,188 @@
+"""Extraction throughput on the same generated slides and encoder, measured in one run.
+
+Prints patches/s for
+  * end-to-end: `extract_features` (tiling + batched read + device preprocessing + encoder +
+    background HDF5 writer),
+  * encoder-only: the same encoder on the same patches already decoded in memory (the
+    ceiling for end-to-end),
+  * naive: CLAM's extract_features_fp pattern - OpenSlide `read_region` per patch inside a
+    torch DataLoader with PIL/torchvision transforms, features written per batch to HDF5,
+and the ratios end-to-end / encoder-only and end-to-end / naive. Methods run alternately for
+`--rounds` rounds and the best round of each is kept (other jobs share the machine).
+
+Small by default (2-core CI machine); e.g. `--slides 8 --width 8192 --height 4096
+--device cuda --batch-size 256` for a GPU node. Targets: CPU end-to-end >= 0.85 x
+encoder-only and >= naive; GPU >= 0.7 x encoder-only and >= 3 x naive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from balnmp_cache.encoders import build_encoder
+from balnmp_cache.extract import extract_features
+from balnmp_cache.pipeline import EncoderRunner, default_device
+from balnmp_cache.slide import open_slide
+from balnmp_cache.synthetic import make_demo_cohort
+from balnmp_cache.tiling import tile_slide
+
+
+def _grids(slides: list[Path], args: argparse.Namespace) -> list[tuple[Path, object]]:
+    out = []
+    for p in slides:
+        with open_slide(p) as s:
+            out.append((p, tile_slide(s, patch_size=args.patch_size, mpp=args.mpp)))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def encoder_only(runner: EncoderRunner, patches: np.ndarray, batch_size: int) -> float:
+    """Seconds to encode pre-decoded uint8 patches already in (pinned) host memory."""
+    batches = [torch.from_numpy(patches[i : i + batch_size]) for i in range(0, len(patches), batch_size)]
+    if runner.device.type == "cuda":
+        batches = [b.pin_memory() for b in batches]
+    runner(batches[0])  # warm-up (cuDNN autotune, allocator)
+    _sync(runner.device)
+    t0 = time.perf_counter()
+    for b in batches:
+        runner(b).cpu()
+    _sync(runner.device)
+    return time.perf_counter() - t0
+
+
+class _NaiveDataset(torch.utils.data.Dataset):
+    """CLAM's Whole_Slide_Bag_FP: one OpenSlide read_region + PIL transform per patch."""
+
+    def __init__(self, path: Path, coords: np.ndarray, level: int, size: int, out: int,
+                 mean: tuple, std: tuple) -> None:  # fmt: skip
+        from torchvision import transforms
+
+        self.path, self.coords, self.level, self.size = path, coords, level, size
+        steps = [transforms.Resize(out)] if out != size else []
+        self.tf = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
+        self.wsi = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray]:
+        import openslide
+
+        if self.wsi is None:
+            self.wsi = openslide.OpenSlide(str(self.path))
+        x, y = (int(v) for v in self.coords[i])
+        img = self.wsi.read_region((x, y), self.level, (self.size, self.size)).convert("RGB")
+        return self.tf(img), self.coords[i]
+
+
+def naive(grids: list, enc, device: torch.device, batch_size: int, workers: int,  # noqa: ANN001
+          out: Path) -> tuple[float, int]:  # fmt: skip
+    """Seconds and patches for the CLAM-style loop over every slide."""
+    model = enc.module.to(device).eval()
+    n = 0
+    t0 = time.perf_counter()
+    for path, grid in grids:
+        ds = _NaiveDataset(path, grid.coords, grid.plan.level, grid.plan.read_size,
+                           enc.input_size, enc.mean, enc.std)  # fmt: skip
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers,
+                                             pin_memory=device.type == "cuda")  # fmt: skip
+        with h5py.File(out / f"{path.stem}.h5", "w") as f:
+            dim = enc.feature_dim
+            feats = f.create_dataset("features", (0, dim), maxshape=(None, dim), dtype="f4")
+            xy = f.create_dataset("coords", (0, 2), maxshape=(None, 2), dtype="i8")
+            for batch, coords in loader:
+                with torch.inference_mode():
+                    y = model(batch.to(device, non_blocking=True)).cpu().numpy()
+                for dset, rows in ((feats, y), (xy, coords.numpy())):
+                    dset.resize(dset.shape[0] + len(rows), axis=0)
+                    dset[-len(rows) :] = rows
+                n += len(y)
+    _sync(device)
+    return time.perf_counter() - t0, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slides", type=int, default=2)
+    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--height", type=int, default=1536)
+    ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--patch-size", type=int, default=224)
+    ap.add_argument("--mpp", type=float, default=0.5)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--precision", default=None)
+    ap.add_argument("--num-workers", type=int, default=None, help="reader threads (ours)")
+    ap.add_argument("--naive-workers", type=int, default=None,
+                    help="DataLoader workers for the naive loop [CLAM: 0 on CPU, 8 on GPU]")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    device = torch.device(args.device) if args.device else default_device()
+    naive_workers = args.naive_workers if args.naive_workers is not None else (8 if device.type == "cuda" else 0)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="balnmp-bench-"))
+    cohort = make_demo_cohort(work / "cohort", n_patients=args.slides, seed=0,
+                              width=args.width, height=args.height)  # fmt: skip
+    slides = sorted(cohort.slides_dir.glob("*.svs"))
+    grids = _grids(slides, args)
+    n_patches = sum(len(g) for _, g in grids)
+    enc = build_encoder(args.encoder, "none")
+    runner = EncoderRunner(enc, device, args.precision)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
+          f"threads, device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(f"{len(slides)} slides, {n_patches} patches of {args.patch_size} px at {args.mpp} µm/px, "
+          f"{args.encoder} @ {enc.input_size}, batch {args.batch_size}, precision {runner.precision}")
+    patches = np.concatenate([
+        np.concatenate(list(open_slide(p).read_regions(g.coords, g.plan.level, (g.plan.read_size,) * 2, 64)))
+        for p, g in grids
+    ])  # fmt: skip
+
+    best = {"end-to-end": 0.0, "encoder-only": 0.0, "naive": 0.0}
+    for r in range(args.rounds):
+        t = encoder_only(runner, patches, args.batch_size)
+        best["encoder-only"] = max(best["encoder-only"], len(patches) / t)
+
+        out = work / f"e2e-{r}"
+        t0 = time.perf_counter()
+        s = extract_features(slides, out, encoder=args.encoder, weights="none", mpp=args.mpp,
+                             patch_size=args.patch_size, device=str(device), batch_size=args.batch_size,
+                             precision=args.precision, num_workers=args.num_workers, progress=False)  # fmt: skip
+        t = time.perf_counter() - t0
+        done = sum(x.n_patches for x in s.results)
+        assert done == n_patches, (done, n_patches)
+        best["end-to-end"] = max(best["end-to-end"], done / t)
+        shutil.rmtree(out)
+
+        nd = work / f"naive-{r}"
+        nd.mkdir(exist_ok=True)
+        t, n = naive(grids, enc, device, args.batch_size, naive_workers, nd)
+        best["naive"] = max(best["naive"], n / t)
+        shutil.rmtree(nd)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in best.items()) + " (best so far)")
+
+    e2e, enc_only, nv = best["end-to-end"], best["encoder-only"], best["naive"]
+    print(f"end-to-end     {e2e:8.1f} patches/s")
+    print(f"encoder-only   {enc_only:8.1f} patches/s")
+    print(f"naive (CLAM)   {nv:8.1f} patches/s  (DataLoader workers: {naive_workers})")
+    print(f"end-to-end / encoder-only = {e2e / enc_only:.2f}   end-to-end / naive = {e2e / nv:.2f}")
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
