@@ -110,13 +110,15 @@ def sweep(
     seeds: Sequence[int] = (0,),
     lrs: Sequence[float] = (2e-4,),
     model_kwargs: dict[str, Any] | None = None,
-    vectorise: bool = True,
+    vectorise: bool | str = "auto",
     **fit_options: Any,
 ) -> SweepResult:
     """Fit ``model_name`` for every (split, seed, lr); ``fit_options`` as for :func:`fit`.
 
     ``splits``: (train_idx, val_idx or None) patient-index pairs, or Split objects with
-    ``.train``/``.val`` patient ids.
+    ``.train``/``.val`` patient ids. ``vectorise``: True, False, or "auto" (vectorised on CUDA,
+    where it removes per-step launch overhead; sequential on CPU, where training is bound by
+    matrix multiplies and padding the M batches to one shape only adds work).
     """
     t0 = time.perf_counter()
     kwargs = dict(model_kwargs or {})
@@ -132,6 +134,9 @@ def sweep(
         return build_model(model_name, cohort.feature_dim, cohort.n_classes, clinical_dim,
                            seed=spec.seed, **kwargs)
 
+    if vectorise == "auto":
+        dev = fit_options.get("device") or cohort.device
+        vectorise = torch.device(dev).type == "cuda"
     if not vectorise or model_name in NOT_VMAPPABLE:
         results = []
         for spec in specs:

@@ -26,7 +26,7 @@ def test_sweep_equals_separate_fits(name, opts):
     cohort = planted_cohort(n_bags=18, hi=12)
     common = dict(seeds=(0, 1), lrs=(5e-3,), model_kwargs={"dropout": 0.0}, epochs=2,
                   bags_per_step=4)
-    vec = sweep(name, cohort, _splits(18), **common, **opts)
+    vec = sweep(name, cohort, _splits(18), vectorise=True, **common, **opts)
     seq = sweep(name, cohort, _splits(18), vectorise=False, **common, **opts)
     assert vec.vectorised and not seq.vectorised and len(vec.results) == 4
     assert [(s.split, s.seed, s.lr) for s in vec.specs] == [(s.split, s.seed, s.lr)
@@ -56,7 +56,10 @@ def test_split_objects_and_transmil_fallback():
     res = sweep("transmil", cohort, [split], model_kwargs={"dim": 16, "heads": 2},
                 epochs=1, bags_per_step=4)
     assert not res.vectorised and len(res.results[0].history) == 1
-    res = sweep("dsmil", cohort, [split, (np.arange(6), None)], epochs=2, optimizer="sgd")
+    auto = sweep("mean", cohort, [split], epochs=1)  # auto: sequential on CPU
+    assert not auto.vectorised
+    res = sweep("dsmil", cohort, [split, (np.arange(6), None)], epochs=2, optimizer="sgd",
+                vectorise=True)
     assert res.vectorised and res.results[1].best_score is None
     assert res.results[1].best_epoch == 1 and "val_auc" in res.results[0].history[0]
     with pytest.raises(TypeError, match="unknown sweep options"):
