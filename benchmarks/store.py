@@ -65,7 +65,8 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="balnmp-bench-"))
     try:
         t = time.perf_counter()
-        if args.reuse and (work / "features").is_dir():
+        reused = args.reuse and (work / "features").is_dir()
+        if reused:
             n = load_bags(work / "features").features.shape[0]
             nbytes = n * (args.dim * np.dtype(args.dtype).itemsize + 16)
         else:
@@ -89,7 +90,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     gb = nbytes / 1e9
     print(f"cohort: {n_slides} slides, {len(a.features)} patches x {args.dim} {args.dtype} "
-          f"= {gb:.3f} GB (features + coords); built in {t_build:.1f} s, packed in "
+          f"= {gb:.3f} GB (features + coords); {'reused' if reused else 'built'} in "
+          f"{t_build:.1f} s, packed in "
           f"{t_pack_write:.1f} s (peak traced memory while packing {peak / 1e6:.1f} MB)")
     print(f"load_bags(pack .h5):       {t_pack:.3f} s  {gb / t_pack:.2f} GB/s")
     print(f"load_bags(pack .zarr):     {t_zarr:.3f} s  {gb / t_zarr:.2f} GB/s")
