@@ -308,10 +308,46 @@ def test_failure_mid_way_leaves_no_half_written_run(cohort, tmp_path, monkeypatc
     assert res.exit_code == 1 and isinstance(res.exception, RuntimeError)
     assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
     assert _hidden(tmp_path) == []
+    if attr != "fit":
+        return
     res = invoke("train", cohort.features, "--labels", cohort.labels, "--task", "n0_vs_n+",
                  "--out", tmp_path / "fresh", *fast_args(1))
     assert res.exit_code == 1 and not (tmp_path / "fresh").exists()
     assert _hidden(tmp_path) == []
+
+
+OTHER_ERRORS = [
+    ("cv clinical setting without table",
+     ["cv", "{features}", "--labels", "{labels}", "--task", "n0_vs_n+", "--compare",
+      "image+clinical", "--out", "{tmp}/cv"], r"--compare image\+clinical needs --clinical TABLE"),
+    ("cv unknown setting",
+     ["cv", "{features}", "--labels", "{labels}", "--compare", "pixels", "--out", "{tmp}/cv"],
+     r"unknown --compare setting 'pixels'; use image, image\+clinical, clinical"),
+    ("cv one fold", ["cv", "{features}", "--labels", "{labels}", "--folds", "1", "--out",
+                     "{tmp}/cv"], r"--folds 1: need at least 2 folds"),
+    ("cv unknown model", ["cv", "{features}", "--labels", "{labels}", "--models", "abmil,nope",
+                          "--out", "{tmp}/cv"], r"unknown model 'nope'"),
+    ("evaluate features without labels", ["evaluate", "{run}", "--features", "{features}"],
+     r"needs both --features and --labels"),
+    ("predict missing store", ["predict", "{run}", "{tmp}/nostore", "--out", "{tmp}/p.csv"],
+     r"feature store .*nostore does not exist"),
+    ("predict missing labels", ["predict", "{run}", "{features}", "--labels", "{tmp}/no.csv",
+                                "--out", "{tmp}/p.csv"], r"labels file .*no\.csv does not exist"),
+    ("train without labels", ["train", "{features}", "--out", "{tmp}/r"],
+     r"missing --labels CSV"),
+]
+
+
+@pytest.mark.parametrize("name,args,pattern", OTHER_ERRORS, ids=[e[0] for e in OTHER_ERRORS])
+def test_other_command_errors(run, cohort, tmp_path, name, args, pattern):
+    import re
+
+    values = {"features": cohort.features, "labels": cohort.labels, "tmp": tmp_path,
+              "run": run[0]}
+    res = invoke(*[a.format(**values) for a in args])
+    assert res.exit_code == 2, res.output
+    assert re.search(pattern, res.output), res.output
+    assert not (tmp_path / "cv").exists() and not (tmp_path / "p.csv").exists()
 
 
 def test_run_errors_for_apply_commands(tmp_path):
