@@ -123,3 +123,22 @@ def test_abmil_gated_and_plain_differ_and_softmax_is_stable():
     x, offsets, _, _ = _bags()
     out = gated(x * 1e4, offsets)  # huge scores must not overflow
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.attention).all()
+
+
+def test_segment_ops_on_empty_bags_ties_and_ranks():
+    from balnmp_mil.segment import (
+        gather_ranges,
+        segment_argmax,
+        segment_max,
+        segment_rank,
+        segment_softmax,
+    )
+
+    offsets = torch.tensor([0, 3, 3, 5])  # bag 1 is empty
+    s = torch.tensor([1.0, 3.0, 3.0, -2.0, 1000.0])
+    a = segment_softmax(s, offsets)
+    assert torch.allclose(segment_sum(a, offsets), torch.tensor([1.0, 0.0, 1.0]))
+    assert segment_max(s, offsets).tolist() == [3.0, 0.0, 1000.0]
+    assert segment_argmax(s, offsets).tolist() == [1, 0, 4]  # first of the tied maxima
+    assert segment_rank(s, offsets).tolist() == [2, 0, 1, 1, 0]
+    assert gather_ranges(torch.tensor([5, 0]), torch.tensor([2, 3])).tolist() == [5, 6, 0, 1, 2]
