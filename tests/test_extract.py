@@ -86,7 +86,8 @@ def test_rerun_skips_finished_slides_and_overwrite_redoes_them(cohort, extracted
 def test_random_init_features_are_reproducible(cohort, extracted, tmp_path: Path) -> None:  # noqa: ANN001
     out, _ = extracted
     extract_features(cohort.slides_dir / "1.svs", tmp_path, annotations=cohort.annotations_dir,
-                     **FAST)  # fmt: skip
+                     qc_dir=tmp_path / "qc", **FAST)  # fmt: skip
+    assert (tmp_path / "qc" / "1.png").stat().st_size > 0
     a, b = FeatureStore(out)["1"], FeatureStore(tmp_path)["1"]
     np.testing.assert_array_equal(a.coords, b.coords)
     np.testing.assert_array_equal(a.features, b.features)

@@ -106,3 +106,21 @@ def test_slurm_array_variables_pick_the_shard(cohort, tmp_path: Path, monkeypatc
     res = extract_features(cohort.slides_dir, tmp_path / "out", annotations=cohort.annotations_dir,
                            **FAST)  # fmt: skip
     assert [r.slide_id for r in res.results] == ["3"]
+
+
+def test_one_worker_per_device_shares_the_slides(cohort, tmp_path: Path) -> None:  # noqa: ANN001
+    """`--devices` path with two CPU workers (spawned processes, as on a multi-GPU node)."""
+    from balnmp_cache.extract import _ModelSpec
+    from balnmp_cache.extract_slide import SlideOptions
+    from balnmp_cache.extract_workers import run_on_devices
+
+    out = tmp_path / "out"
+    opts = SlideOptions(out=out, mpp=1.0, patch_size=32, annotations=cohort.annotations_dir,
+                        batch_size=4)  # fmt: skip
+    model = _ModelSpec("resnet18", "none", input_size=32)
+    slides = sorted(cohort.slides_dir.glob("*.svs"))
+    results = run_on_devices(slides, opts, model, ["cpu", "cpu"], skip_errors=False,
+                             progress=False)  # fmt: skip
+    assert [(r.slide_id, r.status) for r in results] == [("1", "done"), ("2", "done"), ("3", "done")]
+    assert FeatureStore(out).slide_ids == ["1", "2", "3"]
+    assert sorted(read_manifest(out)) == ["1", "2", "3"]
