@@ -9,6 +9,8 @@ second job on the same directory) makes the same decision the same way.
 from __future__ import annotations
 
 import contextlib
+import glob
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,12 +137,17 @@ class SlideJob:
             return 0
 
     def _remove_orphans(self, sid: str) -> None:
-        """Temp files of this slide left by a killed writer (we hold the lock: nobody writes)."""
-        if self.opts.format != "h5":
+        """Temp files of this slide left by a killed writer (we hold the lock: nobody writes).
+
+        HDF5 writes `.<id>.h5.tmp-<pid>`, Zarr a `.<id>.tmp-<pid>-<token>` group.
+        """
+        esc = glob.escape(sid)
+        pattern = {"h5": f".{esc}.h5.tmp-*", "zarr": f".{esc}.tmp-*"}.get(self.opts.format)
+        if pattern is None:
             return
-        for tmp in self.opts.out.glob(f".{sid}.h5.tmp-*"):
+        for tmp in self.opts.out.glob(pattern):
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
     def _process(self, path: Path, sid: str, on_batch: Any) -> int:
         from balnmp_cache.annotations import find_annotation
