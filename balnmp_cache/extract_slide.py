@@ -123,7 +123,9 @@ class SlideJob:
                 n = self._process(path, sid, on_batch)
             except _StageError as exc:
                 err = exc.__cause__ or exc
-                text = str(err.error if isinstance(err, PipelineError) else err)
+                if isinstance(err, PipelineError):
+                    err = err.error
+                text = str(err)
                 message = f"{type(err).__name__}: {text}" if text else type(err).__name__
                 seconds = time.perf_counter() - t0
                 return SlideResult(sid, str(path), "failed", 0, seconds, message, exc.stage)
