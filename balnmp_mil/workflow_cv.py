@@ -241,4 +241,4 @@ def _plot_pooled(preds: pd.DataFrame, class_names: list[str], out: Path, cfg: CV
                   if g["label"].nunique() == 2}
     if curves:
         plot_roc(curves, out, n_bootstrap=min(cfg.n_bootstrap, 500), seed=cfg.seed,
-                 title=f"{cfg.folds}-fold CV · {cfg.task or 'label'} · pooled out-of-fold ROC")
+                 title=f"{cfg.folds}-fold CV, {cfg.task or 'label'}: pooled test ROC")
