@@ -91,7 +91,12 @@ def _from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
     ]
     if required:
         raise InputError(f"{source}: missing required option(s) {', '.join(required)}")
-    return cls(**{k: v for k, v in data.items() if k in names})
+    values = {k: v for k, v in data.items() if k in names}
+    if values.get("model_kwargs") is None:
+        values.pop("model_kwargs", None)
+    elif not isinstance(values["model_kwargs"], dict):
+        raise InputError(f"{source}: model_kwargs must be a mapping of argument: value")
+    return cls(**values)
 
 
 @dataclass
