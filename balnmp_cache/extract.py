@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from balnmp_cache.extract_slide import (
     SlideJob,
     SlideOptions,
     SlideResult,
+    discard,
     slide_id_of,
 )
 from balnmp_cache.manifest import ManifestRow, read_manifest, update_manifest
@@ -253,12 +255,18 @@ def run_slides(
     disable = (not sys.stderr.isatty()) if progress is None else not progress
     bar = tqdm(total=len(paths), unit="slide", disable=disable, position=position,
                desc=f"extract {device or ''}".strip(), dynamic_ncols=True)  # fmt: skip
+    pool = ThreadPoolExecutor(1, thread_name_prefix="balnmp-prepare")
+    upcoming: Future | None = None
     try:
-        for path in paths:
+        for i, path in enumerate(paths):
             if stop is not None and stop.is_set():
                 break  # another device's worker failed without --skip-errors
+            current, upcoming = upcoming, None
+            if i + 1 < len(paths) and not job.is_finished(Path(paths[i + 1])):
+                # open + tile the next slide while this one is encoded
+                upcoming = pool.submit(job.prepare, Path(paths[i + 1]))
             bar.set_postfix_str(slide_id_of(path))
-            res = job.run(Path(path))
+            res = job.run(Path(path), prepared=current)
             results.append(res)
             bar.update(1)
             row = _manifest_row(res, known)
@@ -269,6 +277,8 @@ def run_slides(
                     stop.set()
                 raise SlideFailure(res)
     finally:
+        discard(upcoming)
+        pool.shutdown(wait=True)
         bar.close()
     return results
 

@@ -12,6 +12,7 @@ import contextlib
 import glob
 import shutil
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,22 +106,37 @@ class SlideJob:
     def lock_path(self, slide_id: str) -> Path:
         return self.opts.out / LOCK_DIR / f"{slide_id}.lock"
 
-    def run(self, path: Path, on_batch: Any = None) -> SlideResult:
-        """Process one slide unless it is finished or locked by another job."""
+    def is_finished(self, path: Path) -> bool:
+        """True when the slide would be skipped as finished (and --overwrite is off)."""
+        return not self.opts.overwrite and self.store.is_complete(slide_id_of(path))
+
+    def run(self, path: Path, prepared: Future | None = None, on_batch: Any = None) -> SlideResult:
+        """Process one slide unless it is finished or locked by another job.
+
+        `prepared` is `prepare(path)` already started in the background (opening and tiling
+        the next slide while this job's device encodes the current one).
+        """
         sid = slide_id_of(path)
         t0 = time.perf_counter()
-        if not self.opts.overwrite and self.store.is_complete(sid):
+        if self.is_finished(path):
+            discard(prepared)
             return SlideResult(sid, str(path), "skipped", self._n_stored(sid), 0.0, "finished")
         lock = try_lock(self.lock_path(sid), stale_after=self.opts.stale_after)
         if lock is None:
+            discard(prepared)
             msg = f"locked by {holder(self.lock_path(sid))}"
             return SlideResult(sid, str(path), "skipped", 0, 0.0, msg)
         with lock:
-            if not self.opts.overwrite and self.store.is_complete(sid):  # finished meanwhile
+            if self.is_finished(path):  # finished meanwhile
+                discard(prepared)
                 return SlideResult(sid, str(path), "skipped", self._n_stored(sid), 0.0, "finished")
             self._remove_orphans(sid)
             try:
-                n = self._process(path, sid, on_batch)
+                prep = prepared.result() if prepared is not None else self.prepare(path)
+                try:
+                    n = self._encode(prep.slide, prep.grid, path, sid, on_batch)
+                finally:
+                    prep.slide.close()
             except _StageError as exc:
                 err = exc.__cause__ or exc
                 if isinstance(err, PipelineError):
@@ -151,12 +167,16 @@ class SlideJob:
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
-    def _process(self, path: Path, sid: str, on_batch: Any) -> int:
+    def prepare(self, path: Path) -> Prepared:
+        """Open, find the annotation, tile (and QC) one slide; writes nothing to the store.
+
+        Raises _StageError naming the stage; safe to run in a background thread.
+        """
         from balnmp_cache.annotations import find_annotation
         from balnmp_cache.slide import open_slide
         from balnmp_cache.tiling import tile_slide
 
-        o = self.opts
+        o, sid = self.opts, slide_id_of(path)
         with _stage("open"):
             slide = open_slide(path, backend=o.backend, mpp_overrides=o.mpp_overrides)
         try:
@@ -180,9 +200,10 @@ class SlideJob:
                 with _stage("qc"):
                     Path(o.qc_dir).mkdir(parents=True, exist_ok=True)
                     save_qc(slide, grid, Path(o.qc_dir) / f"{sid}.png")
-            return self._encode(slide, grid, path, sid, on_batch)
-        finally:
+        except BaseException:
             slide.close()
+            raise
+        return Prepared(slide, grid)
 
     def _encode(self, slide: Any, grid: Any, path: Path, sid: str, on_batch: Any) -> int:
         o, enc, plan = self.opts, self.encoder, grid.plan
@@ -228,6 +249,26 @@ class SlideJob:
                     except PipelineError as exc:
                         raise _StageError(exc.stage) from exc
         return n
+
+
+@dataclass
+class Prepared:
+    """An open slide and its patch grid, ready to encode."""
+
+    slide: Any
+    grid: Any
+
+
+def discard(prepared: Future | None) -> None:
+    """Close the slide of a background `prepare` whose result will not be used."""
+    if prepared is None:
+        return
+
+    def close(fut: Future) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            fut.result().slide.close()
+
+    prepared.add_done_callback(close)
 
 
 class _StageError(Exception):
