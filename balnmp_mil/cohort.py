@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from balnmp_mil.cohort_load import load_chunked
 from balnmp_mil.labels import (
     PATIENT_COLUMNS,
     LabelTable,
@@ -173,10 +174,13 @@ class Cohort:
 
 
 def _pack_to_tensor(
-    features: np.ndarray, rows: np.ndarray | None, dtype: torch.dtype, device: torch.device
+    features: np.ndarray | torch.Tensor, rows: np.ndarray | None, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    """(P, D) numpy -> tensor on device, gathering ``rows`` in chunks to bound peak memory."""
-    src = torch.from_numpy(np.ascontiguousarray(features))
+    """(P, D) array/tensor -> tensor on device, gathering ``rows`` in chunks (bounded peak)."""
+    if isinstance(features, torch.Tensor):
+        src = features
+    else:
+        src = torch.from_numpy(np.ascontiguousarray(features))
     if rows is None:
         return src.to(device=device, dtype=dtype)
     out = torch.empty((len(rows), src.shape[1]), dtype=dtype, device=device)
@@ -296,7 +300,7 @@ def _from_packed(
     on_missing: str, allow_mixed: bool,
 ) -> Cohort:
     """Check labelled slides against the store, load them in patient order, assemble."""
-    from balnmp_cache.store import PackedBags, load_bags
+    from balnmp_cache.store import PackedBags
 
     is_packed = isinstance(store, PackedBags)
     available = set(store.slide_ids)
@@ -320,9 +324,9 @@ def _from_packed(
     patient_order = list(dict.fromkeys(slide_patient[s] for s in present))
     rank = {p: i for i, p in enumerate(patient_order)}
     present.sort(key=lambda s: rank[slide_patient[s]])
-    packed = store if is_packed else load_bags(
-        store, slide_ids=present, on_problem=on_missing, allow_mixed=allow_mixed
-    )
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    packed = store if is_packed else load_chunked(store, present, on_missing, allow_mixed,
+                                                  dtype, dev)
     return _assemble(packed, present, slide_patient, table, label_df, clinical, bag_level,
                      device, dtype, missing, source, len(available))
 

@@ -92,3 +92,21 @@ def test_subset_repacks_bags_in_order():
         c.subset([1, 1])
     with pytest.raises(CohortError, match="n_patients=4"):
         c.with_clinical(np.zeros((3, 2)))
+
+
+def test_chunked_loading_equals_one_shot_and_checks_encoders(store, monkeypatch, tmp_path):
+    import balnmp_mil.cohort_load as cl
+
+    labels = pd.DataFrame({"patient_id": list(SIZES), "label": [0, 1] * 3})
+    whole = load_cohort(store, labels)
+    monkeypatch.setattr(cl, "CHUNK_ELEMENTS", 3 * D)  # a chunk per slide or two
+    chunked = load_cohort(store, labels)
+    assert torch.equal(whole.features, chunked.features)
+    assert whole.offsets.tolist() == chunked.offsets.tolist()
+    np.testing.assert_array_equal(whole.coords, chunked.coords)
+    with FeatureStore(tmp_path, mode="a", format="h5") as fs:
+        for sid, enc in (("a", "resnet18"), ("b", "uni")):
+            with fs.writer(sid, D, "float16", {"encoder": enc}, {}) as w:
+                w.append(np.ones((2, D), np.float16), np.zeros((2, 2), np.int64))
+    with pytest.raises(CohortError, match="mixed encoder.*allow_mixed"):
+        load_cohort(tmp_path, pd.DataFrame({"slide_id": ["a", "b"], "label": [0, 1]}))
