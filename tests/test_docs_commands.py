@@ -1,0 +1,116 @@
+"""Every shell command in README.md and docs/*.md runs on the tiny demo cohort.
+
+Commands come from fenced ```bash / sh / shell / console blocks (a console block: only the
+`$ ` lines). They run in order, in one working directory holding a copy of the session's tiny
+`demo/` (cohort + features) and links to the repo's `examples/`, `docs/`, `benchmarks/`, so a
+doc that says `balnmp-mil train demo/features ...` runs exactly that. A command that cannot run
+here is skipped ONLY through ALLOWED below, each with its reason; a new command that fails (or
+an untagged block that looks like a command) fails this test, naming file and line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _docs_helpers import ROOT, doc_commands, run_command, tiny_demo, workdir_with_demo
+
+__all__ = ["tiny_demo"]  # the session fixture, re-exported for pytest
+
+# Commands that are documented but not run here: prefix -> why.
+ALLOWED: dict[str, str] = {
+    # `make demo` runs the full 60-patient pipeline (minutes); its stages are the same
+    # extract-features / balnmp-mil commands this test runs on the tiny cohort.
+    "make demo": "the full-size demo; its commands are exercised individually",
+    # `make test` is the test suite this test belongs to.
+    "make test": "recursion: this is the test suite",
+    # Creating/installing an environment needs a package index (no network in tests).
+    "python -m venv": "creates the environment the tests already run in",
+    ".venv/bin/pip install": "installs from a package index (network)",
+    "pip install": "installs from a package index (network)",
+    # Cluster-only commands.
+    "sbatch ": "needs a SLURM cluster",
+    "srun ": "needs a SLURM cluster",
+}
+# Appended to documented commands (unless the command sets them) to keep the test quick on
+# 10 patients; the command line is otherwise run as written.
+QUICK: dict[str, list[str]] = {
+    "balnmp-mil train": ["--epochs", "2", "--n-bootstrap", "50", "--device", "cpu"],
+    "balnmp-mil cv": ["--epochs", "2", "--n-bootstrap", "50", "--device", "cpu"],
+    "extract-features": ["--input-size", "32", "--device", "cpu"],
+}
+# Pages whose commands others depend on (the demo run directory) go first.
+FIRST = ("README.md", "docs/getting-started.md", "docs/workflow.md")
+
+
+def _pages() -> list[Path]:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    pages = [p for p in pages if p.is_file()]
+    first = [p for name in FIRST for p in pages if str(p.relative_to(ROOT)) == name]
+    return first + [p for p in pages if p not in first]
+
+
+def _allowed(command: str) -> str | None:
+    return next((why for prefix, why in ALLOWED.items() if command.startswith(prefix)), None)
+
+
+def test_command_blocks_are_tagged() -> None:
+    """An untagged block starting with a program name must say ```bash (run) or ```text."""
+    _, untagged = doc_commands(_pages())
+    assert not untagged, ("untagged code blocks that look like commands (tag them ```bash to "
+                          "be run, or ```text for synopses/output):\n" + "\n".join(untagged))
+
+
+def test_allow_list_entries_are_used() -> None:
+    """Every ALLOWED prefix still matches a documented command (no stale exemptions)."""
+    commands, _ = doc_commands(_pages())
+    unused = [p for p in ALLOWED if p not in ("pip install", "srun ")
+              and not any(c.text.startswith(p) for c in commands)]
+    assert not unused, f"ALLOWED entries that match no documented command: {unused}"
+
+
+def test_every_documented_command_runs(tiny_demo: Path, tmp_path: Path) -> None:
+    commands, _ = doc_commands(_pages())
+    assert commands, "no ```bash commands found in README.md and docs/"
+    work = workdir_with_demo(tiny_demo, tmp_path)
+    failures, ran = [], 0
+    for cmd in commands:
+        if _allowed(cmd.text):
+            continue
+        status = run_command(cmd.text, work, QUICK)
+        ran += 1
+        if status != 0:
+            failures.append(f"{cmd}  -> exit status {status}")
+    assert ran > 0
+    assert not failures, ("documented commands that fail on the demo cohort (fix the doc or "
+                          "the code; add to ALLOWED only what cannot run offline):\n"
+                          + "\n".join(failures))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("```bash\nbalnmp-mil train a \\\n  --out b   # comment\n```\n", ["balnmp-mil train a --out b"]),
+    ("```console\n$ extract-features x --out y\n8 slides done\n```\n", ["extract-features x --out y"]),
+    ("```text\nbalnmp-mil train FEATURES\n```\n", []),
+])
+def test_command_extraction(tmp_path: Path, text: str, expected: list[str]) -> None:
+    page = ROOT / "docs" / f".tmp-extract-{tmp_path.name}.md"
+    try:
+        page.write_text(text)
+        commands, _ = doc_commands([page])
+    finally:
+        page.unlink()
+    assert [shlex_norm(c.text) for c in commands] == expected
+
+
+def shlex_norm(text: str) -> str:
+    import shlex
+
+    return shlex.join(shlex.split(text, comments=True))
+
+
+def test_failing_command_is_reported(tiny_demo: Path, tmp_path: Path) -> None:
+    """The runner returns the real exit status (2 for bad input), so broken docs fail."""
+    work = workdir_with_demo(tiny_demo, tmp_path)
+    assert run_command("balnmp-mil train demo/features --labels demo/missing.csv --out r",
+                       work) == 2
+    assert run_command("balnmp-mil inspect demo/features", work) == 0
