@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--num-workers", type=int, default=None, help="reader threads (ours)")
     ap.add_argument("--naive-workers", type=int, default=None,
                     help="DataLoader workers for the naive loop [CLAM: 0 on CPU, 8 on GPU]")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
