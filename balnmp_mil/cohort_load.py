@@ -85,7 +85,7 @@ def load_chunked(store: Any, slide_ids: list[str], on_problem: str, allow_mixed:
         _check_consistent(attrs[0] if attrs else part.attrs[0], part.attrs, part.slide_ids,
                           part.features.shape[1], dim, allow_mixed)
         n = part.features.shape[0]
-        out[pos : pos + n] = torch.from_numpy(part.features).to(device=device, dtype=dtype)
+        out[pos : pos + n].copy_(torch.from_numpy(part.features))  # converts without a temp
         coords.append(part.coords)
         offsets.extend((np.asarray(part.offsets[1:]) + pos).tolist())
         ids.extend(part.slide_ids)
