@@ -58,8 +58,8 @@ def run_command(name: str, main: Callable[..., object], argv: list[str]) -> int:
 
 def extract_argv(layout: check_data.BCNBLayout, args: argparse.Namespace) -> list[str]:
     """`extract-features` arguments for the chosen source of patches."""
-    common = ["--out", str(Path(args.out) / "features"), "--encoder", args.encoder,
-              "--weights", args.weights, "--patch-size", "256", "--level", "0",
+    common = ["--level", "0", "--patch-size", "256", "--encoder", args.encoder,
+              "--weights", args.weights, "--out", str(Path(args.out) / "features"),
               "--batch-size", str(args.batch_size), "--skip-errors"]
     if args.device:
         common += ["--device", args.device]
@@ -73,7 +73,7 @@ def extract_argv(layout: check_data.BCNBLayout, args: argparse.Namespace) -> lis
     if layout.wsi_dir is None:
         raise check_data.BCNBLayoutError(f"{layout.root}: no WSIs folder; use --source patches")
     # BCNB JPEGs carry no µm/px: tile level 0 in 256 px patches inside the tumour polygons.
-    return [str(layout.wsi_dir), "--annotations", str(layout.wsi_dir), "--backend", "image",
+    return [str(layout.wsi_dir), "--backend", "image", "--annotations", str(layout.wsi_dir),
             "--min-tissue", "0.3", *common]
 
 
