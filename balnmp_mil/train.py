@@ -209,6 +209,9 @@ def _fit(
         monitor = "loss"
     history: list[dict[str, Any]] = []
     best_score, best_epoch, best_state, stale = -math.inf, cfg.epochs - 1, None, 0
+    # AUC saturates on small validation sets (often 1.0 from the first epoch); ties are
+    # broken by validation loss so an untrained epoch-0 model is not the one kept.
+    best_key: tuple[float, ...] = (-math.inf, -math.inf)
     epochs: Any = range(cfg.epochs)
     if cfg.progress:
         from tqdm.auto import tqdm
@@ -241,8 +244,9 @@ def _fit(
         if val is not None:
             row.update(_validate(model, val, cfg))
             score = row["val_auc"] if monitor == "auc" else -row["val_loss"]
-            if score > best_score:
-                best_score, best_epoch, stale = score, epoch, 0
+            key = (score, -row["val_loss"]) if monitor == "auc" else (score, score)
+            if key > best_key:
+                best_key, best_score, best_epoch, stale = key, score, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1

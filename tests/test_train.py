@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _mil_helpers import planted_cohort
+from _mil_helpers import planted_bags, planted_cohort
 
-from balnmp_mil.cohort import Cohort
+from balnmp_mil.cohort import Cohort, cohort_from_bags
 from balnmp_mil.models import build_model
 from balnmp_mil.train import FitConfig, auc_score, class_weight_vector, fit, predict
 
@@ -113,3 +113,20 @@ def test_fit_on_gpu_with_amp_learns_and_matches_packed_reference():
     assert auc_score(va.labels.numpy(), probs) > 0.8
     cpu_probs = predict(res.model.float().cpu(), va)
     np.testing.assert_allclose(probs, cpu_probs, atol=3e-2)  # bf16 autocast
+
+
+def test_saturated_val_auc_ties_are_broken_by_val_loss():
+    # A strong signal saturates validation AUC at 1.0 from the first epoch; the kept epoch
+    # must be the tied epoch with the lowest validation loss, not the untrained epoch 0.
+    bags, labels = planted_bags(n_bags=40, dim=4, seed=3)
+    for b, y in zip(bags, labels):
+        b[:, 0] += 6.0 * y
+    c = cohort_from_bags(bags, labels)
+    tr, va = _split(c)
+    m = build_model("mean", tr.feature_dim, 2, seed=0)
+    res = fit(m, tr, va, epochs=12, lr=5e-2, monitor="auc", seed=0)
+    aucs = [h["val_auc"] for h in res.history]
+    assert aucs[0] == 1.0  # the situation this test is about
+    tied = [h for h in res.history if h["val_auc"] == 1.0]
+    assert res.best_epoch == min(tied, key=lambda h: h["val_loss"])["epoch"]
+    assert res.best_epoch > 0
