@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,4 +195,7 @@ def run_command(command: str, cwd: Path, extra_args: dict[str, list[str]] | None
                 return subprocess.run(argv, cwd=cwd, env=env).returncode
         except SystemExit as exc:
             return _exit_code(exc)
+        except Exception:  # a script crashed: report it like a shell would (status 1)
+            traceback.print_exc()
+            return 1
     return 0
