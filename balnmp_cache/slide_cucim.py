@@ -174,7 +174,9 @@ class CuCIMSlide(Slide):
                     batch_size=batch_size, device=device,
                 )  # fmt: skip
                 for batch in batches:
-                    array = _rgb(_to_host(batch)).reshape(-1, h, w, 3)
+                    # cuCIM recycles a batch's buffer once the iterator advances: callers
+                    # that keep batches (list(), queues) need arrays that own their pixels.
+                    array = np.array(_rgb(_to_host(batch)).reshape(-1, h, w, 3), copy=True)
                     done += len(array)
                     yield array
             except Exception as exc:

@@ -65,6 +65,18 @@ def test_read_regions_matches_read_region(svs, backend):
         assert list(slide.read_regions(np.zeros((0, 2)), 0, (8, 8))) == []
 
 
+@pytest.mark.parametrize("backend", ["cucim", "openslide", "image"])
+def test_kept_batches_own_their_pixels(svs, backend):
+    # All locations inside the slide: cuCIM streams them through one iterator whose buffers
+    # are recycled; batches kept by the caller (list, queues) must not change afterwards.
+    rng = np.random.default_rng(2)
+    locs = np.concatenate([rng.integers(0, 340, (40, 1)), rng.integers(0, 220, (40, 1))], 1)
+    with open_slide(svs, backend=backend) as slide:
+        batches = list(slide.read_regions(locs, 0, (32, 24), batch_size=4, num_workers=2))
+        want = np.stack([slide.read_region(tuple(loc), 0, (32, 24)) for loc in locs])
+    np.testing.assert_array_equal(np.concatenate(batches), want)
+
+
 def test_thumbnail_and_best_level(svs):
     with open_slide(svs) as slide:
         thumb = slide.thumbnail(100)
