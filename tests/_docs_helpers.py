@@ -118,7 +118,7 @@ def doc_commands(paths: list[Path]) -> tuple[list[DocCommand], list[str]]:
     commands: list[DocCommand] = []
     untagged: list[str] = []
     for path in paths:
-        rel = str(path.relative_to(ROOT))
+        rel = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
         for lang, start, body in _fences(path.read_text(encoding="utf-8")):
             if lang in COMMAND_LANGS:
                 commands += [DocCommand(rel, start + k, cmd) for k, cmd in _commands_of(body, lang)]

@@ -103,12 +103,9 @@ def test_every_documented_command_runs(tiny_demo: Path, tmp_path: Path) -> None:
     ("```text\nbalnmp-mil train FEATURES\n```\n", []),
 ])
 def test_command_extraction(tmp_path: Path, text: str, expected: list[str]) -> None:
-    page = ROOT / "docs" / f".tmp-extract-{tmp_path.name}.md"
-    try:
-        page.write_text(text)
-        commands, _ = doc_commands([page])
-    finally:
-        page.unlink()
+    page = tmp_path / "page.md"
+    page.write_text(text)
+    commands, _ = doc_commands([page])
     assert [shlex_norm(c.text) for c in commands] == expected
 
 
