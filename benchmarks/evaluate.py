@@ -1,6 +1,6 @@
 """Vectorised bootstrap AUC CI and fast DeLong vs the naive loops, measured in one run.
 
-    python benchmarks/bench_evaluate.py [--patients 1058] [--n-bootstrap 1000] [--loops 200]
+    python benchmarks/evaluate.py [--patients 1058] [--n-bootstrap 1000] [--loops 200]
 
 Prints seconds per approach and the speed-up ratios; the naive bootstrap (one sklearn
 roc_auc_score per resample) runs `--loops` resamples and is scaled to --n-bootstrap.
