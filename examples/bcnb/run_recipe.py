@@ -90,6 +90,8 @@ def train_argv(task: str, setting: str, options: list[str], args: argparse.Names
         argv += ["--device", args.device] if args.device else []
     if splits is not None:
         argv += ["--splits", str(splits)]
+    if args.on_missing != "error":
+        argv += ["--on-missing", args.on_missing]
     if args.overwrite:
         argv.append("--overwrite")
     return argv
@@ -163,6 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated subset of clinical,image,image+clinical")
     p.add_argument("--expect-patients", type=int, default=None,
                    help="fail unless the clinical table has this many patients (1058)")
+    p.add_argument("--on-missing", choices=("error", "warn"), default="error",
+                   help="patients whose slide failed extraction: stop (default) or leave out")
     p.add_argument("--overwrite", action="store_true", help="retrain existing run directories")
     args = p.parse_args(argv)
     args.experiments = [t.strip() for t in args.experiments.split(",") if t.strip()]
