@@ -27,6 +27,7 @@ from balnmp_mil.models import MILModel, build_model
 from balnmp_mil.segment import Segments, gather_ranges
 from balnmp_mil.sweep_optim import StackedOptimizer
 from balnmp_mil.train import (
+    NO_KEY,
     FitConfig,
     FitResult,
     _autocast,
@@ -37,6 +38,7 @@ from balnmp_mil.train import (
     fit,
     lr_at,
     merge_bags,
+    monitor_score,
 )
 
 __all__ = ["SweepSpec", "SweepResult", "sweep", "NOT_VMAPPABLE"]
@@ -238,6 +240,7 @@ class _VectorisedSweep:
         histories: list[list[dict[str, Any]]] = [[] for _ in range(m_count)]
         monitors = [self._monitor(c, v) for c, v in zip(self.cfgs, self.val, strict=True)]
         best = [-math.inf] * m_count
+        best_key = [NO_KEY] * m_count
         best_epoch = [cfg0.epochs - 1] * m_count
         stale = [0] * m_count
         active = [True] * m_count
@@ -257,9 +260,9 @@ class _VectorisedSweep:
                 row: dict[str, Any] = {"epoch": epoch, "lr": lrs[m], "train_loss": totals[m] / n}
                 if vals[m] is not None:
                     row.update(vals[m])
-                    score = row["val_auc"] if monitors[m] == "auc" else -row["val_loss"]
-                    if score > best[m]:
-                        best[m], best_epoch[m], stale[m] = score, epoch, 0
+                    score, key = monitor_score(row, monitors[m])
+                    if key > best_key[m]:
+                        best_key[m], best[m], best_epoch[m], stale[m] = key, score, epoch, 0
                         for k, v in self.params.items():
                             best_params[k][m] = v[m]
                     else:

@@ -209,9 +209,7 @@ def _fit(
         monitor = "loss"
     history: list[dict[str, Any]] = []
     best_score, best_epoch, best_state, stale = -math.inf, cfg.epochs - 1, None, 0
-    # AUC saturates on small validation sets (often 1.0 from the first epoch); ties are
-    # broken by validation loss so an untrained epoch-0 model is not the one kept.
-    best_key: tuple[float, ...] = (-math.inf, -math.inf)
+    best_key = NO_KEY
     epochs: Any = range(cfg.epochs)
     if cfg.progress:
         from tqdm.auto import tqdm
@@ -243,8 +241,7 @@ def _fit(
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": total / max(n_seen, 1)}
         if val is not None:
             row.update(_validate(model, val, cfg))
-            score = row["val_auc"] if monitor == "auc" else -row["val_loss"]
-            key = (score, -row["val_loss"]) if monitor == "auc" else (score, score)
+            score, key = monitor_score(row, monitor)
             if key > best_key:
                 best_key, best_score, best_epoch, stale = key, score, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -269,6 +266,19 @@ def _validate(model: MILModel, val: Cohort, cfg: FitConfig) -> dict[str, float]:
     loss = float(F.cross_entropy(logits, y))
     probs = merge_patients(torch.softmax(logits, 1), val, cfg.merge)
     return {"val_loss": loss, "val_auc": auc_score(val.labels.cpu().numpy(), probs)}
+
+
+NO_KEY = (-math.inf, -math.inf)
+
+
+def monitor_score(row: dict[str, Any], monitor: str) -> tuple[float, tuple[float, float]]:
+    """The monitored score of an epoch's validation row (higher is better) and its ranking key.
+
+    AUC saturates on small validation sets (often 1.0 from the first epoch): ties are broken
+    by validation loss, so an untrained epoch is not the one kept.
+    """
+    score = row["val_auc"] if monitor == "auc" else -row["val_loss"]
+    return score, (score, -row["val_loss"])
 
 
 def auc_score(y: np.ndarray, probs: np.ndarray) -> float:
