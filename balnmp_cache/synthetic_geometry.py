@@ -121,7 +121,7 @@ def plan_biopsy(
             np.column_stack([xs, top]),
             end_cap(tx1, +1),
             np.column_stack([xs[::-1], bot[::-1]]),
-            end_cap(tx0, -1)[::-1],
+            end_cap(tx0, -1),  # bottom to top: the outline never crosses itself
         ]
     )
     # Fragments: slanted breaks through the core, clear of the tumour (the slant shifts a

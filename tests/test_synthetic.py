@@ -264,3 +264,16 @@ def test_tumour_polygon_inside_core_across_seeds(fragments: int) -> None:
         if fragments > 1:
             labels, n = ndimage.label(tissue)
             assert n >= 2 or not plan.core.breaks, seed
+
+
+def test_tumour_polygons_are_simple(cohort) -> None:
+    # A self-intersecting outline makes every reader repair it (and warn) and fills a sliver
+    # outside the intended tumour; the generator must write simple polygons.
+    import warnings
+
+    from balnmp_cache.annotations import AnnotationWarning, load_annotations
+
+    for path in cohort.patients["annotation_path"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AnnotationWarning)
+            assert not load_annotations(path).is_empty
