@@ -172,7 +172,7 @@ class SlideJob:
 
         Raises _StageError naming the stage; safe to run in a background thread.
         """
-        from balnmp_cache.annotations import find_annotation
+        from balnmp_cache.annotations import find_annotation, load_annotations
         from balnmp_cache.slide import open_slide
         from balnmp_cache.tiling import tile_slide
 
@@ -189,6 +189,16 @@ class SlideJob:
                             f"no annotation {o.annotations}/{sid}.json or .geojson; add it, or "
                             "pass --allow-unannotated to tile all tissue of such slides"
                         )
+                    if ann is not None:
+                        ann = load_annotations(ann)
+                        if ann.is_empty and not o.allow_unannotated:
+                            raise ValueError(
+                                f"annotation {ann.source} holds no tumour region (no positive "
+                                "polygon); fix it, or pass --allow-unannotated to tile all "
+                                "tissue of such slides"
+                            )
+                        if ann.is_empty:
+                            ann = None
             with _stage("tile"):
                 grid = tile_slide(
                     slide, patch_size=o.patch_size, mpp=o.mpp, annotations=ann,

@@ -118,6 +118,20 @@ def test_missing_annotation_fails_unless_allowed(cohort, tmp_path: Path) -> None
     assert FeatureStore(tmp_path / "b").attrs("2")["annotations"] == ""
 
 
+def test_empty_annotation_fails_unless_allowed(cohort, tmp_path: Path) -> None:  # noqa: ANN001
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "2.json").write_text(json.dumps({"positive": [], "negative": []}))
+    slide = cohort.slides_dir / "2.svs"
+    res = extract_features(slide, tmp_path / "a", annotations=ann, skip_errors=True, **FAST)
+    assert [r.status for r in res.results] == ["failed"]
+    assert res.results[0].stage == "annotations"
+    assert "2.json holds no tumour region" in res.results[0].error
+    assert "--allow-unannotated" in res.results[0].error
+    ok = extract_features(slide, tmp_path / "b", annotations=ann, allow_unannotated=True, **FAST)
+    assert [r.status for r in ok.results] == ["done"] and ok.results[0].n_patches > 0
+
+
 def test_skip_errors_records_and_goes_on(cohort, tmp_path: Path) -> None:  # noqa: ANN001
     slides = tmp_path / "slides"
     slides.mkdir()
