@@ -1,20 +1,23 @@
 """The BCNB recipe end to end on a generated stand-in with BCNB's layout (small settings).
 
 examples/bcnb/run_recipe.py: check_data -> extract-features (paper_patches or WSIs + JSON) ->
-balnmp-mil train (clinical-only, DL-CNB, DL-CNB+C) -> table2.py. The default test runs two of
-the five experiments (one binary, the three-class one) with every model; the recipe's other
-tasks differ only in `--task` (each is trained by tests/test_cli_mil.py / test_labels.py).
+balnmp-mil train (clinical-only, DL-CNB, DL-CNB+C) -> table2.py. The README's own ```bash
+block (make the stand-in, check it, run the recipe) is what runs: two of the five experiments
+(one binary, the three-class one) with every model; the other tasks differ only in `--task`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _docs_helpers import ROOT
+from _docs_helpers import ROOT, doc_commands, run_command
 
 BCNB = ROOT / "examples" / "bcnb"
 sys.path.insert(0, str(BCNB))
@@ -27,11 +30,37 @@ SMALL = ["--encoder", "resnet18", "--weights", "none", "--input-size", "32", "--
          "--device", "cpu", "--n-bootstrap", "20", "--batch-size", "64"]
 
 
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from make_standin import make_standin
+@dataclass
+class ReadmeRun:
+    """The README's stand-in block, run once: where, and what it printed."""
 
-    return make_standin(tmp_path_factory.mktemp("bcnb") / "BCNB", patients=10, seed=0)
+    work: Path
+    standin: Path
+    out: Path
+    printed: str
+    statuses: list[int]
+
+
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory: pytest.TempPathFactory) -> ReadmeRun:
+    """Run examples/bcnb/README.md's ```bash block (make_standin, check_data, run_recipe)."""
+    commands, _ = doc_commands([BCNB / "README.md"])
+    assert [c.text.split()[1] for c in commands] == [
+        "examples/bcnb/make_standin.py", "examples/bcnb/check_data.py",
+        "examples/bcnb/run_recipe.py"]
+    work = tmp_path_factory.mktemp("bcnb-readme")
+    (work / "examples").symlink_to(ROOT / "examples")
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        statuses = [run_command(c.text, work) for c in commands]
+    return ReadmeRun(work, work / "demo" / "BCNB", work / "demo" / "bcnb-out",
+                     buffer.getvalue(), statuses)
+
+
+@pytest.fixture(scope="module")
+def standin(readme_run: ReadmeRun) -> Path:
+    assert readme_run.statuses[0] == 0, readme_run.printed
+    return readme_run.standin
 
 
 def test_check_data_counts(standin: Path, capsys: pytest.CaptureFixture) -> None:
@@ -52,13 +81,10 @@ def test_check_data_names_what_is_missing(standin: Path, tmp_path: Path,
     assert run_recipe.main([str(broken), str(tmp_path / "out"), *SMALL]) == 2
 
 
-def test_recipe_end_to_end_prints_table2(standin: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "out"
-    status = run_recipe.main([str(standin), str(out), *SMALL,
-                              "--experiments", "n0_vs_n+,three_class"])
-    printed = capsys.readouterr().out
-    assert status == 0, printed
+def test_readme_recipe_prints_table2(readme_run: ReadmeRun,
+                                     capsys: pytest.CaptureFixture) -> None:
+    printed, out = readme_run.printed, readme_run.out
+    assert readme_run.statuses == [0, 0, 0], printed
     # The commands of the README, printed as they run.
     assert "$ extract-features" in printed and "--backend patches --level 0 --patch-size 256" in printed
     assert "--model balnmp --instances-per-bag 10" in printed
@@ -82,7 +108,8 @@ def test_recipe_end_to_end_prints_table2(standin: Path, tmp_path: Path,
         other = json.loads((out / "runs" / "n0_vs_n+" / setting / "splits.json").read_text())
         assert other == split
     # Rerunning keeps finished work (extraction skipped, runs kept) and prints the table again.
-    assert run_recipe.main([str(standin), str(out), *SMALL, "--experiments", "n0_vs_n+"]) == 0
+    assert run_recipe.main([str(readme_run.standin), str(out), *SMALL,
+                            "--experiments", "n0_vs_n+"]) == 0
     assert "exists; kept" in capsys.readouterr().out
 
 

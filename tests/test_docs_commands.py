@@ -6,8 +6,8 @@ Commands come from fenced ```bash / sh / shell / console blocks (a console block
 doc that says `balnmp-mil train demo/features ...` runs exactly that. A command that cannot run
 here is skipped ONLY through ALLOWED below, each with its reason; a new command that fails (or
 an untagged block that looks like a command) fails this test, naming file and line.
-examples/bcnb/README.md's commands on the real BCNB paths are ```text: run_recipe.py runs the
-same command lines (tests/test_bcnb_recipe.py); its stand-in block is ```bash and runs here.
+examples/bcnb/README.md is covered by tests/test_bcnb_recipe.py: its ```bash stand-in block runs
+there, and run_recipe.py runs the command lines shown on the real BCNB paths (```text).
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ FIRST = ("README.md", "docs/getting-started.md", "docs/workflow.md")
 
 
 def _pages() -> list[Path]:
-    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
-             ROOT / "examples" / "bcnb" / "README.md"]
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     pages = [p for p in pages if p.is_file()]
     first = [p for name in FIRST for p in pages if str(p.relative_to(ROOT)) == name]
     return first + [p for p in pages if p not in first]
