@@ -12,9 +12,8 @@ from pathlib import Path
 
 import h5py
 import pytest
-from _docs_helpers import ROOT, tiny_demo
+from _docs_helpers import ROOT
 
-__all__ = ["tiny_demo"]
 EXAMPLES = ROOT / "examples"
 
 
@@ -46,8 +45,8 @@ def test_train_on_generated_clam_cache(capsys: pytest.CaptureFixture) -> None:
     assert "clam cache of 40 slides" in out and "test AUC" in out
 
 
-def test_train_on_cache_needs_labels(tiny_demo: Path) -> None:
-    assert run_example("train_on_clam_cache.py", str(tiny_demo / "features")) == 2
+def test_train_on_cache_needs_labels(tmp_path: Path) -> None:
+    assert run_example("train_on_clam_cache.py", str(tmp_path)) == 2
 
 
 def test_add_clinical_data(capsys: pytest.CaptureFixture) -> None:
