@@ -113,6 +113,35 @@ def with_known(attrs: dict) -> dict:
     return out
 
 
+def root_attrs(slide_id: str, feature_dim: int, attrs: dict) -> dict:
+    """A writer's file-root attributes: version and creation time, the caller's, then the
+    slide id and feature dimension (which the caller cannot override)."""
+    from datetime import datetime, timezone
+
+    from balnmp_cache._version import __version__
+
+    root = {"balnmp_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    root.update(attrs)
+    root.update(slide_id=slide_id, feature_dim=feature_dim)
+    return root
+
+
+def check_batch(slide_id: str, feature_dim: int, closed: bool, features: Any,
+                coords: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one writer batch (features (b, D), coords (b, 2)); StoreError names the slide."""
+    if closed:
+        raise StoreError(f"slide {slide_id!r}: writer already closed")
+    features, coords = np.asarray(features), np.asarray(coords)
+    if features.ndim != 2 or features.shape[1] != feature_dim:
+        raise StoreError(f"slide {slide_id!r}: features batch has shape "
+                         f"{features.shape}, expected (b, {feature_dim})")
+    if coords.shape != (features.shape[0], 2):
+        raise StoreError(f"slide {slide_id!r}: coords batch has shape {coords.shape}, "
+                         f"expected ({features.shape[0]}, 2)")
+    return features, coords
+
+
 class StoreBackend:
     """One on-disk format. Subclasses implement `slide_ids`, `info`, `read_into`; writable
     ones also `writer` and `remove`."""

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from balnmp_cache._version import __version__
 from balnmp_cache.store import (
     COORDS_ATTRS,
     SlideInfo,
     StoreBackend,
     StoreError,
+    check_batch,
     plain,
+    root_attrs,
     with_known,
 )
 
@@ -159,11 +159,7 @@ class H5Writer:
             self._coords = self._file.create_dataset(
                 "coords", shape=(0, 2), maxshape=(None, 2), dtype=np.int64, chunks=(1024, 2)
             )
-            root = {"balnmp_version": __version__,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            root.update(attrs)
-            root.update(slide_id=slide_id, feature_dim=feature_dim)
-            encode_attrs(self._file.attrs, root)
+            encode_attrs(self._file.attrs, root_attrs(slide_id, feature_dim, attrs))
             encode_attrs(self._coords.attrs, coords_attrs)
         except BaseException:
             self.abort()
@@ -171,16 +167,8 @@ class H5Writer:
 
     def append(self, features: np.ndarray, coords: np.ndarray) -> None:
         """Add a batch: features (b, D), coords (b, 2) level-0 top-left (x, y)."""
-        if self._done:
-            raise StoreError(f"slide {self.slide_id!r}: writer already closed")
-        features = np.asarray(features)
-        coords = np.asarray(coords)
-        if features.ndim != 2 or features.shape[1] != self.feature_dim:
-            raise StoreError(f"slide {self.slide_id!r}: features batch has shape "
-                             f"{features.shape}, expected (b, {self.feature_dim})")
-        if coords.shape != (features.shape[0], 2):
-            raise StoreError(f"slide {self.slide_id!r}: coords batch has shape {coords.shape}, "
-                             f"expected ({features.shape[0]}, 2)")
+        features, coords = check_batch(self.slide_id, self.feature_dim, self._done, features,
+                                       coords)
         b = features.shape[0]
         if b == 0:
             return

@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,14 @@ import zarr
 import zarr.errors
 from zarr.core.buffer import default_buffer_prototype
 
-from balnmp_cache._version import __version__
 from balnmp_cache.store import (
     COORDS_ATTRS,
     SlideInfo,
     StoreBackend,
     StoreError,
+    check_batch,
     plain,
+    root_attrs,
     with_known,
 )
 from balnmp_cache.store_h5 import fsync_dir
@@ -104,25 +104,15 @@ class ZarrWriter:
                 "coords", shape=(0, 2), chunks=(8192, 2), dtype=np.int64,
                 attributes=plain(coords_attrs), config={"write_empty_chunks": True},
             )  # fmt: skip
-            self.attrs = {"balnmp_version": __version__,
-                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            self.attrs.update(plain(attrs))
-            self.attrs.update(slide_id=slide_id, feature_dim=feature_dim)
+            self.attrs = root_attrs(slide_id, feature_dim, plain(attrs))
         except BaseException:
             self.abort()
             raise
 
     def append(self, features: np.ndarray, coords: np.ndarray) -> None:
         """Add a batch: features (b, D), coords (b, 2) level-0 top-left (x, y)."""
-        if self._done:
-            raise StoreError(f"slide {self.slide_id!r}: writer already closed")
-        features, coords = np.asarray(features), np.asarray(coords)
-        if features.ndim != 2 or features.shape[1] != self.feature_dim:
-            raise StoreError(f"slide {self.slide_id!r}: features batch has shape "
-                             f"{features.shape}, expected (b, {self.feature_dim})")
-        if coords.shape != (features.shape[0], 2):
-            raise StoreError(f"slide {self.slide_id!r}: coords batch has shape {coords.shape}, "
-                             f"expected ({features.shape[0]}, 2)")
+        features, coords = check_batch(self.slide_id, self.feature_dim, self._done, features,
+                                       coords)
         if features.shape[0]:
             self.features.append(features.astype(self.features.dtype, copy=False), axis=0)
             self.coords.append(coords.astype(np.int64, copy=False), axis=0)
