@@ -8,6 +8,7 @@ the pooled bag embedding before the classifier.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +94,35 @@ class MILModel(nn.Module):
             raise ValueError(f"need in_dim >= 1 and n_classes >= 2; got {in_dim}, {n_classes}")
         self.in_dim, self.n_classes, self.clinical_dim = in_dim, n_classes, clinical_dim
         self._hparams = hparams
+        # Per-feature standardisation of the inputs (identity until `set_input_stats`): saved
+        # in the state dict, so a loaded model applies the training set's statistics.
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+        self.register_buffer("input_std", torch.ones(in_dim))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The per-bag reference sees the same standardised inputs as the packed forward.
+        super().__init_subclass__(**kwargs)
+        ref = cls.__dict__.get("forward_bag")
+        if ref is not None and not getattr(ref, "_standardises", False):
+
+            @functools.wraps(ref)
+            def forward_bag(self: MILModel, x: torch.Tensor, *args: Any, **kw: Any) -> MILOutput:
+                return ref(self, self.standardize_inputs(x), *args, **kw)
+
+            forward_bag._standardises = True  # type: ignore[attr-defined]
+            cls.forward_bag = forward_bag  # type: ignore[method-assign]
+
+    @torch.no_grad()
+    def set_input_stats(self, features: torch.Tensor) -> None:
+        """Standardise inputs with the per-feature mean and std of ``features`` (P, D), the
+        training instances: random-init or un-normalised embeddings often differ by large
+        per-feature offsets and tiny spreads, which makes attention MIL train very slowly."""
+        x = features.float()
+        self.input_mean.copy_(x.mean(0))
+        self.input_std.copy_(x.std(0, correction=0).clamp_min(1e-6))
+
+    def standardize_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -114,7 +144,7 @@ class MILModel(nn.Module):
     ) -> MILOutput:
         """Packed forward: ``features`` (P, D), bag ``offsets`` (B+1,), clinical (B, K)."""
         seg = as_segments(offsets, features.shape[0])
-        return self.forward_packed(features, seg, clinical, labels)
+        return self.forward_packed(self.standardize_inputs(features), seg, clinical, labels)
 
     def forward_packed(
         self, x: torch.Tensor, seg: Segments, clinical: torch.Tensor | None,

@@ -57,6 +57,7 @@ class FitConfig:
     momentum: float = 0.9
     merge: str = "mean"
     progress: bool = False
+    standardize: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -196,6 +197,8 @@ def _fit(
     model: MILModel, train: Cohort, val: Cohort | None, cfg: FitConfig, device: torch.device
 ) -> FitResult:
     gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.standardize:
+        model.set_input_stats(train.features)
     y_bags = train.bag_labels
     weight = class_weight_vector(cfg.class_weights, y_bags, model.n_classes)
     weight = None if weight is None else weight.to(device)

@@ -25,6 +25,9 @@ def _bags(seed=0, sizes=(5, 1, 9, 3, 17, 2)):
 
 def _model(name, clinical_dim=0, **kw) -> MILModel:
     m = build_model(name, D, C, clinical_dim=clinical_dim, seed=0, **{**SMALL.get(name, {}), **kw})
+    # Non-trivial input standardisation, so packed and per-bag paths must both apply it.
+    g = torch.Generator().manual_seed(7)
+    m.set_input_stats(torch.randn(50, D, generator=g) * 3 + 2)
     return m.eval()
 
 

@@ -130,3 +130,17 @@ def test_saturated_val_auc_ties_are_broken_by_val_loss():
     tied = [h for h in res.history if h["val_auc"] == 1.0]
     assert res.best_epoch == min(tied, key=lambda h: h["val_loss"])["epoch"]
     assert res.best_epoch > 0
+
+
+def test_fit_standardises_inputs_with_training_statistics_and_saves_them():
+    tr, va = _split(planted_cohort(n_bags=24))
+    m = build_model("abmil", tr.feature_dim, 2, seed=0)
+    fit(m, tr, va, epochs=1, seed=0)
+    x = tr.features.float()
+    assert torch.allclose(m.input_mean, x.mean(0), atol=1e-5)
+    assert torch.allclose(m.input_std, x.std(0, correction=0), atol=1e-5)
+    state = m.state_dict()
+    assert "input_mean" in state and "input_std" in state
+    off = build_model("abmil", tr.feature_dim, 2, seed=0)
+    fit(off, tr, va, epochs=1, seed=0, standardize=False)
+    assert torch.equal(off.input_mean, torch.zeros(tr.feature_dim))
