@@ -230,7 +230,39 @@ def _build_job(opts: SlideOptions, model: _ModelSpec, device: str | None) -> Sli
                         input_size=model.input_size)  # fmt: skip
     out_dtype = torch.float32 if opts.dtype == "float32" else torch.float16
     runner = EncoderRunner(enc, dev, model.precision, out_dtype=out_dtype)
-    return SlideJob(opts, enc, runner)
+    job = SlideJob(opts, enc, runner)
+    if not opts.overwrite:
+        _check_same_settings(job)
+    return job
+
+
+def _check_same_settings(job: SlideJob) -> None:
+    """Resuming into a store made with another encoder or resolution would skip its slides as
+    "finished" and leave a cohort of mixed features: refuse, naming what differs."""
+    store, enc, o = job.store, job.encoder, job.opts
+    done = store.slide_ids
+    if not done:
+        return
+    have = store.attrs(done[0])
+    want: dict[str, object] = {"encoder": enc.name, "weights": enc.weights_id,
+                               "feature_dim": enc.feature_dim}
+    if o.level is None and have.get("target_mpp") is not None:
+        want.update(target_mpp=o.mpp, patch_size=o.patch_size)
+    diff = [f"{k} {have.get(k)!r} (asked for {v!r})" for k, v in want.items()
+            if k in have and not _same(have.get(k), v)]
+    if diff:
+        raise ExtractError(
+            f"--out {o.out} already holds features of slide {done[0]!r} made with "
+            f"{', '.join(diff)}; pass --overwrite to re-extract every slide, or choose another "
+            "--out so each store holds one encoder and resolution"
+        )
+
+
+def _same(a: object, b: object) -> bool:
+    try:
+        return abs(float(a) - float(b)) <= 1e-6  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(a) == str(b)
 
 
 def run_slides(

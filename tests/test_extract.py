@@ -132,6 +132,18 @@ def test_empty_annotation_fails_unless_allowed(cohort, tmp_path: Path) -> None: 
     assert [r.status for r in ok.results] == ["done"] and ok.results[0].n_patches > 0
 
 
+def test_resuming_with_another_encoder_is_refused(cohort, extracted) -> None:  # noqa: ANN001
+    out, _ = extracted
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
+    with pytest.raises(ExtractError, match=r"encoder 'resnet18' \(asked for 'alexnet'\).*--overwrite"):
+        extract_features(cohort.slides_dir, out, annotations=cohort.annotations_dir,
+                         **{**FAST, "encoder": "alexnet"})
+    with pytest.raises(ExtractError, match=r"target_mpp 1.0 \(asked for 0.5\)"):
+        extract_features(cohort.slides_dir, out, annotations=cohort.annotations_dir,
+                         **{**FAST, "mpp": 0.5})
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")} == before
+
+
 def test_skip_errors_records_and_goes_on(cohort, tmp_path: Path) -> None:  # noqa: ANN001
     slides = tmp_path / "slides"
     slides.mkdir()
