@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   ?= demo
 # Demo cohort size; the README's AUC was measured with these values.
-DEMO_PATIENTS ?= 60
+DEMO_PATIENTS ?= 100
 DEMO_SEED     ?= 0
 
 .PHONY: venv demo test lint bench clean-demo
