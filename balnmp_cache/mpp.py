@@ -2,7 +2,7 @@
 
 Sources, in order: an explicit ``mpp=``; a per-slide overrides CSV; the Aperio ``MPP`` field;
 OpenSlide's ``openslide.mpp-x``/``-y``; DICOM pixel spacing; TIFF XResolution/ResolutionUnit.
-Readers' placeholder values are never trusted (cuCIM reports spacing 1.0 for SVS files whose
+Readers' made-up default values are never trusted (cuCIM reports spacing 1.0 for SVS files whose
 MPP lives only in the Aperio description; image editors write 72 dpi): values outside
 `PLAUSIBLE_MPP` are treated as unknown, and unknown is ``None``.
 """

@@ -8,6 +8,7 @@ loader the MIL stage uses: any store or pack -> packed arrays + offsets, validat
 
 from __future__ import annotations
 
+import abc
 import importlib
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -142,7 +143,7 @@ def check_batch(slide_id: str, feature_dim: int, closed: bool, features: Any,
     return features, coords
 
 
-class StoreBackend:
+class StoreBackend(abc.ABC):
     """One on-disk format. Subclasses implement `slide_ids`, `info`, `read_into`; writable
     ones also `writer` and `remove`."""
 
@@ -152,19 +153,21 @@ class StoreBackend:
         self.path = path
         self.mode = mode
 
+    @abc.abstractmethod
     def slide_ids(self) -> list[str]:
-        raise NotImplementedError
+        """Complete slides, sorted."""
 
     def has(self, slide_id: str) -> bool:
         """Is this complete slide present? (backends override with a cheaper test)"""
         return slide_id in set(self.slide_ids())
 
+    @abc.abstractmethod
     def info(self, slide_id: str) -> SlideInfo:
-        raise NotImplementedError
+        """Shape, dtype and attributes of one slide, without reading its features."""
 
+    @abc.abstractmethod
     def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
         """Read a slide straight into preallocated row slices (no intermediate copy)."""
-        raise NotImplementedError
 
     def read_many(
         self, slide_ids: Sequence[str], features: np.ndarray, coords: np.ndarray,
@@ -191,7 +194,7 @@ class StoreBackend:
     def remove(self, slide_id: str) -> None:
         raise StoreError(f"{self.path}: this {type(self).__name__} store is read-only")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook, default: nothing to release)
         """Release open handles (most backends open files per call and hold none)."""
 
 

@@ -8,6 +8,7 @@ the pooled bag embedding before the classifier.
 
 from __future__ import annotations
 
+import abc
 import functools
 import importlib
 from collections.abc import Callable
@@ -83,7 +84,7 @@ class ClassifierHead(nn.Module):
         return self.net(z)
 
 
-class MILModel(nn.Module):
+class MILModel(nn.Module, metaclass=abc.ABCMeta):
     """Base class: subclasses implement ``forward_packed`` and ``forward_bag``."""
 
     name: ClassVar[str] = ""
@@ -146,18 +147,19 @@ class MILModel(nn.Module):
         seg = as_segments(offsets, features.shape[0])
         return self.forward_packed(self.standardize_inputs(features), seg, clinical, labels)
 
+    @abc.abstractmethod
     def forward_packed(
         self, x: torch.Tensor, seg: Segments, clinical: torch.Tensor | None,
         labels: torch.Tensor | None,
     ) -> MILOutput:
-        raise NotImplementedError
+        """Forward of many bags packed end to end (``seg`` describes them); logits (B, C)."""
 
+    @abc.abstractmethod
     def forward_bag(
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:
         """Reference forward of one bag ``x`` (N, D); logits (1, C)."""
-        raise NotImplementedError
 
 
 def register_model(name: str) -> Callable[[type[MILModel]], type[MILModel]]:
