@@ -9,7 +9,6 @@ the pooled bag embedding before the classifier.
 from __future__ import annotations
 
 import abc
-import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,7 +84,8 @@ class ClassifierHead(nn.Module):
 
 
 class MILModel(nn.Module, metaclass=abc.ABCMeta):
-    """Base class: subclasses implement ``forward_packed`` and ``forward_bag``."""
+    """Base class: subclasses implement ``forward_packed`` (many bags) and ``forward_one``
+    (one bag, the reference); ``forward``/``forward_bag`` standardise inputs first."""
 
     name: ClassVar[str] = ""
 
@@ -99,19 +99,6 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
         # in the state dict, so a loaded model applies the training set's statistics.
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        # The per-bag reference sees the same standardised inputs as the packed forward.
-        super().__init_subclass__(**kwargs)
-        ref = cls.__dict__.get("forward_bag")
-        if ref is not None and not getattr(ref, "_standardises", False):
-
-            @functools.wraps(ref)
-            def forward_bag(self: MILModel, x: torch.Tensor, *args: Any, **kw: Any) -> MILOutput:
-                return ref(self, self.standardize_inputs(x), *args, **kw)
-
-            forward_bag._standardises = True  # type: ignore[attr-defined]
-            cls.forward_bag = forward_bag  # type: ignore[method-assign]
 
     @torch.no_grad()
     def set_input_stats(self, features: torch.Tensor) -> None:
@@ -154,12 +141,20 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
     ) -> MILOutput:
         """Forward of many bags packed end to end (``seg`` describes them); logits (B, C)."""
 
-    @abc.abstractmethod
     def forward_bag(
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:
-        """Reference forward of one bag ``x`` (N, D); logits (1, C)."""
+        """Reference forward of one bag ``x`` (N, D); logits (1, C). Same input
+        standardisation as ``forward``; the model itself is ``forward_one``."""
+        return self.forward_one(self.standardize_inputs(x), clinical, labels)
+
+    @abc.abstractmethod
+    def forward_one(
+        self, x: torch.Tensor, clinical: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> MILOutput:
+        """Plain per-bag implementation on already standardised ``x`` (N, D)."""
 
 
 def register_model(name: str) -> Callable[[type[MILModel]], type[MILModel]]:

@@ -45,7 +45,7 @@ class AttentionMIL(MILModel):
         z = segment_sum(a.unsqueeze(1) * h, seg)
         return MILOutput(self.head(z, clinical), a)
 
-    def forward_bag(
+    def forward_one(
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:

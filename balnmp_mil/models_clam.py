@@ -76,7 +76,7 @@ class CLAMSB(AttentionMIL):
         w = valid_bag.to(per_bag.dtype)
         return self.instance_weight * (per_bag * w).sum() / w.sum().clamp(min=1)
 
-    def forward_bag(
+    def forward_one(
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:

@@ -61,7 +61,7 @@ class DSMIL(MILModel):
         aux = self._aux(segment_max(inst, seg), labels)
         return MILOutput(logits, a.mean(1), aux)
 
-    def forward_bag(
+    def forward_one(
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:

@@ -36,7 +36,7 @@ class MeanPool(_PoolMIL):
         return MILOutput(self.head(segment_mean(h, seg), clinical),
                          (1.0 / counts).index_select(0, seg.ids))
 
-    def forward_bag(
+    def forward_one(
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:
@@ -55,7 +55,7 @@ class MaxPool(_PoolMIL):
     ) -> MILOutput:
         return MILOutput(self.head(segment_max(self.embed(x), seg), clinical))
 
-    def forward_bag(
+    def forward_one(
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:

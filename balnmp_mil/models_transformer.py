@@ -81,7 +81,7 @@ class TransMIL(MILModel):
         self.head = ClassifierHead(dim, n_classes, clinical_dim)
 
     # -- reference: one bag ------------------------------------------------------------
-    def forward_bag(
+    def forward_one(
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:
