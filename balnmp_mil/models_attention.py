@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from balnmp_mil.models import ClassifierHead, MILModel, MILOutput, register_model
+from balnmp_mil.models import ClassifierHead, Dropout, MILModel, MILOutput, register_model
 from balnmp_mil.segment import Segments, segment_softmax, segment_sum
 
 __all__ = ["AttentionScorer", "AttentionMIL", "ABMIL", "BALNMP"]
@@ -19,7 +19,7 @@ class AttentionScorer(nn.Module):
         self.gated = gated
         self.v = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh())
         self.u = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid()) if gated else None
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.w = nn.Linear(hidden, 1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ class ABMIL(AttentionMIL):
     ) -> None:
         super().__init__(in_dim, n_classes, clinical_dim, embed_dim=embed_dim,
                          attention_dim=attention_dim, gated=gated, dropout=dropout)
-        self.embed = nn.Sequential(nn.Linear(in_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.embed = nn.Sequential(nn.Linear(in_dim, embed_dim), nn.ReLU(), Dropout(dropout))
         self.scorer = AttentionScorer(embed_dim, attention_dim, gated, dropout)
         self.head = ClassifierHead(embed_dim, n_classes, clinical_dim)
 
@@ -82,7 +82,7 @@ class BALNMP(AttentionMIL):
     ) -> None:
         super().__init__(in_dim, n_classes, clinical_dim, embed_dim=embed_dim,
                          attention_dim=attention_dim, mlp_dim=mlp_dim, dropout=dropout)
-        self.embed = nn.Sequential(nn.Linear(in_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.embed = nn.Sequential(nn.Linear(in_dim, embed_dim), nn.ReLU(), Dropout(dropout))
         self.scorer = AttentionScorer(embed_dim, attention_dim, gated=False, dropout=dropout)
         self.head = ClassifierHead(embed_dim, n_classes, clinical_dim, hidden=mlp_dim,
                                    dropout=dropout)

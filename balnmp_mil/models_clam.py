@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from balnmp_mil.models import ClassifierHead, MILOutput, register_model
+from balnmp_mil.models import ClassifierHead, Dropout, MILOutput, register_model
 from balnmp_mil.models_attention import AttentionMIL, AttentionScorer
 from balnmp_mil.segment import Segments, segment_rank, segment_softmax, segment_sum
 
@@ -30,7 +30,7 @@ class CLAMSB(AttentionMIL):
                          attention_dim=attention_dim, dropout=dropout, k_sample=k_sample,
                          subtyping=subtyping, instance_weight=instance_weight)
         self.k_sample, self.subtyping, self.instance_weight = k_sample, subtyping, instance_weight
-        self.embed = nn.Sequential(nn.Linear(in_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.embed = nn.Sequential(nn.Linear(in_dim, embed_dim), nn.ReLU(), Dropout(dropout))
         self.scorer = AttentionScorer(embed_dim, attention_dim, gated=True, dropout=dropout)
         self.head = ClassifierHead(embed_dim, n_classes, clinical_dim)
         # one binary (in-class / out-of-class) instance classifier per class, stacked

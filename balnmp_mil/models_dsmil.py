@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from balnmp_mil.models import ClassifierHead, MILModel, MILOutput, register_model
+from balnmp_mil.models import ClassifierHead, Dropout, MILModel, MILOutput, register_model
 from balnmp_mil.segment import Segments, segment_argmax, segment_max, segment_softmax, segment_sum
 
 __all__ = ["DSMIL"]
@@ -32,7 +32,7 @@ class DSMIL(MILModel):
         self.instance_classifier = nn.Linear(in_dim, n_classes)
         self.q = nn.Sequential(nn.Linear(in_dim, query_dim), nn.ReLU(),
                                nn.Linear(query_dim, query_dim), nn.Tanh())
-        self.v = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, value_dim), nn.ReLU())
+        self.v = nn.Sequential(Dropout(dropout), nn.Linear(in_dim, value_dim), nn.ReLU())
         self.head = ClassifierHead(n_classes * value_dim, n_classes, clinical_dim)
         self.scale = 1.0 / math.sqrt(query_dim)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from balnmp_mil.models import ClassifierHead, MILModel, MILOutput, register_model
+from balnmp_mil.models import ClassifierHead, Dropout, MILModel, MILOutput, register_model
 from balnmp_mil.segment import Segments, segment_max, segment_mean
 
 __all__ = ["MeanPool", "MaxPool"]
@@ -19,7 +19,7 @@ class _PoolMIL(MILModel):
         dropout: float = 0.25,
     ) -> None:
         super().__init__(in_dim, n_classes, clinical_dim, embed_dim=embed_dim, dropout=dropout)
-        self.embed = nn.Sequential(nn.Linear(in_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.embed = nn.Sequential(nn.Linear(in_dim, embed_dim), nn.ReLU(), Dropout(dropout))
         self.head = ClassifierHead(embed_dim, n_classes, clinical_dim)
 
 

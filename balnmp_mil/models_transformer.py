@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from balnmp_mil.models import ClassifierHead, MILModel, MILOutput, register_model
+from balnmp_mil.models import ClassifierHead, Dropout, MILModel, MILOutput, register_model
 from balnmp_mil.segment import Segments
 
 __all__ = ["TransMIL"]
@@ -30,7 +30,7 @@ class SelfAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:

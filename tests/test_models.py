@@ -145,3 +145,39 @@ def test_segment_ops_on_empty_bags_ties_and_ranks():
     assert segment_argmax(s, offsets).tolist() == [1, 0, 4]  # first of the tied maxima
     assert segment_rank(s, offsets).tolist() == [2, 0, 1, 1, 0]
     assert gather_ranges(torch.tensor([5, 0]), torch.tensor([2, 3])).tolist() == [5, 6, 0, 1, 2]
+
+
+def test_dropout_keeps_expected_fraction_and_mean_and_reproduces():
+    from balnmp_mil.models import Dropout
+
+    x = torch.ones(400, 1000)
+    for p in (0.1, 0.25, 0.5):
+        d = Dropout(p).train()
+        torch.manual_seed(0)
+        y = d(x)
+        kept = (y != 0).float().mean().item()
+        assert abs(kept - (1 - p)) < 0.005, (p, kept)  # 400k draws: sd ~ 0.0008
+        assert abs(y.mean().item() - 1.0) < 0.01  # inverted dropout keeps the expectation
+        torch.manual_seed(0)
+        assert torch.equal(d(x), y)  # seeded: the same mask again
+        assert not torch.equal(d(x), y)  # the stream moves on
+    # Each of the four 16-bit lanes of a draw is used: no lane is stuck kept or dropped.
+    torch.manual_seed(1)
+    lanes = (Dropout(0.5).train()(torch.ones(4 * 50_000)) != 0).float().view(-1, 4).mean(0)
+    assert torch.all((lanes - 0.5).abs() < 0.01), lanes
+    assert torch.equal(Dropout(0.5).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
+
+
+def test_dropout_gradient_is_the_scaled_mask():
+    from balnmp_mil.models import Dropout
+
+    x = torch.randn(37, 11, requires_grad=True)
+    torch.manual_seed(3)
+    y = Dropout(0.3).train()(x)
+    y.sum().backward()
+    mask = (y != 0).float()
+    assert torch.allclose(x.grad, mask * (65536 / (65536 - round(0.3 * 65536))))
+    assert torch.allclose(y, x.detach() * x.grad)
