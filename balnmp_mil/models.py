@@ -137,13 +137,32 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
         self.register_buffer("input_std", torch.ones(in_dim))
 
     @torch.no_grad()
-    def set_input_stats(self, features: torch.Tensor) -> None:
-        """Standardise inputs with the per-feature mean and std of ``features`` (P, D), the
-        training instances: random-init or un-normalised embeddings often differ by large
-        per-feature offsets and tiny spreads, which makes attention MIL train very slowly."""
-        x = features.float()
-        self.input_mean.copy_(x.mean(0))
-        self.input_std.copy_(x.std(0, correction=0).clamp_min(1e-6))
+    def set_input_stats(
+        self, features: torch.Tensor, rows: torch.Tensor | None = None, chunk: int = 8192
+    ) -> None:
+        """Standardise inputs with the per-feature mean and std of ``features`` (P, D) (or of
+        its ``rows``), the training instances: random-init or un-normalised embeddings often
+        differ by large per-feature offsets and tiny spreads, which makes attention MIL train
+        very slowly. Computed ``chunk`` rows at a time (float32 chunks merged in float64), so a
+        float16 cohort is never converted whole."""
+        n = features.shape[0] if rows is None else rows.numel()
+        if n == 0:
+            raise ValueError("set_input_stats needs at least one instance")
+        mean = torch.zeros(features.shape[1], dtype=torch.float64, device=features.device)
+        m2 = torch.zeros_like(mean)
+        seen = 0
+        for start in range(0, n, chunk):
+            part = (features[start : start + chunk] if rows is None
+                    else features.index_select(0, rows[start : start + chunk]))  # fmt: skip
+            var_c, mean_c = torch.var_mean(part.float(), 0, correction=0)
+            k = part.shape[0]
+            delta = mean_c.double() - mean
+            total = seen + k
+            mean += delta * (k / total)  # Chan et al.'s pairwise merge of mean and M2
+            m2 += var_c.double() * k + delta.square() * (seen * k / total)
+            seen = total
+        self.input_mean.copy_(mean)
+        self.input_std.copy_((m2 / seen).sqrt().clamp_min(1e-6))
 
     def standardize_inputs(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)

@@ -181,3 +181,22 @@ def test_dropout_gradient_is_the_scaled_mask():
     mask = (y != 0).float()
     assert torch.allclose(x.grad, mask * (65536 / (65536 - round(0.3 * 65536))))
     assert torch.allclose(y, x.detach() * x.grad)
+
+
+def test_input_stats_chunked_merge_matches_float64_reference():
+    # Large offsets, small spreads, float16 storage, a row count that is not a multiple of the
+    # chunk, and a row selection: all must give the float64 mean/std of the chosen rows.
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(1003, D, generator=g, dtype=torch.float64) * 0.05 + 40).half()
+    rows = torch.randperm(1003, generator=g)[:517]
+    ref = x.double()
+    m = build_model("abmil", D, C, seed=0)
+    m.set_input_stats(x, chunk=64)
+    assert torch.allclose(m.input_mean.double(), ref.mean(0), rtol=0, atol=1e-5)
+    assert torch.allclose(m.input_std.double(), ref.std(0, correction=0), rtol=1e-4, atol=0)
+    m.set_input_stats(x, rows, chunk=100)
+    assert torch.allclose(m.input_mean.double(), ref[rows].mean(0), rtol=0, atol=1e-5)
+    assert torch.allclose(m.input_std.double(), ref[rows].std(0, correction=0), rtol=1e-4,
+                          atol=0)
+    with pytest.raises(ValueError, match="at least one"):
+        m.set_input_stats(x[:0])
