@@ -36,22 +36,33 @@ class AttentionMIL(MILModel):
     scorer: AttentionScorer
     head: ClassifierHead
 
+    def pool_packed(
+        self, x: torch.Tensor, seg: Segments
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embeddings h (P, E), raw scores (P,), attention (P,) and pooled z (B, E)."""
+        h = self.embed(x)
+        scores = self.scorer(h)
+        a = segment_softmax(scores, seg)
+        return h, scores, a, segment_sum(a.unsqueeze(1) * h, seg)
+
+    def pool_one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One bag: embeddings h (N, E), attention (N,) and pooled z (1, E)."""
+        h = self.embed(x)
+        a = torch.softmax(self.scorer(h), dim=0)
+        return h, a, (a.unsqueeze(1) * h).sum(0, keepdim=True)
+
     def forward_packed(
         self, x: torch.Tensor, seg: Segments, clinical: torch.Tensor | None,
         labels: torch.Tensor | None,
     ) -> MILOutput:
-        h = self.embed(x)
-        a = segment_softmax(self.scorer(h), seg)
-        z = segment_sum(a.unsqueeze(1) * h, seg)
+        _, _, a, z = self.pool_packed(x, seg)
         return MILOutput(self.head(z, clinical), a)
 
     def forward_one(
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:
-        h = self.embed(x)
-        a = torch.softmax(self.scorer(h), dim=0)
-        z = (a.unsqueeze(1) * h).sum(0, keepdim=True)
+        _, a, z = self.pool_one(x)
         return MILOutput(self.head(z, clinical), a)
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from balnmp_mil.models import ClassifierHead, Dropout, MILOutput, register_model
 from balnmp_mil.models_attention import AttentionMIL, AttentionScorer
-from balnmp_mil.segment import Segments, segment_rank, segment_softmax, segment_sum
+from balnmp_mil.segment import Segments, segment_rank, segment_sum
 
 __all__ = ["CLAMSB"]
 
@@ -43,10 +43,7 @@ class CLAMSB(AttentionMIL):
         self, x: torch.Tensor, seg: Segments, clinical: torch.Tensor | None,
         labels: torch.Tensor | None,
     ) -> MILOutput:
-        h = self.embed(x)
-        scores = self.scorer(h)
-        a = segment_softmax(scores, seg)
-        z = segment_sum(a.unsqueeze(1) * h, seg)
+        h, scores, a, z = self.pool_packed(x, seg)
         out = MILOutput(self.head(z, clinical), a)
         if labels is not None:
             out.aux_loss = self._packed_instance_loss(h, scores, seg, labels)
@@ -80,9 +77,7 @@ class CLAMSB(AttentionMIL):
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:
-        h = self.embed(x)
-        a = torch.softmax(self.scorer(h), dim=0)
-        z = (a.unsqueeze(1) * h).sum(0, keepdim=True)
+        h, a, z = self.pool_one(x)
         out = MILOutput(self.head(z, clinical), a)
         if labels is None:
             return out
