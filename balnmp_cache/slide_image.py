@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -25,6 +26,8 @@ __all__ = ["MAX_PIXELS", "ImageSlide", "decode_image", "to_rgb8"]
 # Largest image decoded into memory (3 bytes/px: 4 Gpx = 12 GB). Raise for bigger scans.
 MAX_PIXELS = 4 * 1024**3
 _PIL_LOCK = threading.Lock()
+# Batches smaller than two threads' worth of patches are copied on the calling thread.
+_MIN_ROWS_PER_THREAD = 4
 
 
 @contextmanager
@@ -163,23 +166,45 @@ class ImageSlide(Slide):
     def _read_batches(
         self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
     ) -> Iterator[np.ndarray]:
-        """A decoded JPEG/PNG is in memory: copy slices straight into each batch (threads
-        would only add overhead). Lazily decoded TIFFs use the thread pool."""
+        """A decoded JPEG/PNG is in memory: copy slices straight into each batch, the batch
+        split across ``workers`` threads (numpy releases the GIL for the copies, and the
+        first touch of a fresh batch's pages is the cost that parallelises). Lazily decoded
+        TIFFs decode tile by tile in the base class's thread pool."""
         if self._arrays is not None:
             yield from super()._read_batches(locs, level, size, batch_size, workers)
             return
         pixels = self._image()
         w, h = size
-        lh, lw = pixels.shape[:2]
-        for first in range(0, len(locs), batch_size):
-            chunk = locs[first : first + batch_size]
-            out = np.empty((len(chunk), h, w, 3), dtype=np.uint8)
-            for i, (x, y) in enumerate(chunk):
+
+        def copy(out: np.ndarray, chunk: np.ndarray, part: slice) -> None:
+            lh, lw = pixels.shape[:2]
+            for i in range(*part.indices(len(chunk))):
+                x, y = int(chunk[i, 0]), int(chunk[i, 1])
                 if 0 <= x and 0 <= y and x + w <= lw and y + h <= lh:
                     out[i] = pixels[y : y + h, x : x + w]
                 else:  # partly outside: white padding via the general path
-                    out[i] = self.read_region((int(x), int(y)), level, size)
-            yield out
+                    out[i] = self.read_region((x, y), level, size)
+
+        def batches(pool: ThreadPoolExecutor | None) -> Iterator[np.ndarray]:
+            for first in range(0, len(locs), batch_size):
+                chunk = locs[first : first + batch_size]
+                out = np.empty((len(chunk), h, w, 3), dtype=np.uint8)
+                n = len(chunk) if pool is None else min(workers, len(chunk))
+                if n <= 1 or pool is None:
+                    copy(out, chunk, slice(None))
+                else:  # contiguous runs of rows per thread; result() re-raises errors
+                    step = -(-len(chunk) // n)
+                    jobs = [pool.submit(copy, out, chunk, slice(s, s + step))
+                            for s in range(0, len(chunk), step)]  # fmt: skip
+                    for job in jobs:
+                        job.result()
+                yield out
+
+        if workers <= 1 or batch_size < 2 * _MIN_ROWS_PER_THREAD:
+            yield from batches(None)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-copy") as pool:
+            yield from batches(pool)
 
     def thumbnail(self, max_size: int) -> np.ndarray:
         """JPEGs not yet decoded: libjpeg decodes at 1/2..1/8 scale (cheap); else the base."""

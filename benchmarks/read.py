@@ -31,10 +31,7 @@ class Result:
     source: str
     loop_per_s: float
     batched_per_s: float
-
-    @property
-    def ratio(self) -> float:
-        return self.batched_per_s / self.loop_per_s
+    ratio: float
 
 
 def make_sources(root: Path, size: int, patch: int, n: int, seed: int) -> dict[str, Path]:
@@ -62,21 +59,22 @@ def grid(size: int, patch: int, n: int, seed: int) -> np.ndarray:
     return xy[rng.permutation(len(xy))[:n]].astype(np.int64)
 
 
-def timed(path: Path, backend: str, read: Callable[[Slide], int], repeats: int) -> float:
-    """Best-of-``repeats`` patches/s of ``read(slide)`` on a freshly opened slide each time
-    (no warm patch caches). A JPEG's one-off full decode happens before the clock starts."""
-    best = 0.0
-    for _ in range(repeats):
-        with open_slide(path, backend=backend) as slide:
-            slide.read_region((0, 0), 0, (1, 1))
-            t0 = time.perf_counter()
-            count = read(slide)
-            best = max(best, count / (time.perf_counter() - t0))
-    return best
+def timed(path: Path, backend: str, read: Callable[[Slide], int]) -> float:
+    """Patches/s of ``read(slide)`` on a freshly opened slide (no warm patch caches). A JPEG's
+    one-off full decode happens before the clock starts."""
+    with open_slide(path, backend=backend) as slide:
+        slide.read_region((0, 0), 0, (1, 1))
+        t0 = time.perf_counter()
+        count = read(slide)
+        return count / (time.perf_counter() - t0)
 
 
 def bench(path: Path, backend: str, locs: np.ndarray, patch: int, batch: int, workers: int,
           repeats: int) -> Result:  # fmt: skip
+    """``repeats`` rounds, each timing the loop then ``read_regions`` back to back; medians
+    of the throughputs and of the per-round ratios (a shared machine's load drifts, and a
+    round's two runs see the same load)."""
+
     def loop(slide: Slide) -> int:
         for x, y in locs:
             slide.read_region((int(x), int(y)), 0, (patch, patch))
@@ -85,8 +83,10 @@ def bench(path: Path, backend: str, locs: np.ndarray, patch: int, batch: int, wo
     def batched(slide: Slide) -> int:
         return sum(len(b) for b in slide.read_regions(locs, 0, (patch, patch), batch, workers))
 
-    return Result(backend, path.name, timed(path, backend, loop, repeats),
-                  timed(path, backend, batched, repeats))  # fmt: skip
+    rounds = np.array([(timed(path, backend, loop), timed(path, backend, batched))
+                       for _ in range(repeats)])  # fmt: skip
+    return Result(backend, path.name, float(np.median(rounds[:, 0])),
+                  float(np.median(rounds[:, 1])), float(np.median(rounds[:, 1] / rounds[:, 0])))
 
 
 def main() -> None:
@@ -96,7 +96,8 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=default_workers())
-    ap.add_argument("--repeats", type=int, default=3, help="best of N (fresh slide each)")
+    ap.add_argument("--repeats", type=int, default=7,
+                    help="rounds (fresh slide each run); medians are reported")
     ap.add_argument("--backends", default="cucim,openslide,image,patches")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -106,7 +107,8 @@ def main() -> None:
         locs = grid(args.size, args.patch_size, args.patches, args.seed)
         print(f"slide {args.size}x{args.size}, {len(locs)} patches of {args.patch_size} px, "
               f"batch {args.batch_size}, {args.workers} workers")  # fmt: skip
-        print(f"{'backend':<10} {'source':<18} {'loop p/s':>10} {'batched p/s':>12} {'ratio':>7}")
+        print(f"{'backend':<10} {'source':<18} {'loop p/s':>10} {'batched p/s':>12} "
+              f"{'ratio':>7}  (medians of {args.repeats} rounds)")
         for backend in args.backends.split(","):
             r = bench(sources[backend], backend, locs, args.patch_size, args.batch_size,
                       args.workers, args.repeats)  # fmt: skip

@@ -113,6 +113,24 @@ def test_jpeg_image_backend(tmp_path, image):
         assert abs(thumb.astype(int).mean() - image.mean()) < 5
 
 
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+def test_decoded_image_read_regions_split_across_threads(tmp_path, image, workers):
+    # A decoded PNG/JPEG copies each batch's patches on `workers` threads (contiguous runs of
+    # rows each); any split must give the per-patch result, edges padded white.
+    from PIL import Image
+
+    path = tmp_path / "wsi.png"
+    Image.fromarray(image).save(path)
+    rng = np.random.default_rng(5)
+    locs = np.concatenate([rng.integers(-30, 380, (45, 1)), rng.integers(-30, 250, (45, 1))], 1)
+    with open_slide(path) as slide:
+        want = np.stack([slide.read_region(tuple(loc), 0, (32, 24)) for loc in locs])
+        for batch_size in (1, 7, 16, 64):
+            batches = list(slide.read_regions(locs, 0, (32, 24), batch_size, workers))
+            assert [len(b) for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+            np.testing.assert_array_equal(np.concatenate(batches), want)
+
+
 def test_errors_name_path_and_reason(tmp_path, svs):
     empty = tmp_path / "empty.svs"
     empty.write_bytes(b"")
