@@ -149,6 +149,10 @@ def main() -> None:
         return
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, device {args.device}")
+    t0 = time.perf_counter()
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # first use imports torch._dynamo
+    print(f"torch.optim first-use import (once per process, not counted below): "
+          f"{time.perf_counter() - t0:.1f}s")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         pack, labels = make_store(Path(tmp), args.scale, args.dim, seed=0)
