@@ -25,7 +25,7 @@ from balnmp_cache.extract_slide import (
     discard,
     slide_id_of,
 )
-from balnmp_cache.manifest import ManifestRow, read_manifest, update_manifest
+from balnmp_cache.manifest import read_manifest, update_manifest
 from balnmp_cache.sharding import Shard, parse_devices, resolve_shard
 
 __all__ = [
@@ -315,11 +315,10 @@ def run_slides(
     return results
 
 
-def _manifest_row(res: SlideResult, known: dict[str, ManifestRow]) -> ManifestRow | None:
+def _manifest_row(res: SlideResult, known: dict[str, SlideResult]) -> SlideResult | None:
     """The manifest row for an outcome; None when another job owns the slide's row."""
     if res.status != "skipped":
-        return ManifestRow(res.slide_id, res.path, res.status, res.n_patches, res.seconds,
-                           res.error, res.stage)  # fmt: skip
+        return res
     if res.error == "finished" and res.slide_id not in known:
-        return ManifestRow(res.slide_id, res.path, "done", res.n_patches)  # manifest was lost
+        return SlideResult(res.slide_id, res.path, "done", res.n_patches)  # manifest was lost
     return None

@@ -19,6 +19,7 @@ from typing import Any
 
 from balnmp_cache.encoders import Encoder
 from balnmp_cache.locks import holder, try_lock
+from balnmp_cache.manifest import SlideResult
 from balnmp_cache.pipeline import EncoderRunner, PipelineError, encode_patches
 from balnmp_cache.slide import SLIDE_SUFFIXES
 from balnmp_cache.slide import slide_id_from_path as slide_id_of
@@ -33,19 +34,6 @@ __all__ = [
 ]
 
 LOCK_DIR = ".locks"
-
-
-@dataclass
-class SlideResult:
-    """Outcome of one slide: status in {"done", "skipped", "failed", "empty"}."""
-
-    slide_id: str
-    path: str
-    status: str
-    n_patches: int = 0
-    seconds: float = 0.0
-    error: str = ""
-    stage: str = ""
 
 
 class SlideFailure(RuntimeError):

@@ -21,10 +21,12 @@ COLUMNS = ("id", "path", "status", "n_patches", "seconds", "error", "stage")
 
 
 @dataclass
-class ManifestRow:
-    """One slide's outcome as recorded in manifest.csv."""
+class SlideResult:
+    """One slide's outcome, as extraction returns it and as manifest.csv records it (the
+    csv's ``id`` column is ``slide_id``). ``status`` is "done", "empty", "failed" or
+    "skipped"; ``stage`` names where a failure happened."""
 
-    id: str
+    slide_id: str
     path: str
     status: str
     n_patches: int = 0
@@ -37,17 +39,17 @@ def manifest_path(out: str | Path) -> Path:
     return Path(out) / MANIFEST_NAME
 
 
-def read_manifest(out: str | Path) -> dict[str, ManifestRow]:
+def read_manifest(out: str | Path) -> dict[str, SlideResult]:
     """Rows by slide id ({} when there is no manifest yet)."""
     path = manifest_path(out)
     if not path.exists():
         return {}
-    rows: dict[str, ManifestRow] = {}
+    rows: dict[str, SlideResult] = {}
     with open(path, newline="") as f:
         for rec in csv.DictReader(f):
             try:
-                rows[rec["id"]] = ManifestRow(
-                    id=rec["id"],
+                rows[rec["id"]] = SlideResult(
+                    slide_id=rec["id"],
                     path=rec.get("path") or "",
                     status=rec.get("status") or "",
                     n_patches=int(float(rec.get("n_patches") or 0)),
@@ -63,13 +65,14 @@ def read_manifest(out: str | Path) -> dict[str, ManifestRow]:
     return rows
 
 
-def _write(path: Path, rows: Iterable[ManifestRow]) -> None:
+def _write(path: Path, rows: Iterable[SlideResult]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        for row in sorted(rows, key=lambda r: r.id):
+        for row in sorted(rows, key=lambda r: r.slide_id):
             rec = asdict(row)
+            rec["id"] = rec.pop("slide_id")
             rec["seconds"] = f"{row.seconds:.2f}"
             rec["error"] = " ".join(str(row.error).split())  # one line per slide
             writer.writerow(rec)
@@ -78,7 +81,7 @@ def _write(path: Path, rows: Iterable[ManifestRow]) -> None:
     os.replace(tmp, path)
 
 
-def update_manifest(out: str | Path, rows: Iterable[ManifestRow], timeout: float = 120.0) -> None:
+def update_manifest(out: str | Path, rows: Iterable[SlideResult], timeout: float = 120.0) -> None:
     """Insert or replace `rows` (by id) in `<out>/manifest.csv`, atomically and race-free."""
     rows = list(rows)
     if not rows:
@@ -97,5 +100,5 @@ def update_manifest(out: str | Path, rows: Iterable[ManifestRow], timeout: float
     with lock:
         current = read_manifest(out)
         for row in rows:
-            current[row.id] = row
+            current[row.slide_id] = row
         _write(path, current.values())

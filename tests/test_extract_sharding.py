@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from balnmp_cache.manifest import ManifestRow, read_manifest, update_manifest
+from balnmp_cache.manifest import SlideResult, read_manifest, update_manifest
 from balnmp_cache.sharding import Shard, parse_devices, parse_shard, resolve_shard, shard_from_env
 
 
@@ -57,9 +57,9 @@ def test_parse_devices() -> None:
 
 
 def test_manifest_rows_are_replaced_by_id(tmp_path: Path) -> None:
-    update_manifest(tmp_path, [ManifestRow("b", "b.svs", "failed", 0, 1.5, "boom\nline2", "open")])
-    update_manifest(tmp_path, [ManifestRow("a", "a.svs", "done", 12, 3.0)])
-    update_manifest(tmp_path, [ManifestRow("b", "b.svs", "done", 7, 2.0)])
+    update_manifest(tmp_path, [SlideResult("b", "b.svs", "failed", 0, 1.5, "boom\nline2", "open")])
+    update_manifest(tmp_path, [SlideResult("a", "a.svs", "done", 12, 3.0)])
+    update_manifest(tmp_path, [SlideResult("b", "b.svs", "done", 7, 2.0)])
     rows = read_manifest(tmp_path)
     assert list(rows) == ["a", "b"]
     assert rows["b"].status == "done" and rows["b"].n_patches == 7 and rows["b"].error == ""
@@ -68,7 +68,7 @@ def test_manifest_rows_are_replaced_by_id(tmp_path: Path) -> None:
 
 
 def test_failure_message_is_kept_on_one_line(tmp_path: Path) -> None:
-    update_manifest(tmp_path, [ManifestRow("b", "b.svs", "failed", 0, 1.5, "boom\nline2", "open")])
+    update_manifest(tmp_path, [SlideResult("b", "b.svs", "failed", 0, 1.5, "boom\nline2", "open")])
     assert read_manifest(tmp_path)["b"].error == "boom line2"
     assert len((tmp_path / "manifest.csv").read_text().splitlines()) == 2
 
@@ -76,7 +76,7 @@ def test_failure_message_is_kept_on_one_line(tmp_path: Path) -> None:
 def test_concurrent_manifest_updates_lose_no_rows(tmp_path: Path) -> None:
     def job(k: int) -> None:
         for i in range(10):
-            update_manifest(tmp_path, [ManifestRow(f"s{k}-{i}", "p", "done", i, 0.1)])
+            update_manifest(tmp_path, [SlideResult(f"s{k}-{i}", "p", "done", i, 0.1)])
 
     threads = [threading.Thread(target=job, args=(k,)) for k in range(4)]
     for t in threads:
