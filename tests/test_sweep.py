@@ -67,3 +67,15 @@ def test_split_objects_and_transmil_fallback():
     with pytest.raises(ValueError, match="not in the cohort"):
         sweep("mean", cohort, [_Split(train=["nope"], val=[])], epochs=1)
     assert torch.is_tensor(cohort.features)
+
+
+def test_vectorised_sweep_trains_with_dropout_on():
+    # Dropout draws its CPU mask from torch.randint inside vmap (randomness="different"): each
+    # model gets its own masks, and training still runs and learns the planted signal.
+    cohort = planted_cohort(n_bags=18, hi=12)
+    res = sweep("abmil", cohort, _splits(18), seeds=(0,), lrs=(5e-3,), epochs=3,
+                bags_per_step=4, vectorise=True, model_kwargs={"dropout": 0.25})
+    assert res.vectorised and len(res.results) == 2
+    for r in res.results:
+        losses = [h["train_loss"] for h in r.history]
+        assert all(np.isfinite(losses)) and losses[-1] < losses[0]
