@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "bag_logits",
     "class_weight_vector",
     "epoch_plan",
+    "device_steps",
     "lr_at",
     "OPTIMIZERS",
 ]
@@ -153,6 +154,22 @@ def batch_rows(plan: EpochPlan, bags: torch.Tensor) -> tuple[torch.Tensor, torch
     return rows, torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
 
 
+def device_steps(
+    plan: EpochPlan, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """An epoch's steps as (rows, offsets, bags) on ``device``: the plan is laid out on the
+    CPU and copied once per epoch, so a step costs no host-device copy or synchronisation."""
+    order = torch.cat(plan.batches)
+    rows, offs = batch_rows(plan, order)
+    rows_d, offs_d, order_d = (t.to(device) for t in (rows, offs, order))
+    first = 0
+    for bags in plan.batches:
+        last = first + len(bags)
+        r0, r1 = int(offs[first]), int(offs[last])
+        yield rows_d[r0:r1], offs_d[first : last + 1] - r0, order_d[first:last]
+        first = last
+
+
 def _autocast(device: torch.device, amp: bool) -> Any:
     if device.type == "cuda" and amp:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -225,23 +242,21 @@ def _fit(
             group["lr"] = lr
         model.train()
         plan = epoch_plan(train.offsets, cfg, gen)
-        total, n_seen = 0.0, 0
-        for bags in plan.batches:
-            rows, offs = batch_rows(plan, bags)
-            x = train.features.index_select(0, rows.to(device)).float()
-            bags_d = bags.to(device)
-            y = y_bags.index_select(0, bags_d)
-            c = None if clin is None else clin.index_select(0, bags_d)
+        total = torch.zeros((), dtype=torch.float64, device=device)  # read once per epoch
+        for rows, offs, bags in device_steps(plan, device):
+            x = train.features.index_select(0, rows).float()
+            y = y_bags.index_select(0, bags)
+            c = None if clin is None else clin.index_select(0, bags)
             with _autocast(device, cfg.amp):
-                out = model(x, offs.to(device), c, y)
+                out = model(x, offs, c, y)
             loss = _loss(out, y, weight)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            total += float(loss.detach()) * len(bags)
-            n_seen += len(bags)
-        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": total / max(n_seen, 1)}
+            total += loss.detach().double() * bags.numel()
+        train_loss = float(total) / max(train.n_bags, 1)
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
         if val is not None:
             row.update(_validate(model, val, cfg))
             score, key = monitor_score(row, monitor)

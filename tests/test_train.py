@@ -144,3 +144,18 @@ def test_fit_standardises_inputs_with_training_statistics_and_saves_them():
     off = build_model("abmil", tr.feature_dim, 2, seed=0)
     fit(off, tr, va, epochs=1, seed=0, standardize=False)
     assert torch.equal(off.input_mean, torch.zeros(tr.feature_dim))
+
+
+def test_device_steps_lay_out_the_same_batches_as_batch_rows():
+    from balnmp_mil.train import batch_rows, device_steps, epoch_plan
+
+    offsets = torch.tensor([0, 5, 6, 14, 14, 20, 31, 33])  # one empty bag
+    for ipb in (None, 3):
+        cfg = FitConfig(bags_per_step=3, instances_per_bag=ipb)
+        plan = epoch_plan(offsets, cfg, torch.Generator().manual_seed(2))
+        steps = list(device_steps(plan, torch.device("cpu")))
+        assert len(steps) == len(plan.batches)
+        for (rows, offs, bags), want_bags in zip(steps, plan.batches, strict=True):
+            want_rows, want_offs = batch_rows(plan, want_bags)
+            assert torch.equal(bags, want_bags)
+            assert torch.equal(rows, want_rows) and torch.equal(offs, want_offs)
