@@ -32,7 +32,15 @@ import torch.nn.functional as F
 from balnmp_mil.cohort import Cohort, load_cohort
 from balnmp_mil.models import build_model
 from balnmp_mil.sweep import sweep
-from balnmp_mil.train import FitConfig, auc_score, class_weight_vector, fit, lr_at, predict
+from balnmp_mil.train import (
+    FitConfig,
+    auc_score,
+    class_weight_vector,
+    fit,
+    lr_at,
+    make_optimizer,
+    predict,
+)
 
 N_BAGS, N_INSTANCES = 1058, 170_000
 
@@ -76,7 +84,7 @@ def per_bag_loop(model: torch.nn.Module, train: Cohort, cfg: FitConfig) -> list[
     """CLAM-style training: one bag per forward/backward/optimiser step."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)  # the same optimiser fit builds (Adam defaults on CPU)
     weight = class_weight_vector(cfg.class_weights, train.bag_labels, train.n_classes)
     offs, y = train.offsets.tolist(), train.bag_labels
     seconds = []

@@ -115,6 +115,16 @@ def test_fit_on_gpu_with_amp_learns_and_matches_packed_reference():
     np.testing.assert_allclose(probs, cpu_probs, atol=3e-2)  # bf16 autocast
 
 
+def test_optimizer_is_fused_only_on_cuda():
+    from balnmp_mil.train import make_optimizer
+
+    cpu = make_optimizer(build_model("abmil", 8, 2), FitConfig(optimizer="adamw"))
+    assert not cpu.defaults.get("fused")  # CPU: the default implementation, as CLAM uses
+    if torch.cuda.is_available():
+        gpu = make_optimizer(build_model("abmil", 8, 2).cuda(), FitConfig(optimizer="adam"))
+        assert gpu.defaults["fused"]
+
+
 def test_saturated_val_auc_ties_are_broken_by_val_loss():
     # A strong signal saturates validation AUC at 1.0 from the first epoch; the kept epoch
     # must be the tied epoch with the lowest validation loss, not the untrained epoch 0.
