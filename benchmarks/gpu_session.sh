@@ -30,9 +30,9 @@ step env 30 bash -c 'nvidia-smi; python3 -c "import torch, cucim, cupy, zarr, op
 print(\"torch\", torch.__version__, torch.cuda.get_device_name(0));
 print(\"cucim\", cucim.__version__, \"cupy\", cupy.__version__, \"zarr\", zarr.__version__)"'
 step gpu_tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests
-step mil 180 python3 benchmarks/mil.py --scale 1.0 --device cuda --epochs 10 \
-    --long-epochs 100 --sweep-epochs 5 --skip memory
-step extract 110 python3 benchmarks/extract.py --slides 8 --width 8192 --height 4096 \
+step mil 220 python3 benchmarks/mil.py --scale 1.0 --device cuda --epochs 10 \
+    --bags-per-step 8 32 --long-epochs 100 --sweep-epochs 5 --skip memory
+step extract 100 python3 benchmarks/extract.py --slides 8 --width 8192 --height 4096 \
     --device cuda --batch-size 256 --rounds 2
-step read 60 python3 benchmarks/read.py --size 8192 --patches 1024 --workers 8
+step read 50 python3 benchmarks/read.py --size 8192 --patches 1024 --workers 8
 tail -n 5 "$OUT"/*.log
