@@ -189,8 +189,8 @@ class ImageSlide(Slide):
             for first in range(0, len(locs), batch_size):
                 chunk = locs[first : first + batch_size]
                 out = np.empty((len(chunk), h, w, 3), dtype=np.uint8)
-                n = len(chunk) if pool is None else min(workers, len(chunk))
-                if n <= 1 or pool is None:
+                n = 1 if pool is None else min(workers, len(chunk))
+                if n == 1:
                     copy(out, chunk, slice(None))
                 else:  # contiguous runs of rows per thread; result() re-raises errors
                     step = -(-len(chunk) // n)

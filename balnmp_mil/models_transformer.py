@@ -3,9 +3,11 @@ pyramid position encoding generator (PPEG) over the bag laid out as a square gri
 
 Deviation: the original approximates self-attention with Nystrom attention; here attention is
 exact (masked multi-head softmax attention through PyTorch's fused scaled-dot-product kernels),
-which the Nystrom layer approximates and which is affordable for biopsy-sized bags. Packing: bags are processed in groups of similar length,
-padded inside the group with a key mask; PPEG places each bag's H x H grid in the top-left of a
-zero canvas, which is exactly the zero-padded per-bag convolution. No per-bag Python loop.
+which the Nystrom layer approximates and which is affordable for biopsy-sized bags.
+
+Packing: bags are processed in groups of similar length, padded inside the group with a key
+mask; PPEG places each bag's H x H grid in the top-left of a zero canvas, which is exactly the
+zero-padded per-bag convolution. No per-bag Python loop.
 """
 
 from __future__ import annotations
