@@ -287,7 +287,7 @@ class _VectorisedSweep:
     def _train_epoch(self, plans: list[Any], lrs: list[float], active: list[bool]
                      ) -> list[float]:
         self.base.train()
-        totals = [0.0] * len(plans)
+        totals = torch.zeros(len(plans), dtype=torch.float64, device=self.device)
         n_steps = max(len(p.batches) for p in plans if p is not None)
         lr_t = torch.tensor(lrs, dtype=torch.float64)
         for step in range(n_steps):
@@ -308,10 +308,11 @@ class _VectorisedSweep:
                 grads, values = fn(self.params, self.buffers, x, ids, offs, y, clin, self.class_w)
             step_on = torch.tensor([b is not None for b in batches])
             self.params = self.opt.step(self.params, grads, lr_t, step_on)
-            for m, b in enumerate(batches):
-                if b is not None:
-                    totals[m] += float(values[m]) * int(b[0].numel())
-        return totals
+            n = torch.tensor([0 if b is None else b[0].numel() for b in batches],
+                             dtype=torch.float64, device=self.device)
+            # summed on the device and read once per epoch (idle models' values are ignored)
+            totals += torch.where(n > 0, values.detach().double() * n, 0.0)
+        return totals.tolist()
 
     @torch.no_grad()
     def _validate(self, active: list[bool]) -> list[dict[str, float] | None]:
