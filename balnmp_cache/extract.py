@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from balnmp_cache._atomic import check_output
 from balnmp_cache.extract_slide import (
     SLIDE_SUFFIXES,
     SlideFailure,
@@ -120,6 +121,18 @@ def find_slides(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
     return [by_id[s] for s in sorted(by_id)]
 
 
+def _check_out(out: Path, slides: str | Path | Sequence[str | Path],
+               annotations: str | Path | None) -> None:
+    """`--out` must be a folder apart from the slide folders and annotations it reads:
+    features written into a slide folder would be found as slides by the next job."""
+    items = [slides] if isinstance(slides, (str, Path)) else list(slides)
+    folders = [("SLIDE_OR_DIR", p) for p in items if Path(p).is_dir() or Path(p) == out]
+    check_output(out, [*folders, ("--annotations", annotations)], ExtractError)
+    if out.exists() and not out.is_dir():
+        raise ExtractError(f"--out {out} is a file; a feature store is a folder (or a .zarr "
+                           "store): choose another --out")
+
+
 def _load_overrides(mpp_overrides: Any) -> dict[str, float] | None:
     if mpp_overrides is None or isinstance(mpp_overrides, dict):
         return mpp_overrides
@@ -178,6 +191,7 @@ def extract_features(
         device_list = parse_devices(devices)
     except ValueError as exc:
         raise ExtractError(str(exc)) from exc
+    _check_out(Path(out), slides, annotations)
     paths = find_slides(slides)
     if the_shard is not None:
         paths = the_shard.select(paths, key=[slide_id_of(p) for p in paths])

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from balnmp_cache._atomic import publish, side_name
 from balnmp_cache.locks import try_lock
 
 MANIFEST_NAME = "manifest.csv"
@@ -66,7 +67,7 @@ def read_manifest(out: str | Path) -> dict[str, SlideResult]:
 
 
 def _write(path: Path, rows: Iterable[SlideResult]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = side_name(path, "tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -78,7 +79,7 @@ def _write(path: Path, rows: Iterable[SlideResult]) -> None:
             writer.writerow(rec)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def update_manifest(out: str | Path, rows: Iterable[SlideResult], timeout: float = 120.0) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 import h5py
 import numpy as np
 
+from balnmp_cache._atomic import check_output, fsync_tree, publish, remove, side_name
 from balnmp_cache._version import __version__
 from balnmp_cache.store import (
     COMMON_ATTRS,
@@ -31,7 +31,7 @@ from balnmp_cache.store import (
     plain,
     with_known,
 )
-from balnmp_cache.store_h5 import decode_attrs, encode_attrs, fsync_dir, open_h5
+from balnmp_cache.store_h5 import decode_attrs, encode_attrs, open_h5
 from balnmp_cache.store_load import finite_rows, majority, run_parallel
 
 PACK_VERSION = 1
@@ -298,23 +298,34 @@ def _common(infos: list[SlideInfo]) -> dict:
     return out
 
 
-def _remove(path: Path) -> None:
+def is_pack(path: Path) -> bool:
+    """True for a pack that `pack_store` wrote (HDF5 file or Zarr directory)."""
     if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+        return '"balnmp_pack"' in _read_text(path / "zarr.json")
+    try:
+        with open_h5(path, "r") as f:
+            return "balnmp_pack" in f.attrs
+    except (OSError, StoreError):
+        return False
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Atomically put `tmp` at `out` (a file: os.replace; a directory: swap via a side name)."""
-    if tmp.is_dir() and out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        _remove(old)
-    else:
-        os.replace(tmp, out)
-    fsync_dir(out.parent)
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _check_out(src: FeatureStore, out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an `out` that would destroy an input or someone else's file."""
+    check_output(out, [("FEATURES", src.path)], StoreError)
+    if not out.exists():
+        return
+    if not overwrite:
+        raise StoreError(f"{out}: already exists; choose another --out or pass --overwrite")
+    if not is_pack(out):
+        raise StoreError(f"{out}: exists and is not a balnmp pack, so --overwrite will not "
+                         "replace it; choose another --out")
 
 
 def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = "h5",
@@ -334,8 +345,7 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
             return pack_store(src, out, format, slide_ids, overwrite, progress)
     src = store
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise StoreError(f"{out}: already exists; choose another --out or pass --overwrite")
+    _check_out(src, out, overwrite)
     ids = src.slide_ids if slide_ids is None else [str(s) for s in slide_ids]
     infos = [src.info(sid) for sid in ids]
     if not infos:
@@ -349,7 +359,7 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     dtype = np.result_type(*{i.dtype for i in infos})
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = side_name(out, "tmp")
     sink = _load(PACK_SINKS[format])(tmp, int(offsets[-1]), dim, dtype, len(infos))
     nonfinite = np.zeros(len(infos), dtype=np.int64)
     try:
@@ -373,15 +383,11 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
                      "slide_attrs": [json.dumps(plain(i.attrs)) for i in infos],
                      "slide_coords_attrs": [json.dumps(plain(i.coords_attrs)) for i in infos],
                      "nonfinite_rows": nonfinite}, root)  # fmt: skip
+        fsync_tree(tmp)
+        _check_out(src, out, overwrite)  # another job may have written `out` meanwhile
+        publish(tmp, out)
     except BaseException:
         sink.abort()
-        _remove(tmp)
+        remove(tmp)
         raise
-    if tmp.is_file():
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    _replace(tmp, out)
     return out

@@ -15,6 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from balnmp_cache._atomic import fsync_file, publish
 from balnmp_cache.store import (
     COORDS_ATTRS,
     SlideInfo,
@@ -185,13 +186,8 @@ class H5Writer:
         self._file.flush()
         self._file.close()
         self._done = True
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.tmp, self.final)
-        fsync_dir(self.final.parent)
+        fsync_file(self.tmp)
+        publish(self.tmp, self.final)
         return self.final
 
     def abort(self) -> None:
@@ -210,20 +206,6 @@ class H5Writer:
             self.commit()
         else:
             self.abort()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class H5Backend(StoreBackend):

@@ -24,6 +24,7 @@ import zarr
 import zarr.errors
 from zarr.core.buffer import default_buffer_prototype
 
+from balnmp_cache._atomic import fsync_tree, publish
 from balnmp_cache.store import (
     COORDS_ATTRS,
     SlideInfo,
@@ -34,24 +35,11 @@ from balnmp_cache.store import (
     root_attrs,
     with_known,
 )
-from balnmp_cache.store_h5 import fsync_dir
 
 ZARR_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, zarr.errors.BaseZarrError)
 ROOT_META = {"zarr_format": 3, "node_type": "group", "attributes": {"balnmp_store": 1}}
 CHUNK_BYTES = 1 << 20  # per-slide feature chunks (zstd squeezes the zero pad of the last one)
 PACK_CHUNK_BYTES = 8 << 20  # uncompressed pack chunks: large sequential reads, small edge pad
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file and directory below `root` (so the rename publishes durable data)."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
 
 
 def _write_root(path: Path) -> None:
@@ -123,15 +111,8 @@ class ZarrWriter:
             return self.final
         self.group.attrs.update(self.attrs)
         self._done = True
-        _fsync_tree(self.tmp)
-        if self.final.exists():  # overwrite: swap through a hidden side name
-            old = self.final.parent / f".{self.slide_id}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.replace(self.final, old)
-            os.replace(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.final)
-        fsync_dir(self.final.parent)
+        fsync_tree(self.tmp)
+        publish(self.tmp, self.final)  # an overwrite swaps the old group out in one step
         return self.final
 
     def abort(self) -> None:
@@ -243,7 +224,7 @@ class ZarrPackSink:
                 if values:
                     arr[:] = np.array(values, dtype=str)
         g.attrs.update(plain(root_attrs))
-        _fsync_tree(self.path)
+        fsync_tree(self.path)
 
     def abort(self) -> None:
         """Nothing held open; the caller removes the temp directory."""

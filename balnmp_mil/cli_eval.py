@@ -32,9 +32,14 @@ def evaluate_cmd(run: Path, features: Path | None, labels: Path | None, clinical
     threshold chosen on val). With --features and --labels: the run's model (and clinical
     encoder) on new patients, at 0.5 and at the run's Youden threshold.
     """
+    from balnmp_cache._atomic import check_output
     from balnmp_mil.rundir import write_json
+    from balnmp_mil.workflow import InputError
     from balnmp_mil.workflow_apply import evaluate_run
 
+    if out is not None:
+        check_output(out, [("RUN", run), ("--features", features), ("--labels", labels),
+                           ("--clinical", clinical)], InputError)
     result = evaluate_run(run, features, labels, clinical, device=device, ci=ci,
                           n_bootstrap=n_bootstrap)
     click.echo(result.summary(), nl=False)

@@ -34,7 +34,8 @@ def _size(path: Path) -> int:
               help="Pack to write: a .h5 file, or a .zarr directory with --format zarr.")
 @click.option("--format", "fmt", type=click.Choice(["h5", "zarr"]), default="h5",
               show_default=True, help="Pack container.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing pack (atomically).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier pack (atomically); never "
+                                                    "another file.")
 def pack_cmd(features: Path, out: Path, fmt: str, overwrite: bool) -> None:
     """Concatenate the per-slide files of FEATURES into one pack loadable in one read."""
     from balnmp_cache.pack import pack_store

@@ -64,8 +64,9 @@ _SHARED: list[tuple[tuple[str, ...], dict[str, Any]]] = [
                               "override it.")),
     (("--out",), dict(type=click.Path(path_type=Path), required=True,
                       help="Run directory to create.")),
-    (("--overwrite",), dict(is_flag=True, help="Replace an existing run directory "
-                                                "(atomically, after success).")),
+    (("--overwrite",), dict(is_flag=True, help="Replace an earlier run directory "
+                                                "(atomically, after success); never a folder "
+                                                "that is not a run.")),
 ]
 SHARED_NAMES = ["features", "labels", "clinical", "clinical_variant", "clinical_impute", "task",
                 "seed", "epochs", "lr", "weight_decay", "bags_per_step", "instances_per_bag",

@@ -4,26 +4,25 @@ A run directory is what `balnmp-mil train` leaves behind: `config.yaml`, `model.
 state_dict only) + `model.json` (the `build_model` config), `clinical_encoder.json`,
 `splits.json`, `predictions.csv`, `metrics.json`, `report.md`, `roc.png`, `history.csv`.
 Nothing is written at the target until the whole run succeeded, so a crash or an error never
-leaves a half-written run; `overwrite=True` swaps the new run in atomically (Linux
-`renameat2(RENAME_EXCHANGE)`; elsewhere two renames, restoring the old run on failure).
+leaves a half-written run; `overwrite=True` swaps the new run in atomically
+(`balnmp_cache._atomic.publish`), and only over an earlier run directory, never over a feature
+store or any other folder, nor inside or over the inputs the run reads.
 Loading never executes code from the files: `torch.load(weights_only=True)`, YAML/JSON configs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
-import os
-import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from balnmp_cache._atomic import check_output, fsync_tree, publish, side_name
 
 CONFIG = "config.yaml"
 MODEL_WEIGHTS = "model.pt"
@@ -100,85 +99,71 @@ def _to_plain(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- staging
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths (Linux renameat2); False when unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    if rc != 0:
-        err = ctypes.get_errno()
-        if err in (22, 38, 95):  # EINVAL/ENOSYS/EOPNOTSUPP: filesystem cannot exchange
-            return False
-        raise OSError(err, os.strerror(err), str(b))
-    return True
+def is_run_dir(path: Path) -> bool:
+    """True for a directory `train` or `cv` wrote: its `config.yaml` records a balnmp version.
 
-
-def _replace_dir(staged: Path, target: Path) -> None:
-    """Put `staged` at `target`, replacing an existing run without a half-way state."""
-    if not target.exists():
-        os.rename(staged, target)
-        return
-    if _exchange(staged, target):
-        shutil.rmtree(staged)  # `staged` now holds the old run
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-    os.rename(target, old)
+    Only such a directory (or an empty one) may be replaced by `--overwrite`: a feature store,
+    a home directory or a folder of labels is never mistaken for a run.
+    """
+    config = Path(path) / CONFIG
+    if not config.is_file():
+        return False
     try:
-        os.rename(staged, target)
-    except OSError:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old)
+        data = yaml.safe_load(config.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    meta = data.get("meta") if isinstance(data, dict) else None
+    return isinstance(meta, dict) and "balnmp_version" in meta
 
 
-def check_target(target: str | Path, overwrite: bool) -> Path:
-    """Fail early (before any work) when `target` exists and may not be replaced."""
+def check_target(target: str | Path, overwrite: bool,
+                 inputs: Iterable[tuple[str, str | Path | None]] = ()) -> Path:
+    """Fail early (before any work) when `target` exists and may not be replaced.
+
+    `--overwrite` replaces only an earlier run directory (or an empty one); the target may
+    not be, hold, or lie inside any of `inputs` (FEATURES, `--labels`, `--clinical`, ...).
+    """
     target = Path(target)
-    if target.exists() and not overwrite:
+    check_output(target, inputs, RunDirError)
+    if not target.exists():
+        return target
+    if not overwrite:
         raise RunDirError(
             f"run directory {target} already exists; pass --overwrite to replace it "
             "or choose another --out"
         )
-    if target.exists() and not target.is_dir():
+    if not target.is_dir():
         raise RunDirError(f"{target} exists and is not a directory; choose another --out")
+    if any(target.iterdir()) and not is_run_dir(target):
+        sample = ", ".join(sorted(p.name for p in target.iterdir())[:3])
+        raise RunDirError(
+            f"--out {target} is not a balnmp-mil run directory (it holds {sample}, ...; no "
+            f"{CONFIG} written by balnmp-mil), so --overwrite will not replace it; "
+            "choose another --out"
+        )
     return target
 
 
 @contextlib.contextmanager
-def staged_run(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_run(target: str | Path, overwrite: bool = False,
+               inputs: Iterable[tuple[str, str | Path | None]] = ()) -> Iterator[Path]:
     """Yield an empty temporary directory beside `target`; on success rename it into place.
 
     On any exception the temporary directory is removed and `target` is left untouched.
     """
-    target = check_target(target, overwrite)
+    inputs = list(inputs)
+    target = check_target(target, overwrite, inputs)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    staged = side_name(target, "tmp")
     staged.mkdir()
     try:
         yield staged
-        check_target(target, overwrite)  # someone may have created it meanwhile
-        _fsync_tree(staged)
-        _replace_dir(staged, target)
+        check_target(target, overwrite, inputs)  # someone may have created it meanwhile
+        fsync_tree(staged)
+        publish(staged, target)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file of the staged run so the rename publishes complete files."""
-    for path in root.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 # --------------------------------------------------------------------------- model files

@@ -68,6 +68,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def inputs(self) -> list[tuple[str, str | None]]:
+        """The files and folders a run reads: its `--out` may not be, hold or lie inside one."""
+        return [("FEATURES", self.features), ("--labels", self.labels),
+                ("--clinical", self.clinical), ("--splits", self.splits)]
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
         """Build from a mapping, rejecting unknown keys and missing required ones by name."""
@@ -347,7 +352,7 @@ def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False) -> Run
     from balnmp_mil.splits import save_splits
 
     start = time.perf_counter()
-    out = rundir.check_target(out, overwrite)
+    out = rundir.check_target(out, overwrite, cfg.inputs())
     check_inputs(cfg)
     device = resolve_device(cfg.device)
     cohort = load_training_cohort(cfg, device)
@@ -358,7 +363,7 @@ def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False) -> Run
     saved["meta"] = {"balnmp_version": __version__, "device": device, "out": str(out),
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "n_patients": len(cohort), "n_bags": int(cohort.n_bags)}
-    with rundir.staged_run(out, overwrite) as tmp:
+    with rundir.staged_run(out, overwrite, cfg.inputs()) as tmp:
         rundir.write_config(tmp / rundir.CONFIG, saved)
         save_splits(split, tmp / rundir.SPLITS)
         encoder, cohort = attach_clinical(cfg, cohort, idx["train"])

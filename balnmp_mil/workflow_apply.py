@@ -9,7 +9,6 @@ patch gallery.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from balnmp_cache._atomic import check_output, fsync_file, publish, side_name
 from balnmp_mil import rundir
 from balnmp_mil.report import metrics_table
 from balnmp_mil.workflow import (
@@ -176,6 +176,8 @@ def predict_run(run_path: str | Path, features: str | Path, out: str | Path,
     slides are grouped by patient and the true label is added.
     """
     run = rundir.load_run(run_path, device="cpu")
+    check_output(out, [("RUN", run_path), ("FEATURES", features), ("--labels", labels),
+                       ("--clinical", clinical)], InputError)
     dev = resolve_device(device)
     if run.model is not None:
         run.model.to(dev)
@@ -190,10 +192,11 @@ def predict_run(run_path: str | Path, features: str | Path, out: str | Path,
     frame["prediction"] = [run.class_names[i] for i in _predicted(probs)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = side_name(out, "tmp")
     try:
         frame.to_csv(tmp, index=False)
-        os.replace(tmp, out)
+        fsync_file(tmp)
+        publish(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return frame

@@ -164,7 +164,7 @@ def cv_run(cfg: CVConfig, out: str | Path, overwrite: bool = False) -> CVResult:
     from balnmp_mil.splits import kfold_splits, save_splits
 
     start = time.perf_counter()
-    out = rundir.check_target(out, overwrite)
+    out = rundir.check_target(out, overwrite, cfg.inputs())
     _check_cv(cfg)
     device = resolve_device(cfg.device)
     cohort = load_training_cohort(cfg, device)
@@ -175,7 +175,7 @@ def cv_run(cfg: CVConfig, out: str | Path, overwrite: bool = False) -> CVResult:
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     rows: list[dict[str, Any]] = []
     frames: list[pd.DataFrame] = []
-    with rundir.staged_run(out, overwrite) as tmp:
+    with rundir.staged_run(out, overwrite, cfg.inputs()) as tmp:
         rundir.write_config(tmp / rundir.CONFIG, saved)
         save_splits(folds, tmp / rundir.SPLITS)
         for k, split in enumerate(folds):

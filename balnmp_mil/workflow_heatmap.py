@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from balnmp_cache._atomic import check_output
 from balnmp_mil import rundir
 from balnmp_mil.workflow import InputError
 from balnmp_mil.workflow_apply import clinical_matrix, slide_id_of
@@ -64,6 +65,8 @@ def heatmap_run(run_path: str | Path, slide: str | Path, out: str | Path,
     from balnmp_mil.plots import plot_attention_heatmap
 
     run = rundir.load_run(run_path, device="cpu")
+    check_output(out, [("RUN", run_path), ("SLIDE", slide), ("--features", features),
+                       ("--clinical", clinical)], InputError)
     if run.model is None:
         raise InputError(f"run {run.path} is a clinical-only model; it has no attention to draw")
     slide = Path(slide)

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from balnmp_mil import rundir
 from balnmp_mil.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -302,11 +303,12 @@ def test_failure_mid_way_leaves_no_half_written_run(cohort, tmp_path, monkeypatc
     monkeypatch.setattr(importlib.import_module(module), attr, boom)
     target = tmp_path / "run"
     target.mkdir()
+    rundir.write_config(target / rundir.CONFIG, {"meta": {"balnmp_version": "0"}})
     (target / "keep.txt").write_text("previous run")
     res = invoke("train", cohort.features, "--labels", cohort.labels, "--task", "n0_vs_n+",
                  "--out", target, "--overwrite", *fast_args(1))
     assert res.exit_code == 1 and isinstance(res.exception, RuntimeError)
-    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [rundir.CONFIG, "keep.txt"]
     assert _hidden(tmp_path) == []
     if attr != "fit":
         return

@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 
+from balnmp_cache import _atomic
 from balnmp_mil import rundir
 from balnmp_mil.rundir import RunDirError
 
@@ -43,21 +44,27 @@ def test_existing_target_needs_overwrite(tmp_path):
             pass
 
 
+def _mark_run(path, name):
+    """What makes a folder a run: a config.yaml whose meta records a balnmp version."""
+    rundir.write_config(path / rundir.CONFIG, {"meta": {"balnmp_version": "0"}})
+    (path / name).write_text(name)
+
+
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
 def test_overwrite_replaces_and_failure_keeps_old(tmp_path, monkeypatch, exchange):
     if not exchange:
-        monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(_atomic, "exchange", lambda a, b: False)
     target = tmp_path / "run"
     target.mkdir()
-    (target / "old.txt").write_text("old")
+    _mark_run(target, "old.txt")
     with pytest.raises(ValueError):
         with rundir.staged_run(target, overwrite=True) as tmp:
-            (tmp / "new.txt").write_text("new")
+            _mark_run(tmp, "new.txt")
             raise ValueError("fails half way")
-    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [rundir.CONFIG, "old.txt"]
     with rundir.staged_run(target, overwrite=True) as tmp:
-        (tmp / "new.txt").write_text("new")
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+        _mark_run(tmp, "new.txt")
+    assert sorted(p.name for p in target.iterdir()) == [rundir.CONFIG, "new.txt"]
     assert _leftovers(tmp_path) == []
 
 
