@@ -209,14 +209,15 @@ class ImageSlide(Slide):
     def thumbnail(self, max_size: int) -> np.ndarray:
         """JPEGs not yet decoded: libjpeg decodes at 1/2..1/8 scale (cheap); else the base."""
         self._check_open()
-        if self._arrays is not None or self._pixels is not None or max_size < 1:
+        jpeg = self.properties.get("image.format") == "JPEG"
+        if not jpeg or self._arrays is not None or self._pixels is not None or max_size < 1:
+            # Decided before Pillow's lock is taken: the base class decodes through
+            # `_image`, which takes that (non-reentrant) lock itself.
             return super().thumbnail(max_size)
         from PIL import Image
 
         w0, h0 = self.dimensions
         with _pixel_limit(None), Image.open(self.path) as im:
-            if im.format != "JPEG":
-                return super().thumbnail(max_size)
             scale = max_size / max(w0, h0)
             im.draft("RGB", (max(1, int(w0 * scale)), max(1, int(h0 * scale))))
             small = to_rgb8(_pil_array(im), self.path)
