@@ -8,7 +8,7 @@ DEMO   ?= demo
 DEMO_PATIENTS ?= 100
 DEMO_SEED     ?= 0
 
-.PHONY: venv demo test lint bench clean-demo
+.PHONY: venv demo test test-faults lint bench clean-demo
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not faults_slow"
+
+# The slower half of the fault suite: repeated fresh runs (races), signals, disk full.
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m faults_slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check balnmp_cache balnmp_mil tests examples benchmarks

@@ -1,15 +1,24 @@
 """cuCIM backend: generic tiled TIFF, Aperio SVS, Philips TIFF; batched multi-location reads.
 
 Only files whose structure `tiffprobe.cucim_support` accepts reach cuCIM: it aborts the
-process on some TIFFs rather than raising. Batched reads use cuCIM's own multi-location
+process on some TIFFs rather than raising. Opening and closing a `CuImage` is serialised by one
+process-wide lock: two threads constructing images at once (the extraction loop opens the next
+slide while the current one is encoded) crashed a run with SIGSEGV. cuCIM's C-level start-up
+messages (cuFile probing for a GPU) go to stderr, and `cufile.log` to the temp folder, never
+into the user's working directory. Batched reads use cuCIM's own multi-location
 ``read_region`` (its worker threads decode tiles in C++, batches come back as arrays);
 ``device="cuda"`` decodes on the GPU when one is present.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import math
+import os
+import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,13 +33,45 @@ from balnmp_cache.tiffprobe import SourceInfo, cucim_support
 
 __all__ = ["CuCIMSlide", "cucim_available", "cuda_available"]
 
-_IMPORT_LOCK = threading.Lock()
+_NATIVE_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _native() -> Iterator[None]:
+    """One thread at a time in cuCIM's import, open and close; C stdout goes to stderr."""
+    with _NATIVE_LOCK:
+        os.environ.setdefault(
+            "CUFILE_LOGFILE_PATH", os.path.join(tempfile.gettempdir(), f"cufile-{os.getuid()}.log")
+        )
+        with contextlib.ExitStack() as stack:
+            with contextlib.suppress(OSError, ValueError):  # no fd 1 or 2: nothing to redirect
+                stack.enter_context(_stdout_to_stderr())
+            yield
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        _libc_fflush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _libc_fflush() -> None:
+    """Flush C stdio buffers, so what cuCIM printf'd leaves while fd 1 is still stderr."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).fflush(None)
 
 
 def cucim_available() -> str | None:
     """None when cuCIM imports, else why not."""
     try:
-        with _IMPORT_LOCK:
+        with _native():
             import cucim  # noqa: F401
     except ImportError as exc:  # optional dependency (`pip install balnmp[cucim]`)
         return f"cuCIM is not installed ({exc})"
@@ -75,9 +116,10 @@ class CuCIMSlide(Slide):
 
     @classmethod
     def open(cls, info: SourceInfo, mpp: float | None) -> CuCIMSlide:
-        from cucim import CuImage
+        with _native():
+            from cucim import CuImage
 
-        image = CuImage(str(info.path))
+            image = CuImage(str(info.path))
         device = "cuda" if cuda_available() else "cpu"
         found = mpp if mpp is not None else tiff_mpp(info.tiff)
         slide = cls(info.path, image, found, device)
@@ -191,7 +233,8 @@ class CuCIMSlide(Slide):
         if image is not None:
             close = getattr(image, "close", None)
             if close is not None:
-                close()
+                with _native():
+                    close()
             self._image = None
 
 
