@@ -1,7 +1,9 @@
 """balnmp_cache: whole-slide images -> cached patch embeddings (stage 1 of balnmp).
 
-Public names are imported lazily so that `import balnmp_cache.store` (used by the
-MIL stage) does not pull in slide readers, cuCIM or OpenSlide.
+Public names are imported lazily so that `import balnmp_cache.store` (used by the MIL stage)
+does not pull in slide readers, cuCIM or OpenSlide. The folders are the architecture (see
+docs/architecture.md): `slides`, `tiling`, `encoders` -> `store` -> `extract` -> `cli`, with
+`synthetic` apart.
 """
 
 from __future__ import annotations
@@ -9,12 +11,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from balnmp_cache import _compat
 from balnmp_cache._version import __version__
 
+_compat.install()
+
 _EXPORTS = {
-    "open_slide": "balnmp_cache.slide",
-    "Slide": "balnmp_cache.slide",
-    "SlideError": "balnmp_cache.slide",
+    "open_slide": "balnmp_cache.slides",
+    "Slide": "balnmp_cache.slides",
+    "SlideError": "balnmp_cache.errors",
+    "BalnmpError": "balnmp_cache.errors",
     "tile_slide": "balnmp_cache.tiling",
     "PatchGrid": "balnmp_cache.tiling",
     "extract_features": "balnmp_cache.extract",

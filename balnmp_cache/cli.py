@@ -17,7 +17,7 @@ from balnmp_cache._version import __version__
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    from balnmp_cache.sharding import parse_shard
+    from balnmp_cache.extract.sharding import parse_shard
 
     try:
         parse_shard(value)

@@ -14,8 +14,8 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from balnmp_mil.bootstrap import bootstrap_aucs
-from balnmp_mil.delong import delong_components
+from balnmp_mil.evaluation.bootstrap import bootstrap_aucs
+from balnmp_mil.evaluation.delong import delong_components
 
 
 def timed(fn, repeat: int = 3) -> float:

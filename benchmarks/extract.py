@@ -31,10 +31,10 @@ import torch
 
 from balnmp_cache.encoders import build_encoder
 from balnmp_cache.extract import extract_features
-from balnmp_cache.pipeline import EncoderRunner, default_device
-from balnmp_cache.slide import open_slide
+from balnmp_cache.extract.pipeline import EncoderRunner, default_device
+from balnmp_cache.slides import open_slide
 from balnmp_cache.synthetic import make_demo_cohort
-from balnmp_cache.tiling import tile_slide
+from balnmp_cache.tiling.grid import tile_slide
 
 
 def _grids(slides: list[Path], args: argparse.Namespace) -> list[tuple[Path, object]]:

@@ -29,10 +29,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from balnmp_mil.cohort import Cohort, load_cohort
+from balnmp_mil.data.cohort import Cohort, load_cohort
 from balnmp_mil.models import build_model
-from balnmp_mil.sweep import sweep
-from balnmp_mil.train import (
+from balnmp_mil.training.sweep import sweep
+from balnmp_mil.training.fit import (
     FitConfig,
     auc_score,
     class_weight_vector,
@@ -47,7 +47,7 @@ N_BAGS, N_INSTANCES = 1058, 170_000
 
 def make_store(out: Path, scale: float, dim: int, seed: int) -> tuple[Path, pd.DataFrame]:
     """Per-slide HDF5 store + pack of a synthetic cohort; returns (pack path, labels)."""
-    from balnmp_cache.pack import pack_store
+    from balnmp_cache.store.pack import pack_store
     from balnmp_cache.store import FeatureStore
 
     rng = np.random.default_rng(seed)
@@ -133,7 +133,7 @@ def memory_child(pack: str, labels: str, dtype: str) -> None:
 
 
 def load_cohort_stub() -> Cohort:
-    from balnmp_mil.cohort import cohort_from_bags
+    from balnmp_mil.data.cohort import cohort_from_bags
 
     return cohort_from_bags([np.ones((3, 8)), np.zeros((2, 8))], [0, 1])
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from balnmp_cache.slide import Slide, default_workers, open_slide
+from balnmp_cache.slides import Slide, default_workers, open_slide
 from balnmp_cache.synthetic import write_pyramidal_tiff
-from balnmp_cache.synthetic_render import render_tissue
+from balnmp_cache.synthetic.render import render_tissue
 
 
 @dataclass

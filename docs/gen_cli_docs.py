@@ -18,7 +18,7 @@ OUT = Path(__file__).with_name("cli.md")
 WIDTH = 100
 CLIS = (
     ("extract-features", "balnmp_cache.cli", "Stage 1: slides to cached patch embeddings."),
-    ("balnmp-mil", "balnmp_mil.cli", "Stage 2: models, metrics and plots on cached bags."),
+    ("balnmp-mil", "balnmp_mil.cli.group", "Stage 2: models, metrics and plots on cached bags."),
 )
 HEADER = """# Command-line reference
 

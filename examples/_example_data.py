@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from balnmp_cache.store import FeatureStore
-from balnmp_cache.synthetic_clinical import make_clinical_table
+from balnmp_cache.synthetic.clinical import make_clinical_table
 
 
 @dataclass

@@ -28,8 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from balnmp_mil import build_model, evaluate, fit, load_cohort, predict  # noqa: E402
-from balnmp_mil.clinical import ClinicalEncoder, clinical_baseline  # noqa: E402
-from balnmp_mil.splits import stratified_split  # noqa: E402
+from balnmp_mil.data import ClinicalEncoder  # noqa: E402
+from balnmp_mil.data.splits import stratified_split  # noqa: E402
+from balnmp_mil.training.baseline import fit_clinical_baseline  # noqa: E402
 
 
 def compare_settings(features: str | Path, clinical: str | Path, task: str, variant: str,
@@ -59,7 +60,7 @@ def compare_settings(features: str | Path, clinical: str | Path, task: str, vari
         probs = predict(run.model, data.subset(idx["test"]))
         aucs[name] = _test_auc(y[idx["test"]], probs, cohort.class_names, seed)
 
-    baseline = clinical_baseline(matrix[idx["train"]], y[idx["train"]], seed=seed)
+    baseline = fit_clinical_baseline(matrix[idx["train"]], y[idx["train"]], seed=seed)
     aucs["clinical only"] = _test_auc(y[idx["test"]],
                                       baseline.predict_proba(matrix[idx["test"]]),
                                       cohort.class_names, seed)

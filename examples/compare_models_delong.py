@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from balnmp_mil import build_model, fit, load_cohort, predict  # noqa: E402
-from balnmp_mil.delong import auc_score, delong_ci, pairwise_delong  # noqa: E402
-from balnmp_mil.splits import stratified_split  # noqa: E402
+from balnmp_mil.data.splits import stratified_split  # noqa: E402
+from balnmp_mil.evaluation.delong import auc_score, delong_ci, pairwise_delong  # noqa: E402
 
 
 def compare(features: str | Path, labels: str | Path, task: str, models: list[str],

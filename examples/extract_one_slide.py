@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             # 2. The patch grid at the target µm/px; inside the tumour outline when given.
             ann = None
             if annotations is not None:
-                from balnmp_cache.annotations import find_annotation
+                from balnmp_cache.tiling.annotations import find_annotation
 
                 ann = find_annotation(annotations, slide.slide_id)
             grid = tile_slide(slide, patch_size=args.patch_size, mpp=args.mpp, annotations=ann)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from balnmp_cache import FeatureStore  # noqa: E402
 from balnmp_mil import build_model, evaluate, fit, load_cohort, predict  # noqa: E402
-from balnmp_mil.splits import stratified_split  # noqa: E402
+from balnmp_mil.data.splits import stratified_split  # noqa: E402
 
 
 def train_and_report(cache: str | Path, labels: str | Path, task: str | None, model_name: str,

@@ -150,7 +150,7 @@ def _exit_code(exc: SystemExit) -> int:
 
 def _click_main(program: str):  # noqa: ANN202 - a click command
     if program == "balnmp-mil":
-        from balnmp_mil.cli import main
+        from balnmp_mil.cli.group import main
     else:
         from balnmp_cache.cli import main
     return main

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from balnmp_mil.cohort import Cohort, cohort_from_bags
+from balnmp_mil.data.cohort import Cohort, cohort_from_bags
 
 
 def planted_bags(

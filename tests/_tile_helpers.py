@@ -1,6 +1,6 @@
 """Test helpers for tissue/annotations/tiling/QC: slides with known tissue geometry.
 
-``FakeSlide`` implements the Slide interface of balnmp_cache.slide over an in-memory image
+``FakeSlide`` implements the Slide interface of balnmp_cache.slides.base over an in-memory image
 (levels are block means), so the grid logic is tested without any reader backend.
 """
 

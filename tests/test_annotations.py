@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from balnmp_cache.annotations import (
+from balnmp_cache.tiling.annotations import (
     AnnotationError,
     Annotations,
     AnnotationWarning,
@@ -173,7 +173,7 @@ def test_polygon_outside_the_raster_is_empty_not_an_error():
 
 
 def test_self_intersection_found_in_a_long_outline():
-    from balnmp_cache.polygons import ring_self_intersects
+    from balnmp_cache.tiling.polygons import ring_self_intersects
 
     t = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
     r = 20_000 + 500 * np.sin(7 * t)

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from balnmp_mil import rundir
-from balnmp_mil.cli import main
+from balnmp_mil.cli.group import main
+from balnmp_mil.workflow import rundir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _run_helpers import DIM, fast_args, make_tiny_cohort, write_store  # noqa: E402
@@ -206,7 +206,7 @@ def test_cv_prints_mean_sd_table_for_three_settings(cohort, tmp_path):
 def test_heatmap_draws_attention_on_the_slide(run, tmp_path):
     from PIL import Image
 
-    from balnmp_cache.synthetic_tiff import write_pyramidal_tiff
+    from balnmp_cache.synthetic.tiff import write_pyramidal_tiff
 
     out, _ = run
     rng = np.random.default_rng(0)
@@ -269,7 +269,7 @@ ERRORS = [
 def test_input_errors_exit_2_and_name_the_culprit(cohort, tmp_path, name, extra, pattern):
     import re
 
-    from balnmp_mil.splits import Split, save_splits
+    from balnmp_mil.data.splits import Split, save_splits
 
     _tables(cohort, tmp_path)
     save_splits(Split(train=["77"], val=["1"], test=["2"]), tmp_path / "splits.json")
@@ -293,7 +293,7 @@ def test_input_errors_exit_2_and_name_the_culprit(cohort, tmp_path, name, extra,
     assert _hidden(tmp_path) == []
 
 
-@pytest.mark.parametrize("stage", ["balnmp_mil.train.fit", "balnmp_mil.plots.plot_roc"])
+@pytest.mark.parametrize("stage", ["balnmp_mil.training.fit.fit", "balnmp_mil.evaluation.plots.plot_roc"])
 def test_failure_mid_way_leaves_no_half_written_run(cohort, tmp_path, monkeypatch, stage):
     module, attr = stage.rsplit(".", 1)
 
@@ -360,8 +360,8 @@ def test_run_errors_for_apply_commands(tmp_path):
 
 
 def test_cli_imports_no_slide_reader():
-    code = ("import sys, balnmp_mil.cli, balnmp_mil.workflow_apply, balnmp_mil.workflow_heatmap;"
-            "bad = [m for m in ('balnmp_cache.slide', 'openslide', 'cucim') if m in sys.modules];"
+    code = ("import sys, balnmp_mil.cli.group, balnmp_mil.workflow.apply, balnmp_mil.workflow.heatmap;"
+            "bad = [m for m in ('balnmp_cache.slides.base', 'balnmp_cache.slides.registry', 'openslide', 'cucim') if m in sys.modules];"
             "assert not bad, bad")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

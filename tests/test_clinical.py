@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from balnmp_mil.baseline import fit_clinical_baseline
-from balnmp_mil.clinical import ClinicalEncoder, ClinicalError, clinical_baseline
+from balnmp_mil.data.clinical import ClinicalEncoder, ClinicalError
+from balnmp_mil.training.baseline import fit_clinical_baseline
 
 
 def bcnb(n=8, seed=0) -> pd.DataFrame:
@@ -146,13 +146,13 @@ def test_clinical_baseline_learns_signal():
     model = fit_clinical_baseline(x[:150], y[:150], seed=0)
     p = model.predict_proba(x[150:])
     assert p.shape == (50, 2) and ((p[:, 1] > 0.5) == y[150:]).mean() > 0.8
-    assert clinical_baseline(x[:150], y[:150]).predict_proba(x[:2]).shape == (2, 2)
+    assert fit_clinical_baseline(x[:150], y[:150]).predict_proba(x[:2]).shape == (2, 2)
     with pytest.raises(ValueError, match="two classes"):
         fit_clinical_baseline(x[:10], np.zeros(10))
 
 
 def test_encodes_the_synthetic_bcnb_table():
-    synth = pytest.importorskip("balnmp_cache.synthetic_clinical")
+    synth = pytest.importorskip("balnmp_cache.synthetic.clinical")
     rng = np.random.default_rng(0)
     table = synth.make_clinical_table(rng, synth.assign_aln_status(rng, 40))
     table.index = [str(p) for p in table["Patient ID"]]

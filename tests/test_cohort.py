@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from balnmp_cache.store import FeatureStore, load_bags
-from balnmp_mil.cohort import CohortError, cohort_from_bags, load_cohort
+from balnmp_mil.data.cohort import CohortError, cohort_from_bags, load_cohort
 
 D = 6
 SIZES = {"1": 3, "2": 5, "3": 2, "4": 4, "5a": 2, "5b": 3}
@@ -95,7 +95,7 @@ def test_subset_repacks_bags_in_order():
 
 
 def test_chunked_loading_equals_one_shot_and_checks_encoders(store, monkeypatch, tmp_path):
-    import balnmp_mil.cohort_load as cl
+    import balnmp_mil.data.load as cl
 
     labels = pd.DataFrame({"patient_id": list(SIZES), "label": [0, 1] * 3})
     whole = load_cohort(store, labels)

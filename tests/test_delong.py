@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import norm, rankdata
 from sklearn.metrics import roc_auc_score
 
-from balnmp_mil.delong import (
+from balnmp_mil.evaluation.delong import (
     auc_score,
     delong_ci,
     delong_components,

@@ -12,8 +12,8 @@ import pytest
 from _extract_helpers import FAST, fast_cli_args, tiny_cohort
 
 from balnmp_cache.extract import extract_features
-from balnmp_cache.locks import read_lock
-from balnmp_cache.manifest import read_manifest
+from balnmp_cache.extract.locks import read_lock
+from balnmp_cache.extract.manifest import read_manifest
 from balnmp_cache.store import FeatureStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -110,14 +110,14 @@ def test_slurm_array_variables_pick_the_shard(cohort, tmp_path: Path, monkeypatc
 
 def test_one_worker_per_device_shares_the_slides(cohort, tmp_path: Path) -> None:  # noqa: ANN001
     """`--devices` path with two CPU workers (spawned processes, as on a multi-GPU node)."""
-    from balnmp_cache.extract import _ModelSpec
-    from balnmp_cache.extract_slide import SlideOptions
-    from balnmp_cache.extract_workers import run_on_devices
+    from balnmp_cache.extract.run import ModelSpec
+    from balnmp_cache.extract.slide_job import SlideOptions
+    from balnmp_cache.extract.workers import run_on_devices
 
     out = tmp_path / "out"
     opts = SlideOptions(out=out, mpp=1.0, patch_size=32, annotations=cohort.annotations_dir,
                         batch_size=4)  # fmt: skip
-    model = _ModelSpec("resnet18", "none", input_size=32)
+    model = ModelSpec("resnet18", "none", input_size=32)
     slides = sorted(cohort.slides_dir.glob("*.svs"))
     results = run_on_devices(slides, opts, model, ["cpu", "cpu"], skip_errors=False,
                              progress=False)  # fmt: skip

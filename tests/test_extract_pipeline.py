@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from balnmp_cache.encoders import build_encoder
-from balnmp_cache.pipeline import EncoderRunner, PipelineError, encode_patches
+from balnmp_cache.extract.pipeline import EncoderRunner, PipelineError, encode_patches
 
 
 class ListSink:

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from balnmp_cache.manifest import SlideResult, read_manifest, update_manifest
-from balnmp_cache.sharding import Shard, parse_devices, parse_shard, resolve_shard, shard_from_env
+from balnmp_cache.extract.manifest import SlideResult, read_manifest, update_manifest
+from balnmp_cache.extract.sharding import (
+    Shard,
+    parse_devices,
+    parse_shard,
+    resolve_shard,
+    shard_from_env,
+)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7])

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from balnmp_mil import rundir
-from balnmp_mil.cli import main as mil_main
+from balnmp_mil.cli.group import main as mil_main
+from balnmp_mil.workflow import rundir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _run_helpers import fast_args, make_tiny_cohort  # noqa: E402

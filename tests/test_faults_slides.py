@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from balnmp_cache import slide_cucim
-from balnmp_cache.slide import open_slide
+from balnmp_cache.slides import cucim as slide_cucim
+from balnmp_cache.slides import open_slide
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _extract_helpers import fast_cli_args, tiny_cohort  # noqa: E402
@@ -36,7 +36,7 @@ def test_plain_image_with_a_resolution_does_not_hang(tmp_path, suffix):
     """`ImageSlide.thumbnail` of a non-JPEG used to re-take Pillow's lock it already held."""
     path = _png(tmp_path / f"x{suffix}")
     result = run_isolated(f"""
-        from balnmp_cache.slide import open_slide
+        from balnmp_cache.slides import open_slide
         with open_slide({str(path)!r}, mpp=0.5) as s:
             print(s.thumbnail(64).shape, s.read_region((0, 0), 0, (8, 8)).shape)
     """, timeout=60)
@@ -80,7 +80,7 @@ def test_cucim_images_are_never_constructed_concurrently(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cucim, "CuImage", _CountingImage)
     path = write_tiff(tmp_path / "s.svs", pattern(256, 256), "jpeg", svs=True, mpp=0.5)
-    from balnmp_cache.tiffprobe import probe_source
+    from balnmp_cache.slides.tiffprobe import probe_source
 
     info = probe_source(path, ValueError)
     threads = [threading.Thread(target=_try_open, args=(info,)) for _ in range(4)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from balnmp_mil.labels import TASKS, LabelError, find_column, read_table, resolve_labels
+from balnmp_mil.data.labels import TASKS, LabelError, find_column, read_table, resolve_labels
 
 STATUSES = ["N0", "N+(1-2)", "N+(>2)", "N0", "N+ (1-2)", "n0"]
 

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from balnmp_cache.locks import is_stale, read_lock, try_lock
+from balnmp_cache.extract.locks import is_stale, read_lock, try_lock
 
 
 def _dead_pid() -> int:

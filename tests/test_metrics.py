@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, roc_curve
 
-from balnmp_mil.bootstrap import _TieGroups, bootstrap_aucs, resample_counts
-from balnmp_mil.metrics import (
+from balnmp_mil.evaluation.bootstrap import _TieGroups, bootstrap_aucs, resample_counts
+from balnmp_mil.evaluation.metrics import (
     clinical_subgroups,
     evaluate,
     subgroup_reports,

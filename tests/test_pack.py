@@ -11,9 +11,9 @@ import pytest
 from _store_helpers import write_store
 from click.testing import CliRunner
 
-from balnmp_cache.pack import pack_store
 from balnmp_cache.store import FeatureStore, StoreError, load_bags
-from balnmp_mil.cli_store import inspect_cmd, pack_cmd
+from balnmp_cache.store.pack import pack_store
+from balnmp_mil.cli.store import inspect_cmd, pack_cmd
 
 
 @pytest.fixture()
@@ -67,7 +67,7 @@ def test_nan_counted_when_packing_so_loads_need_no_scan(tmp_path, monkeypatch, f
         raise AssertionError("a pack load must not rescan the features")
 
     with monkeypatch.context() as m:
-        m.setattr("balnmp_cache.store_load.finite_rows", no_scan)
+        m.setattr("balnmp_cache.store.load.finite_rows", no_scan)
         with pytest.raises(StoreError, match=r"NaN or Inf.*: b \(1 patches\)"):
             load_bags(out)
         with pytest.warns(UserWarning, match="NaN"):
@@ -97,7 +97,7 @@ def test_existing_out_mixed_dims_and_failures_leave_nothing(tmp_path, cohort, mo
         feats[...] = 0
         coords[...] = 0
 
-    monkeypatch.setattr("balnmp_cache.store_h5.H5Backend.read_into", failing)
+    monkeypatch.setattr("balnmp_cache.store.h5.H5Backend.read_into", failing)
     with pytest.raises(StoreError, match="disk went away"):
         pack_store(store, out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "pack.h5"]  # old pack kept

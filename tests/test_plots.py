@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from balnmp_mil.plots import (
+from balnmp_mil.evaluation.plots import (
     ATTENTION_LABEL,
     FPR_LABEL,
     TPR_LABEL,

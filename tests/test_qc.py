@@ -7,9 +7,9 @@ import pytest
 from _tile_helpers import FakeSlide, make_scene
 from PIL import Image
 
-from balnmp_cache.annotations import Annotations, Polygon
-from balnmp_cache.qc import PATCH_COLOUR, TISSUE_COLOUR, TUMOUR_COLOUR, save_qc
-from balnmp_cache.tiling import tile_slide
+from balnmp_cache.tiling.annotations import Annotations, Polygon
+from balnmp_cache.tiling.grid import tile_slide
+from balnmp_cache.tiling.qc import PATCH_COLOUR, TISSUE_COLOUR, TUMOUR_COLOUR, save_qc
 
 
 def _hex(colour: str) -> np.ndarray:

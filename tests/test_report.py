@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from balnmp_mil import report
-from balnmp_mil.metrics import evaluate
+from balnmp_mil.evaluation import report
+from balnmp_mil.evaluation.metrics import evaluate
 
 
 def _report(seed: int):

@@ -7,9 +7,9 @@ import pickle
 import pytest
 import torch
 
-from balnmp_cache import _atomic
-from balnmp_mil import rundir
-from balnmp_mil.rundir import RunDirError
+from balnmp_cache.store import _atomic
+from balnmp_mil.workflow import rundir
+from balnmp_mil.workflow.rundir import RunDirError
 
 
 def _leftovers(parent):

@@ -8,7 +8,7 @@ from _mil_helpers import planted_bags
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from balnmp_mil.sklearn import MILClassifier
+from balnmp_mil.training.estimator import MILClassifier
 
 
 def test_fit_predict_proba_with_string_labels():

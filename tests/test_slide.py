@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from _slide_helpers import pattern, write_tiff
 
-from balnmp_cache.slide import SlideError, open_slide, slide_id_from_path
+from balnmp_cache.slides import SlideError, open_slide, slide_id_from_path
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_big_jpeg_beyond_pillow_limit(tmp_path, image, monkeypatch):
     limit is left as it was, and our own memory guard still applies."""
     from PIL import Image
 
-    from balnmp_cache import slide_image
+    from balnmp_cache.slides import image as slide_image
 
     path = tmp_path / "big.jpg"
     Image.fromarray(image).save(path, quality=95)
@@ -209,7 +209,7 @@ def test_big_jpeg_beyond_pillow_limit(tmp_path, image, monkeypatch):
 @pytest.mark.parametrize("backend", ["openslide", "image"])
 def test_banded_thumbnail_of_a_big_level(tmp_path, image, backend, monkeypatch):
     """Single-level scans too big to read at once are reduced band by band."""
-    from balnmp_cache import slide as slide_module
+    from balnmp_cache.slides import base as slide_module
 
     path = write_tiff(tmp_path / "flat.tif", image, "lzw", levels=1, tile=64)
     monkeypatch.setattr(slide_module, "THUMBNAIL_BAND_PIXELS", 384 * 40)

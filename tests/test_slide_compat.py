@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from _slide_helpers import pattern, write_tiff
 
-from balnmp_cache.slide import open_slide
+from balnmp_cache.slides import open_slide
 
 CODECS = ["jpeg", "lzw", "deflate", "adobe_deflate", None]
 # Odd level-0 offsets (not multiples of any downsample), near tile seams and slide edges.

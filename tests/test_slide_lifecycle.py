@@ -11,8 +11,8 @@ import pytest
 from _slide_helpers import pattern, write_tiff
 from PIL import Image
 
-from balnmp_cache.slide import open_slide
-from balnmp_cache.tiffprobe import clear_probe_cache
+from balnmp_cache.slides import open_slide
+from balnmp_cache.slides.tiffprobe import clear_probe_cache
 
 
 def _open_fds() -> int:

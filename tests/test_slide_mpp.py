@@ -7,14 +7,14 @@ import pytest
 from _slide_helpers import pattern, write_tiff
 from PIL import Image
 
-from balnmp_cache.mpp import (
+from balnmp_cache.slides import open_slide
+from balnmp_cache.slides.mpp import (
     aperio_mpp,
     load_mpp_overrides,
     mpp_from_properties,
     philips_mpp,
     resolution_mpp,
 )
-from balnmp_cache.slide import open_slide
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 from _slide_helpers import pattern
 from PIL import Image
 
-from balnmp_cache.slide import SlideError, open_slide
-from balnmp_cache.slide_patches import scan_patch_folder
+from balnmp_cache.slides import SlideError, open_slide
+from balnmp_cache.slides.patches import scan_patch_folder
 
 PATCH = 32
 

@@ -13,8 +13,8 @@ import pytest
 import tifffile
 from _slide_helpers import pattern, run_isolated, write_tiff
 
-from balnmp_cache.slide import SlideError, open_slide
-from balnmp_cache.tiffprobe import clear_probe_cache, cucim_support, probe_tiff
+from balnmp_cache.slides import SlideError, open_slide
+from balnmp_cache.slides.tiffprobe import clear_probe_cache, cucim_support, probe_tiff
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_cucim_crash_case_is_refused_in_process(tmp_path, image):
     reason = cucim_support(probe_tiff(path))
     assert reason is not None and "predictor" in reason
     result = run_isolated(f"""
-        from balnmp_cache.slide import SlideError, open_slide
+        from balnmp_cache.slides import SlideError, open_slide
         try:
             open_slide({str(path)!r}, backend="cucim")
         except SlideError as exc:
@@ -90,7 +90,7 @@ def test_auto_never_crashes_on_risky_tiffs(tmp_path, image):
             data = image.astype(np.uint16) * 257
         paths.append(str(write_tiff(tmp_path / f"{name}.tif", data, **options)))
     result = run_isolated(f"""
-        from balnmp_cache.slide import SlideError, open_slide
+        from balnmp_cache.slides import SlideError, open_slide
         for path in {paths!r}:
             try:
                 with open_slide(path) as slide:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from balnmp_mil.splits import (
+from balnmp_mil.data.splits import (
     Split,
     SplitError,
     kfold_splits,

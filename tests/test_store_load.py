@@ -7,7 +7,7 @@ import pytest
 from _store_helpers import write_store
 
 from balnmp_cache.store import FeatureStore, StoreError, load_bags
-from balnmp_cache.store_load import StoreWarning
+from balnmp_cache.store.load import StoreWarning
 
 
 def _poke(path, sid, feats):
@@ -110,7 +110,7 @@ def test_unreadable_file_named_or_skipped(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_finite_check_matches_isfinite_on_special_values(dtype):
-    from balnmp_cache.store_load import finite_rows
+    from balnmp_cache.store.load import finite_rows
 
     info = np.finfo(dtype)
     specials = [np.nan, -np.nan, np.inf, -np.inf, info.max, info.min, info.tiny, -0.0, 0.0,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from _mil_helpers import planted_cohort
 
-from balnmp_mil.sweep import sweep
-from balnmp_mil.train import predict
+from balnmp_mil.training.fit import predict
+from balnmp_mil.training.sweep import sweep
 
 
 def _splits(n: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -14,7 +14,7 @@ import tifffile
 from scipy import ndimage
 
 from balnmp_cache.synthetic import CohortConfig, main, make_demo_cohort, write_pyramidal_tiff
-from balnmp_cache.synthetic_clinical import (
+from balnmp_cache.synthetic.clinical import (
     ALN_STATUSES,
     CLINICAL_COLUMNS,
     HER2_EXPRESSIONS,
@@ -22,8 +22,8 @@ from balnmp_cache.synthetic_clinical import (
     SURGICAL,
     TUMOUR_TYPES,
 )
-from balnmp_cache.synthetic_geometry import polygon_mask
-from balnmp_cache.synthetic_tiff import downsample_mean
+from balnmp_cache.synthetic.geometry import polygon_mask
+from balnmp_cache.synthetic.tiff import downsample_mean
 
 # Tiny slides: 1024 x 512 px at 0.5 µm/px, 64 px (32 µm) signal cells.
 TINY = {"width": 1024, "height": 512, "patch_um": 32.0, "tumour_patches": (20.0, 30.0)}
@@ -251,7 +251,7 @@ def test_cli_writes_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 @pytest.mark.parametrize("fragments", [1, 3])
 def test_tumour_polygon_inside_core_across_seeds(fragments: int) -> None:
-    from balnmp_cache.synthetic_geometry import plan_biopsy, tissue_core_mask
+    from balnmp_cache.synthetic.geometry import plan_biopsy, tissue_core_mask
 
     for seed in range(12):
         rng = np.random.default_rng(seed)
@@ -271,7 +271,7 @@ def test_tumour_polygons_are_simple(cohort) -> None:
     # outside the intended tumour; the generator must write simple polygons.
     import warnings
 
-    from balnmp_cache.annotations import AnnotationWarning, load_annotations
+    from balnmp_cache.tiling.annotations import AnnotationWarning, load_annotations
 
     for path in cohort.patients["annotation_path"]:
         with warnings.catch_warnings():

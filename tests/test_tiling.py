@@ -7,8 +7,8 @@ import pytest
 from _tile_helpers import FakeSlide, block_mean, make_scene
 from PIL import Image
 
-from balnmp_cache.annotations import Annotations, Polygon
-from balnmp_cache.tiling import (
+from balnmp_cache.tiling.annotations import Annotations, Polygon
+from balnmp_cache.tiling.grid import (
     TilingError,
     box_fractions,
     grid_positions,
@@ -223,8 +223,8 @@ def _patches(slide, grid, coords: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory):
     """One scene written at 40x (0.25 µm/px; with and without a 0.5 µm/px level) and 20x."""
-    from balnmp_cache.slide import open_slide
-    from balnmp_cache.synthetic_tiff import write_pyramidal_tiff
+    from balnmp_cache.slides import open_slide
+    from balnmp_cache.synthetic.tiff import write_pyramidal_tiff
 
     root = tmp_path_factory.mktemp("scans")
     sc40 = make_scene(2048, seed=5, scale=2.0)
@@ -242,8 +242,8 @@ def scans(tmp_path_factory):
 
 
 def test_real_slide_kept_patches_in_true_tissue(scene, tmp_path):
-    from balnmp_cache.slide import open_slide
-    from balnmp_cache.synthetic_tiff import write_pyramidal_tiff
+    from balnmp_cache.slides import open_slide
+    from balnmp_cache.synthetic.tiff import write_pyramidal_tiff
 
     path = write_pyramidal_tiff(tmp_path / "biopsy.svs", scene.image, mpp=1.0, levels=3)
     with open_slide(path) as slide:

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from _tile_helpers import block_mean, make_scene
 
-from balnmp_cache.tissue import PRESETS, TissueParams, get_params, otsu_threshold, tissue_mask
+from balnmp_cache.tiling.tissue import (
+    PRESETS,
+    TissueParams,
+    get_params,
+    otsu_threshold,
+    tissue_mask,
+)
 
 MASK_DS = 4  # scenes are ~1 µm/px; the mask is computed at 4 µm/px
 
@@ -117,7 +123,7 @@ def test_fast_median_and_disk_morphology_match_scipy_exactly():
     textbook operations: CPU/GPU agreement relies on every step being exact."""
     import scipy.ndimage as ndi
 
-    from balnmp_cache.tissue import _dilate, _disk, _erode, _median, _numpy_backend
+    from balnmp_cache.tiling.tissue import _dilate, _disk, _erode, _median, _numpy_backend
 
     be, rng = _numpy_backend(), np.random.default_rng(0)
     img = rng.integers(0, 256, (41, 57)).astype(np.uint8)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from _mil_helpers import planted_bags, planted_cohort
 
-from balnmp_mil.cohort import Cohort, cohort_from_bags
+from balnmp_mil.data.cohort import Cohort, cohort_from_bags
 from balnmp_mil.models import build_model
-from balnmp_mil.train import FitConfig, auc_score, class_weight_vector, fit, predict
+from balnmp_mil.training.fit import FitConfig, auc_score, class_weight_vector, fit, predict
 
 
 def _split(c: Cohort) -> tuple[Cohort, Cohort]:
@@ -67,7 +67,7 @@ def test_early_stopping_restores_best_epoch():
     if len(res.history) < 40:
         assert len(res.history) - 1 - res.best_epoch == 3  # patience 2 exceeded
     probs = predict(res.model, va)
-    from balnmp_mil.train import bag_logits
+    from balnmp_mil.training.fit import bag_logits
     logits, _ = bag_logits(res.model, va)
     val_loss = torch.nn.functional.cross_entropy(logits, va.bag_labels).item()
     assert val_loss == pytest.approx(min(losses), rel=1e-5)
@@ -83,7 +83,7 @@ def test_slide_level_predictions_merge_per_patient():
     slides.patient_ids = ["a", "b", "c"]
     slides.bag_level = "slide"
     m = build_model("abmil", c.feature_dim, 2, seed=0)
-    from balnmp_mil.train import bag_logits
+    from balnmp_mil.training.fit import bag_logits
     bag_probs = torch.softmax(bag_logits(m, slides)[0], 1).double().numpy()
     mean = predict(m, slides, merge="mean")
     np.testing.assert_allclose(mean, bag_probs.reshape(3, 2, 2).mean(1), rtol=1e-6)
@@ -116,7 +116,7 @@ def test_fit_on_gpu_with_amp_learns_and_matches_packed_reference():
 
 
 def test_optimizer_is_fused_only_on_cuda():
-    from balnmp_mil.train import make_optimizer
+    from balnmp_mil.training.fit import make_optimizer
 
     cpu = make_optimizer(build_model("abmil", 8, 2), FitConfig(optimizer="adamw"))
     assert not cpu.defaults.get("fused")  # CPU: the default implementation, as CLAM uses
@@ -157,7 +157,7 @@ def test_fit_standardises_inputs_with_training_statistics_and_saves_them():
 
 
 def test_device_steps_lay_out_the_same_batches_as_batch_rows():
-    from balnmp_mil.train import batch_rows, device_steps, epoch_plan
+    from balnmp_mil.training.fit import batch_rows, device_steps, epoch_plan
 
     offsets = torch.tensor([0, 5, 6, 14, 14, 20, 31, 33])  # one empty bag
     for ipb in (None, 3):

@@ -100,7 +100,7 @@ def train_argv(task: str, setting: str, options: list[str], args: argparse.Names
 def run_recipe(args: argparse.Namespace) -> int:
     """Every step in order; returns the exit status (first failing step's, else 0)."""
     from balnmp_cache.cli import main as extract_main
-    from balnmp_mil.cli import main as mil_main
+    from balnmp_mil.cli.group import main as mil_main
 
     print(f"$ python examples/bcnb/check_data.py {shlex.quote(args.bcnb)}")
     try:

@@ -1,0 +1,152 @@
+"""torchvision CNNs as patch encoders: each name maps to an architecture and a *head adapter*.
+
+The adapter strips the classifier so the module returns one global-pooled vector per patch.
+Keeping torchvision's parameter names means ImageNet weights and local checkpoints of the full
+network load directly (the dropped classifier's keys are ignored, nothing else is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from balnmp_cache.encoders.base import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderEntry
+from balnmp_cache.encoders.checkpoint import init_weights, load_checkpoint
+from balnmp_cache.errors import EncoderError
+
+__all__ = ["register_torchvision"]
+
+Adapter = Callable[[nn.Module, bool], int]
+
+
+def register_torchvision(
+    name: str,
+    *,
+    arch: str | None = None,
+    head_prefixes: Iterable[str] = (),
+    input_size: int = 224,
+    imagenet_weights: str = "DEFAULT",
+    flattenable: bool = False,
+) -> Callable[[Adapter], Adapter]:
+    """Register torchvision architecture `arch` (default: `name`) with a head adapter
+    `adapt(model, flatten) -> feature_dim`; `head_prefixes` are the state-dict prefixes the
+    adapter removed (ignored when a full-network checkpoint is loaded)."""
+
+    prefixes = tuple(head_prefixes)
+
+    def deco(adapt: Adapter) -> Adapter:
+        def build(weights: str | Path, seed: int, flatten: bool) -> Encoder:
+            return _build(name, arch or name, adapt, prefixes, input_size, imagenet_weights,
+                          weights, seed, flatten)
+
+        ENCODERS.register(name, EncoderEntry(name, build, flattenable))
+        return adapt
+
+    return deco
+
+
+def _vgg_like(model: nn.Module, flatten: bool) -> int:
+    """VGG/AlexNet: keep `features`; global average pool (or the paper's flattened map)."""
+    model.classifier = nn.Identity()
+    if flatten:
+        pool = model.avgpool.output_size  # torchvision's fixed map size (7x7 VGG, 6x6 AlexNet)
+        side = pool if isinstance(pool, int) else pool[0]
+        return _last_channels(model.features) * side * side
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    return _last_channels(model.features)
+
+
+def _last_channels(features: nn.Module) -> int:
+    convs = [m for m in features.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
+
+
+for _name in ("vgg16_bn", "vgg16", "alexnet"):
+    register_torchvision(_name, head_prefixes=("classifier.",), flattenable=True)(_vgg_like)
+
+
+def _resnet(model: nn.Module, flatten: bool) -> int:
+    dim = model.fc.in_features
+    model.fc = nn.Identity()
+    return dim
+
+
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
+    register_torchvision(_name, head_prefixes=("fc.",))(_resnet)
+
+
+@register_torchvision(
+    "resnet50_trunc",
+    arch="resnet50",
+    head_prefixes=("layer4.", "fc."),
+    imagenet_weights="IMAGENET1K_V1",  # the weights CLAM's truncated ResNet50 uses
+)
+def _resnet_trunc(model: nn.Module, flatten: bool) -> int:
+    """CLAM's ResNet50 truncated after layer3, average pooled: 1,024-d."""
+    model.layer4 = nn.Identity()
+    model.fc = nn.Identity()
+    return 1024
+
+
+@register_torchvision("densenet121", head_prefixes=("classifier.",))
+def _densenet(model: nn.Module, flatten: bool) -> int:
+    dim = model.classifier.in_features
+    model.classifier = nn.Identity()
+    return dim
+
+
+@register_torchvision("inception_v3", head_prefixes=("fc.", "AuxLogits."), input_size=299)
+def _inception(model: nn.Module, flatten: bool) -> int:
+    dim = model.fc.in_features
+    model.fc = nn.Identity()
+    model.AuxLogits = None  # eval-mode forward skips it; its weights are not features
+    model.aux_logits = False
+    return dim
+
+
+
+def _build(name: str, arch: str, adapt: Adapter, head_prefixes: tuple[str, ...], input_size: int,
+           imagenet_weights: str, weights: str | Path, seed: int, flatten: bool) -> Encoder:
+    from torchvision.models import get_model, get_model_weights
+
+    kind = str(weights)
+    if kind == "imagenet":
+        tv_weights = get_model_weights(arch)[imagenet_weights]
+        try:
+            model = get_model(arch, weights=tv_weights)
+        except OSError as exc:  # URLError is an OSError: the download failed
+            raise EncoderError(_imagenet_hint(name, tv_weights, exc)) from exc
+        weights_id = f"imagenet:{type(tv_weights).__name__}.{tv_weights.name}"
+        dim = adapt(model, flatten)
+    else:
+        # Build on the meta device (no memory, no init), drop the head, then initialise only
+        # what is kept: VGG's 120M-parameter classifier is never materialised.
+        extra = {"init_weights": False} if arch == "inception_v3" else {}
+        with torch.device("meta"):
+            model = get_model(arch, weights=None, **extra)
+            dim = adapt(model, flatten)
+        model = model.to_empty(device="cpu")
+        torch.manual_seed(seed)
+        init_weights(model)
+        weights_id = f"none:seed={seed}"
+    if kind not in ("imagenet", "none"):
+        weights_id = load_checkpoint(model, weights, ignore_prefixes=head_prefixes)
+    return Encoder(name=name, module=model, input_size=input_size, mean=IMAGENET_MEAN,
+                   std=IMAGENET_STD, feature_dim=dim, weights_id=weights_id)
+
+
+def _imagenet_hint(name: str, tv_weights: Any, exc: BaseException | None = None) -> str:
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(tv_weights.url).name
+    why = f" ({exc})" if exc else ""
+    return (
+        f"ImageNet weights for encoder {name!r} ({type(tv_weights).__name__}.{tv_weights.name}) "
+        f"are not in the local torch cache ({hub}) and cannot be downloaded here{why}. "
+        f"Copy {tv_weights.url} to {hub} (or set TORCH_HOME), pass --weights PATH to a local "
+        "checkpoint, or use --weights none for an offline demo."
+    )
+
+

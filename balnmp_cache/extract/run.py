@@ -1,0 +1,149 @@
+"""One device's extraction loop: build the encoder once, then every slide in turn.
+
+The next slide is opened and tiled in a background thread while the current one is encoded;
+each outcome is written to `<out>/manifest.csv` as it happens.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from balnmp_cache.errors import ExtractError
+from balnmp_cache.extract.manifest import read_manifest, update_manifest
+from balnmp_cache.extract.slide_job import (
+    SlideFailure,
+    SlideJob,
+    SlideOptions,
+    SlideResult,
+    discard,
+    slide_id_of,
+)
+
+__all__ = ["ModelSpec", "run_slides"]
+
+
+@dataclass
+class ModelSpec:
+    """How to build the encoder (picklable, so worker processes can build their own)."""
+
+    name: str
+    weights: str
+    seed: int = 0
+    flatten: bool = False
+    precision: str | None = None
+    input_size: int | None = None
+
+
+def _build_job(opts: SlideOptions, model: ModelSpec, device: str | None) -> SlideJob:
+    import torch
+
+    from balnmp_cache.encoders.base import build_encoder
+    from balnmp_cache.extract.pipeline import EncoderRunner, default_device
+
+    try:
+        dev = torch.device(device) if device else default_device()
+    except RuntimeError as exc:
+        raise ExtractError(f"--device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ExtractError(f"--device {device}: no CUDA device is available; use --device cpu")
+    enc = build_encoder(model.name, model.weights, seed=model.seed, flatten=model.flatten,
+                        input_size=model.input_size)  # fmt: skip
+    out_dtype = torch.float32 if opts.dtype == "float32" else torch.float16
+    runner = EncoderRunner(enc, dev, model.precision, out_dtype=out_dtype)
+    job = SlideJob(opts, enc, runner)
+    if not opts.overwrite:
+        _check_same_settings(job)
+    return job
+
+
+def _check_same_settings(job: SlideJob) -> None:
+    """Resuming into a store made with another encoder or resolution would skip its slides as
+    "finished" and leave a cohort of mixed features: refuse, naming what differs."""
+    store, enc, o = job.store, job.encoder, job.opts
+    done = store.slide_ids
+    if not done:
+        return
+    have = store.attrs(done[0])
+    want: dict[str, object] = {"encoder": enc.name, "weights": enc.weights_id,
+                               "feature_dim": enc.feature_dim}
+    if o.level is None and have.get("target_mpp") is not None:
+        want.update(target_mpp=o.mpp, patch_size=o.patch_size)
+    diff = [f"{k} {have.get(k)!r} (asked for {v!r})" for k, v in want.items()
+            if k in have and not _same(have.get(k), v)]
+    if diff:
+        raise ExtractError(
+            f"--out {o.out} already holds features of slide {done[0]!r} made with "
+            f"{', '.join(diff)}; pass --overwrite to re-extract every slide, or choose another "
+            "--out so each store holds one encoder and resolution"
+        )
+
+
+def _same(a: object, b: object) -> bool:
+    try:
+        return abs(float(a) - float(b)) <= 1e-6  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def run_slides(
+    paths: Sequence[Path],
+    opts: SlideOptions,
+    model: ModelSpec,
+    device: str | None,
+    skip_errors: bool,
+    progress: bool | None,
+    position: int = 0,
+    stop: Any = None,
+) -> list[SlideResult]:
+    """Process `paths` in order on one device, updating the manifest after every slide.
+
+    `stop` (an Event shared between device workers) ends the loop between slides.
+    """
+    from tqdm.auto import tqdm
+
+    job = _build_job(opts, model, device)
+    results: list[SlideResult] = []
+    known = read_manifest(opts.out)
+    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    bar = tqdm(total=len(paths), unit="slide", disable=disable, position=position,
+               desc=f"extract {device or ''}".strip(), dynamic_ncols=True)  # fmt: skip
+    pool = ThreadPoolExecutor(1, thread_name_prefix="balnmp-prepare")
+    upcoming: Future | None = None
+    try:
+        for i, path in enumerate(paths):
+            if stop is not None and stop.is_set():
+                break  # another device's worker failed without --skip-errors
+            current, upcoming = upcoming, None
+            if i + 1 < len(paths) and not job.is_finished(Path(paths[i + 1])):
+                # open + tile the next slide while this one is encoded
+                upcoming = pool.submit(job.prepare, Path(paths[i + 1]))
+            bar.set_postfix_str(slide_id_of(path))
+            res = job.run(Path(path), prepared=current)
+            results.append(res)
+            bar.update(1)
+            row = _manifest_row(res, known)
+            if row is not None:
+                update_manifest(opts.out, [row])
+            if res.status == "failed" and not skip_errors:
+                if stop is not None:
+                    stop.set()
+                raise SlideFailure(res)
+    finally:
+        discard(upcoming)
+        pool.shutdown(wait=True)
+        bar.close()
+    return results
+
+
+def _manifest_row(res: SlideResult, known: dict[str, SlideResult]) -> SlideResult | None:
+    """The manifest row for an outcome; None when another job owns the slide's row."""
+    if res.status != "skipped":
+        return res
+    if res.error == "finished" and res.slide_id not in known:
+        return SlideResult(res.slide_id, res.path, "done", res.n_patches)  # manifest was lost
+    return None

@@ -1,0 +1,286 @@
+"""One slide through the extraction engine: open -> annotations -> tile -> (QC) -> encode -> store.
+
+`SlideJob.run(path)` never raises for a slide-level problem: it returns a `SlideResult`
+naming the stage that failed, so the batch job can record it and decide whether to go on.
+Locks and the "already finished" check live here too, so every worker (shard, GPU, or a
+second job on the same directory) makes the same decision the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import shutil
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from balnmp_cache.encoders.base import Encoder
+from balnmp_cache.extract.locks import holder, try_lock
+from balnmp_cache.extract.manifest import SlideResult
+from balnmp_cache.extract.pipeline import EncoderRunner, PipelineError, encode_patches
+from balnmp_cache.slides.ids import SLIDE_SUFFIXES
+from balnmp_cache.slides.ids import slide_id_from_path as slide_id_of
+
+__all__ = [
+    "SLIDE_SUFFIXES",
+    "SlideFailure",
+    "SlideJob",
+    "SlideOptions",
+    "SlideResult",
+    "slide_id_of",
+]
+
+LOCK_DIR = ".locks"
+
+
+class SlideFailure(RuntimeError):
+    """A slide failed and --skip-errors was not given; finished slides stay valid."""
+
+    def __init__(self, result: SlideResult) -> None:
+        super().__init__(
+            f"slide {result.slide_id!r} ({result.path}) failed at stage {result.stage!r}: "
+            f"{result.error}. Slides finished so far are kept; rerun to resume, or pass "
+            "--skip-errors to record failures and go on."
+        )
+        self.result = result
+
+    def __reduce__(self) -> tuple:  # keep `result` when sent back from a worker process
+        return (SlideFailure, (self.result,))
+
+
+@dataclass
+class SlideOptions:
+    """Everything about how a slide is tiled and encoded (picklable, for worker processes)."""
+
+    out: Path
+    format: str = "h5"
+    mpp: float | None = 0.5
+    patch_size: int = 256
+    level: int | None = None
+    min_tissue: float = 0.5
+    tissue: str = "biopsy"
+    annotations: Path | None = None
+    allow_unannotated: bool = False
+    mpp_overrides: dict[str, float] | None = None
+    backend: str = "auto"
+    qc_dir: Path | None = None
+    batch_size: int = 256
+    num_workers: int | None = None
+    overwrite: bool = False
+    dtype: str = "float16"
+    stale_after: float = 600.0
+    extra_attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def _magnification(mpp: float | None) -> float | None:
+    """Objective power implied by µm/px (10 / mpp: 0.25 -> 40x), as TRIDENT records it."""
+    return round(10.0 / mpp, 3) if mpp else None
+
+
+class SlideJob:
+    """Runs slides one by one with a fixed encoder on one device."""
+
+    def __init__(self, opts: SlideOptions, encoder: Encoder, runner: EncoderRunner) -> None:
+        from balnmp_cache.store.feature_store import FeatureStore
+
+        self.opts = opts
+        self.encoder = encoder
+        self.runner = runner
+        self.store = FeatureStore(opts.out, mode="a", format=opts.format)
+
+    def lock_path(self, slide_id: str) -> Path:
+        return self.opts.out / LOCK_DIR / f"{slide_id}.lock"
+
+    def is_finished(self, path: Path) -> bool:
+        """True when the slide would be skipped as finished (and --overwrite is off)."""
+        return not self.opts.overwrite and self.store.is_complete(slide_id_of(path))
+
+    def run(self, path: Path, prepared: Future | None = None, on_batch: Any = None) -> SlideResult:
+        """Process one slide unless it is finished or locked by another job.
+
+        `prepared` is `prepare(path)` already started in the background (opening and tiling
+        the next slide while this job's device encodes the current one).
+        """
+        sid = slide_id_of(path)
+        t0 = time.perf_counter()
+        if self.is_finished(path):
+            discard(prepared)
+            return SlideResult(sid, str(path), "skipped", self._n_stored(sid), 0.0, "finished")
+        lock = try_lock(self.lock_path(sid), stale_after=self.opts.stale_after)
+        if lock is None:
+            discard(prepared)
+            msg = f"locked by {holder(self.lock_path(sid))}"
+            return SlideResult(sid, str(path), "skipped", 0, 0.0, msg)
+        with lock:
+            if self.is_finished(path):  # finished meanwhile
+                discard(prepared)
+                return SlideResult(sid, str(path), "skipped", self._n_stored(sid), 0.0, "finished")
+            self._remove_orphans(sid)
+            try:
+                prep = prepared.result() if prepared is not None else self.prepare(path)
+                try:
+                    n = self._encode(prep.slide, prep.grid, path, sid, on_batch)
+                finally:
+                    prep.slide.close()
+            except _StageError as exc:
+                err = exc.__cause__ or exc
+                if isinstance(err, PipelineError):
+                    err = err.error
+                text = str(err)
+                message = f"{type(err).__name__}: {text}" if text else type(err).__name__
+                seconds = time.perf_counter() - t0
+                return SlideResult(sid, str(path), "failed", 0, seconds, message, exc.stage)
+        seconds = time.perf_counter() - t0
+        return SlideResult(sid, str(path), "done" if n else "empty", n, seconds)
+
+    def _n_stored(self, sid: str) -> int:
+        try:
+            return int(self.store.info(sid).n_patches)
+        except Exception:  # an unreadable old file: still "finished"; `inspect` reports it
+            return 0
+
+    def _remove_orphans(self, sid: str) -> None:
+        """Temp files of this slide left by a killed writer (we hold the lock: nobody writes).
+
+        HDF5 writes `.<id>.h5.tmp-<pid>`, Zarr a `.<id>.tmp-<pid>-<token>` group.
+        """
+        esc = glob.escape(sid)
+        pattern = {"h5": f".{esc}.h5.tmp-*", "zarr": f".{esc}.tmp-*"}.get(self.opts.format)
+        if pattern is None:
+            return
+        for tmp in self.opts.out.glob(pattern):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+    def prepare(self, path: Path) -> Prepared:
+        """Open, find the annotation, tile (and QC) one slide; writes nothing to the store.
+
+        Raises _StageError naming the stage; safe to run in a background thread.
+        """
+        from balnmp_cache.slides.registry import open_slide
+        from balnmp_cache.tiling.annotations import find_annotation, load_annotations
+        from balnmp_cache.tiling.grid import tile_slide
+
+        o, sid = self.opts, slide_id_of(path)
+        with _stage("open"):
+            slide = open_slide(path, backend=o.backend, mpp_overrides=o.mpp_overrides)
+        try:
+            ann = None
+            with _stage("annotations"):
+                if o.annotations is not None:
+                    ann = find_annotation(o.annotations, sid)
+                    if ann is None and not o.allow_unannotated:
+                        raise FileNotFoundError(
+                            f"no annotation {o.annotations}/{sid}.json or .geojson; add it, or "
+                            "pass --allow-unannotated to tile all tissue of such slides"
+                        )
+                    if ann is not None:
+                        ann = load_annotations(ann)
+                        if ann.is_empty and not o.allow_unannotated:
+                            raise ValueError(
+                                f"annotation {ann.source} holds no tumour region (no positive "
+                                "polygon); fix it, or pass --allow-unannotated to tile all "
+                                "tissue of such slides"
+                            )
+                        if ann.is_empty:
+                            ann = None
+            with _stage("tile"):
+                grid = tile_slide(
+                    slide, patch_size=o.patch_size, mpp=o.mpp, annotations=ann,
+                    min_tissue=o.min_tissue, level=o.level, tissue=o.tissue,
+                )  # fmt: skip
+            if o.qc_dir is not None:
+                from balnmp_cache.tiling.qc import save_qc
+
+                with _stage("qc"):
+                    Path(o.qc_dir).mkdir(parents=True, exist_ok=True)
+                    save_qc(slide, grid, Path(o.qc_dir) / f"{sid}.png")
+        except BaseException:
+            slide.close()
+            raise
+        return Prepared(slide, grid)
+
+    def _encode(self, slide: Any, grid: Any, path: Path, sid: str, on_batch: Any) -> int:
+        o, enc, plan = self.opts, self.encoder, grid.plan
+        attrs = {
+            "slide_id": sid,
+            "source_path": str(Path(path).resolve()),
+            "encoder": enc.name,
+            "weights": enc.weights_id,
+            "feature_dim": enc.feature_dim,
+            "patch_size": plan.patch_size,
+            "patch_size_level0": plan.patch_size_level0,
+            "target_mpp": plan.target_mpp,
+            "slide_mpp": plan.slide_mpp,
+            "level": plan.level,
+            "tissue": grid.tissue,
+            "annotations": grid.annotations or "",
+            "read_size": plan.read_size,
+            "encoder_input_size": enc.input_size,
+            "min_tissue": o.min_tissue,
+            "precision": self.runner.precision,
+            "reader": slide.backend,
+            **o.extra_attrs,
+        }
+        coords_attrs = {
+            "patch_size": plan.patch_size,
+            "patch_size_level0": plan.patch_size_level0,
+            "level0_magnification": _magnification(plan.slide_mpp),
+            "target_magnification": _magnification(plan.target_mpp),
+            "level": plan.level,
+        }
+        n = len(grid.coords)
+        with _stage("write"):  # read/encode failures inside keep their own stage
+            writer = self.store.writer(sid, enc.feature_dim, o.dtype, attrs, coords_attrs)
+            with writer:
+                if n:
+                    size = (plan.read_size, plan.read_size)
+                    batches = slide.read_regions(
+                        grid.coords, plan.level, size, batch_size=o.batch_size,
+                        num_workers=o.num_workers,
+                    )  # fmt: skip
+                    try:
+                        encode_patches(batches, grid.coords, self.runner, writer, on_batch=on_batch)
+                    except PipelineError as exc:
+                        raise _StageError(exc.stage) from exc
+        return n
+
+
+@dataclass
+class Prepared:
+    """An open slide and its patch grid, ready to encode."""
+
+    slide: Any
+    grid: Any
+
+
+def discard(prepared: Future | None) -> None:
+    """Close the slide of a background `prepare` whose result will not be used."""
+    if prepared is None:
+        return
+
+    def close(fut: Future) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            fut.result().slide.close()
+
+    prepared.add_done_callback(close)
+
+
+class _StageError(Exception):
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Any:
+    """Tag any exception raised inside with the stage it happened in."""
+    try:
+        yield
+    except _StageError:
+        raise
+    except Exception as exc:
+        raise _StageError(name) from exc

@@ -1,0 +1,295 @@
+"""The `Slide` base class every backend subclasses, and the helpers they share.
+
+A backend declares `can_open(info) -> str | None` (None: yes, else the reason it cannot) and
+`open(info, mpp) -> Slide`, and implements `_read_level`; batched reads, thumbnails, bounds
+checks, white padding and the lifetime come from here. `auto` says whether `open_slide`'s
+automatic choice tries the backend (in registration order).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from balnmp_cache.errors import SlideError
+from balnmp_cache.slides.ids import slide_id_from_path
+
+if TYPE_CHECKING:
+    from balnmp_cache.slides.tiffprobe import SourceInfo
+
+__all__ = ["Slide", "SlideError", "default_workers", "resize_rgb", "threaded_batches"]
+
+# Largest level region (pixels) a thumbnail reads in one piece; bigger ones go in bands.
+THUMBNAIL_BAND_PIXELS = 64 * 1024 * 1024
+
+
+class Slide(abc.ABC):
+    """A multi-resolution slide; every backend serves the same API.
+
+    Locations are level-0 pixels (as in OpenSlide). At level ``L`` the region starts at
+    ``floor(x / level_downsamples[L])``, so reads are never interpolated and every backend
+    returns the same pixels. Parts of a region outside the slide are white (255), RGBA
+    sources are composited on white.
+    """
+
+    backend: ClassVar[str] = ""
+    auto: ClassVar[bool] = True  # tried by `open_slide(backend="auto")`
+    fixed_coords: np.ndarray | None = None
+    fixed_patch_size: int | None = None
+
+    @classmethod
+    @abc.abstractmethod
+    def can_open(cls, info: SourceInfo) -> str | None:
+        """None when this backend can serve the probed source, else the reason it cannot."""
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, info: SourceInfo, mpp: float | None) -> Slide:
+        """Open the probed source; `mpp` (µm/px at level 0) wins over the file's own."""
+
+    def __init__(
+        self,
+        path: Path,
+        level_dimensions: tuple[tuple[int, int], ...],
+        level_downsamples: tuple[float, ...],
+        properties: dict[str, str],
+        mpp: float | None,
+    ) -> None:
+        self.path = Path(path)
+        self.slide_id = slide_id_from_path(path)
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in level_dimensions)
+        self.level_downsamples = tuple(float(d) for d in level_downsamples)
+        self.properties = dict(properties)
+        self.mpp = mpp
+        self._closed = False
+
+    # -- geometry ------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) at level 0."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def level_mpp(self, level: int) -> float | None:
+        """µm per pixel at ``level`` (None when the slide's resolution is unknown)."""
+        self._check_level(level)
+        return None if self.mpp is None else self.mpp * self.level_downsamples[level]
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        """The highest-resolution level whose downsample does not exceed ``downsample``."""
+        best = 0
+        for level, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * (1 + 1e-6):
+                best = level
+        return best
+
+    def level_origin(self, location: tuple[int, int], level: int) -> tuple[int, int]:
+        """Top-left pixel at ``level`` of a region whose level-0 location is ``location``."""
+        ds = self.level_downsamples[level]
+        return int(math.floor(location[0] / ds)), int(math.floor(location[1] / ds))
+
+    # -- reading -------------------------------------------------------------------------
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """(h, w, 3) uint8 region at ``level``; ``location`` is the level-0 top-left corner."""
+        self._check_open()
+        self._check_level(level)
+        w, h = _check_size(self.path, size)
+        lx, ly = self.level_origin(location, level)
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        lw, lh = self.level_dimensions[level]
+        x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
+        if x1 > x0 and y1 > y0:
+            try:
+                part = self._read_level(level, x0, y0, x1 - x0, y1 - y0)
+            except SlideError:
+                raise
+            except Exception as exc:  # a backend library error: name the slide and region
+                raise SlideError(
+                    self.path,
+                    f"reading {x1 - x0}x{y1 - y0} px at level {level} ({x0}, {y0}) failed: "
+                    f"{type(exc).__name__}: {exc}",
+                ) from exc
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = part
+        return out
+
+    def read_regions(
+        self,
+        locations: Any,
+        level: int,
+        size: tuple[int, int],
+        batch_size: int = 64,
+        num_workers: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Batches (b, h, w, 3) uint8 of regions at level-0 ``locations``, in input order.
+
+        Thread-safe; the base implementation reads each region with `read_region` in a thread
+        pool. Backends with a native batched reader override `_read_batches`.
+        """
+        self._check_open()
+        self._check_level(level)
+        size = _check_size(self.path, size)
+        locs = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+        if batch_size < 1:
+            raise ValueError(f"{self.path}: batch_size must be >= 1, got {batch_size}")
+        workers = default_workers() if num_workers is None else max(int(num_workers), 0)
+        return self._read_batches(locs, level, size, batch_size, workers)
+
+    def _read_batches(
+        self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
+    ) -> Iterator[np.ndarray]:
+        return threaded_batches(self.read_region, locs, level, size, batch_size, workers)
+
+    def thumbnail(self, max_size: int) -> np.ndarray:
+        """Whole slide, longest side <= ``max_size``, from the smallest sufficient level.
+
+        A level too big to hold at once (single-level scans) is reduced band by band with
+        an integer block mean, so memory stays bounded by `THUMBNAIL_BAND_PIXELS`.
+        """
+        self._check_open()
+        if max_size < 1:
+            raise ValueError(f"{self.path}: thumbnail max_size must be >= 1, got {max_size}")
+        w0, h0 = self.dimensions
+        level = self.get_best_level_for_downsample(max(max(w0, h0) / max_size, 1.0))
+        lw, lh = self.level_dimensions[level]
+        if lw * lh > THUMBNAIL_BAND_PIXELS:
+            return self._banded_thumbnail(level, max_size)
+        region = self.read_region((0, 0), level, (lw, lh))
+        scale = max_size / max(lw, lh)
+        if scale >= 1:
+            return region
+        return resize_rgb(region, max(1, round(lw * scale)), max(1, round(lh * scale)))
+
+    def _banded_thumbnail(self, level: int, max_size: int) -> np.ndarray:
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        f = max(1, math.ceil(max(lw, lh) / max_size))
+        tw, th = max(1, lw // f), max(1, lh // f)
+        rows_per_band = max(1, THUMBNAIL_BAND_PIXELS // (lw * f)) * f
+        out = np.empty((th, tw, 3), dtype=np.uint8)
+        for y in range(0, th * f, rows_per_band):
+            rows = min(rows_per_band, th * f - y)
+            loc0 = (0, int(math.ceil(y * ds)))
+            band = self.read_region(loc0, level, (tw * f, rows)).astype(np.uint32)
+            blocks = band.reshape(rows // f, f, tw, f, 3).sum(axis=(1, 3))
+            out[y // f : (y + rows) // f] = (blocks + f * f // 2) // (f * f)
+        return out
+
+    @abc.abstractmethod
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """(h, w, 3) uint8 pixels at ``level`` coordinates, fully inside the level."""
+
+    # -- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the file handle; further reads raise SlideError."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """Backend hook: release native handles."""
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.slide_id!r} backend={self.backend} "
+            f"dimensions={self.dimensions} levels={self.level_count} mpp={self.mpp}>"
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SlideError(self.path, "slide is closed; open it again with open_slide()")
+
+    def _check_level(self, level: int) -> None:
+        if not 0 <= int(level) < self.level_count:
+            raise SlideError(
+                self.path, f"level {level} does not exist (the slide has {self.level_count})"
+            )
+
+
+def _check_size(path: Path, size: tuple[int, int]) -> tuple[int, int]:
+    w, h = (int(v) for v in size)
+    if w < 1 or h < 1:
+        raise SlideError(path, f"region size must be positive, got {size}")
+    return w, h
+
+
+def threaded_batches(
+    read: Callable[[tuple[int, int], int, tuple[int, int]], np.ndarray],
+    locs: np.ndarray,
+    level: int,
+    size: tuple[int, int],
+    batch_size: int,
+    workers: int,
+) -> Iterator[np.ndarray]:
+    """Yield (b, h, w, 3) batches of ``read(location, level, size)`` in input order.
+
+    Up to ``workers`` threads decode ahead (native readers release the GIL), at most two
+    batches in flight, so memory stays bounded on slides with 100k patches.
+    """
+    w, h = size
+    starts = range(0, len(locs), batch_size)
+
+    def fill(start: int, pool: Any) -> Any:
+        chunk = locs[start : start + batch_size]
+        if pool is None:
+            return [read((int(x), int(y)), level, size) for x, y in chunk]
+        return [pool.submit(read, (int(x), int(y)), level, size) for x, y in chunk]
+
+    def collect(items: list[Any]) -> np.ndarray:
+        out = np.empty((len(items), h, w, 3), dtype=np.uint8)
+        for i, item in enumerate(items):
+            out[i] = item if isinstance(item, np.ndarray) else item.result()
+        return out
+
+    if workers <= 1:
+        for start in starts:
+            yield collect(fill(start, None))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slide-read") as pool:
+        pending: list[Any] = []
+        for start in starts:
+            pending.append(fill(start, pool))
+            if len(pending) == 2:
+                yield collect(pending.pop(0))
+        for items in pending:
+            yield collect(items)
+
+
+def default_workers() -> int:
+    """Reader threads when the caller does not say: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area-style downscale of an (h, w, 3) uint8 array with Pillow (quality over speed)."""
+    from PIL import Image
+
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    return np.asarray(pil.resize((width, height), Image.Resampling.BOX))

@@ -1,0 +1,42 @@
+"""The feature store: per-slide bags of patch embeddings on disk, and the cohort loader.
+
+`FeatureStore` fronts every registered format (`backend.BACKENDS`: per-slide HDF5 and Zarr,
+CLAM and TRIDENT caches, packs); `load_bags` is the one loader the MIL stage uses. This folder
+is all that `balnmp_mil` may import of `balnmp_cache`, with the slide-id rule
+(`balnmp_cache.slides.ids`). Formats are described in docs/format.md.
+"""
+
+from __future__ import annotations
+
+from balnmp_cache.errors import MissingSlideError, StoreError
+from balnmp_cache.store.backend import BACKENDS, StoreBackend, infer_format, register_backend
+from balnmp_cache.store.feature_store import FeatureStore
+from balnmp_cache.store.load import StoreWarning, load_bags
+from balnmp_cache.store.types import (
+    COMMON_ATTRS,
+    COORDS_ATTRS,
+    FEATURE_DTYPES,
+    KNOWN_ATTRS,
+    Bag,
+    PackedBags,
+    SlideInfo,
+)
+
+__all__ = [
+    "BACKENDS",
+    "COMMON_ATTRS",
+    "COORDS_ATTRS",
+    "FEATURE_DTYPES",
+    "KNOWN_ATTRS",
+    "Bag",
+    "FeatureStore",
+    "MissingSlideError",
+    "PackedBags",
+    "SlideInfo",
+    "StoreBackend",
+    "StoreError",
+    "StoreWarning",
+    "infer_format",
+    "load_bags",
+    "register_backend",
+]

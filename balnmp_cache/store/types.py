@@ -1,0 +1,155 @@
+"""What a feature store holds: a slide's `Bag`, its `SlideInfo`, a cohort's `PackedBags`, and
+the attribute names and checks every format shares (see docs/format.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from balnmp_cache.errors import StoreError
+
+# Root attributes every slide written by balnmp carries (DESIGN.md). Missing ones read as None.
+KNOWN_ATTRS = (
+    "slide_id", "source_path", "encoder", "weights", "feature_dim", "patch_size",
+    "patch_size_level0", "target_mpp", "slide_mpp", "level", "tissue", "annotations",
+    "balnmp_version", "created",
+)  # fmt: skip
+COORDS_ATTRS = (
+    "patch_size", "patch_size_level0", "level0_magnification", "target_magnification",
+)  # fmt: skip
+FEATURE_DTYPES = ("float16", "float32")
+# Attributes a cohort shares; a pack records them on its root when every slide agrees.
+COMMON_ATTRS = ("encoder", "weights", "target_mpp", "patch_size", "patch_size_level0", "tissue")
+
+
+@dataclass
+class Bag:
+    """One slide's patch embeddings: features (N, D), coords (N, 2) int64 level-0 top-left."""
+
+    slide_id: str
+    features: np.ndarray
+    coords: np.ndarray
+    attrs: dict
+    coords_attrs: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass
+class SlideInfo:
+    """What a backend knows about one slide without reading its features."""
+
+    slide_id: str
+    n_patches: int
+    feature_dim: int
+    dtype: np.dtype
+    attrs: dict
+    coords_attrs: dict
+    source: str  # file (or group) that holds the slide, for error messages
+
+
+def check_slide_id(slide_id: str) -> str:
+    """Slide ids become file / group names: refuse separators and hidden or empty names."""
+    sid = str(slide_id)
+    if not sid or sid.startswith(".") or "/" in sid or "\\" in sid or "\0" in sid:
+        raise StoreError(
+            f"slide id {sid!r} cannot be stored: ids must be non-empty, must not start with "
+            "'.' and must not contain '/' or '\\'; rename the slide file"
+        )
+    return sid
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """Feature dtype of a new slide: float16 (default, half the disk) or float32."""
+    dt = np.dtype(dtype)
+    if dt.name not in FEATURE_DTYPES:
+        raise StoreError(f"feature dtype {dt.name!r} is not supported; use one of {FEATURE_DTYPES}")
+    return dt
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars/arrays/bytes -> plain Python values (JSON-able)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()] if value.dtype.kind in "OS" else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def with_known(attrs: dict) -> dict:
+    """Fill the DESIGN.md attribute names that are absent with None (HDF5 has no null: a None
+    value is written as an absent attribute). Other values, "" included, read back as is."""
+    out = {k: None for k in KNOWN_ATTRS}
+    out.update(attrs)
+    return out
+
+
+def root_attrs(slide_id: str, feature_dim: int, attrs: dict) -> dict:
+    """A writer's file-root attributes: version and creation time, the caller's, then the
+    slide id and feature dimension (which the caller cannot override)."""
+    from datetime import datetime, timezone
+
+    from balnmp_cache._version import __version__
+
+    root = {"balnmp_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    root.update(attrs)
+    root.update(slide_id=slide_id, feature_dim=feature_dim)
+    return root
+
+
+def check_batch(slide_id: str, feature_dim: int, closed: bool, features: Any,
+                coords: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one writer batch (features (b, D), coords (b, 2)); StoreError names the slide."""
+    if closed:
+        raise StoreError(f"slide {slide_id!r}: writer already closed")
+    features, coords = np.asarray(features), np.asarray(coords)
+    if features.ndim != 2 or features.shape[1] != feature_dim:
+        raise StoreError(f"slide {slide_id!r}: features batch has shape "
+                         f"{features.shape}, expected (b, {feature_dim})")
+    if coords.shape != (features.shape[0], 2):
+        raise StoreError(f"slide {slide_id!r}: coords batch has shape {coords.shape}, "
+                         f"expected ({features.shape[0]}, 2)")
+    return features, coords
+
+
+@dataclass
+class PackedBags:
+    """All bags of a cohort concatenated: bag i is rows offsets[i]:offsets[i+1]."""
+
+    features: np.ndarray  # (P, D) float16 or float32
+    coords: np.ndarray  # (P, 2) int64
+    offsets: np.ndarray  # (B + 1,) int64, offsets[0] == 0, offsets[-1] == P
+    slide_ids: list[str]
+    attrs: list[dict]
+    coords_attrs: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # warnings raised (on_problem="warn")
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.slide_ids)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def n_patches(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def bag(self, i: int) -> Bag:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        ca = self.coords_attrs[i] if self.coords_attrs else {}
+        return Bag(self.slide_ids[i], self.features[a:b], self.coords[a:b], self.attrs[i], ca)

@@ -1,0 +1,125 @@
+"""`balnmp-mil pack` and `balnmp-mil inspect`: cohort packs and a store summary.
+
+Registered by the main group (`cli.add_command(pack_cmd, "pack")`). Exit status: 0 all good,
+1 problems found (inspect), 2 bad input (message names the file).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+from balnmp_cache.store import FeatureStore, SlideInfo, StoreError, load_bags
+from balnmp_mil.cli.common import BadInput
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@click.command("pack")
+@click.argument("features", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Pack to write: a .h5 file, or a .zarr directory with --format zarr.")
+@click.option("--format", "fmt", type=click.Choice(["h5", "zarr"]), default="h5",
+              show_default=True, help="Pack container.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier pack (atomically); never "
+                                                    "another file.")
+def pack_cmd(features: Path, out: Path, fmt: str, overwrite: bool) -> None:
+    """Concatenate the per-slide files of FEATURES into one pack loadable in one read."""
+    from balnmp_cache.store.pack import pack_store
+
+    try:
+        path = pack_store(features, out, format=fmt, overwrite=overwrite)
+        with FeatureStore(path) as pack:
+            infos = [pack.info(s) for s in pack.slide_ids]
+    except StoreError as e:
+        raise BadInput(str(e)) from e
+    n = sum(i.n_patches for i in infos)
+    click.echo(f"packed {len(infos)} slides, {n} patches x {infos[0].feature_dim} "
+               f"({infos[0].dtype}) -> {path} ({_size(path) / 1e6:.1f} MB)")
+
+
+@dataclass
+class StoreSummary:
+    """What `inspect` reports about a feature store or pack."""
+
+    path: str
+    format: str
+    n_slides: int
+    patches: list[int]
+    feature_dims: list[int]
+    dtypes: list[str]
+    values: dict[str, list[str]]  # attribute -> distinct values (encoder, µm/px, ...)
+    problems: list[str] = field(default_factory=list)
+
+
+SUMMARY_ATTRS = ("encoder", "weights", "target_mpp", "slide_mpp", "patch_size", "tissue")
+
+
+def summarize(path: Path, check_features: bool = True) -> StoreSummary:
+    """Metadata of every slide, plus (check_features) the problems `load_bags` would raise."""
+    unreadable: list[str] = []
+    infos: list[SlideInfo] = []
+    with FeatureStore(path) as store:
+        for sid in store.slide_ids:
+            try:
+                infos.append(store.info(sid))
+            except StoreError as e:
+                unreadable.append(str(e))
+        problems = unreadable  # quick mode: metadata problems only
+        if check_features:  # load_bags reports unreadable slides too, plus everything else
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    load_bags(store, on_problem="warn")
+                    fatal = []
+                except StoreError as e:
+                    fatal = [str(e)]
+            problems = [str(w.message) for w in caught] + fatal
+        values = {}
+        for key in SUMMARY_ATTRS:
+            seen = sorted({repr(i.attrs.get(key)) for i in infos if i.attrs.get(key) is not None})
+            values[key] = seen
+        return StoreSummary(str(store.path), store.format, len(store.slide_ids),
+                            [i.n_patches for i in infos], sorted({i.feature_dim for i in infos}),
+                            sorted({str(i.dtype) for i in infos}), values, problems)  # fmt: skip
+
+
+def _fmt(values: list[str]) -> str:
+    return ", ".join(v.strip("'") for v in values) if values else "unknown"
+
+
+@click.command("inspect")
+@click.argument("features", type=click.Path(path_type=Path))
+@click.option("--quick", is_flag=True, help="Metadata only: skip reading features (NaN/Inf).")
+def inspect_cmd(features: Path, quick: bool) -> None:
+    """Summarise a feature store or pack: slides, patches, dim, encoder, µm/px, problems."""
+    try:
+        s = summarize(features, check_features=not quick)
+    except StoreError as e:
+        raise BadInput(str(e)) from e
+    n = np.asarray(s.patches, dtype=np.int64)
+    click.echo(f"store:     {s.path} ({s.format})")
+    click.echo(f"slides:    {s.n_slides}")
+    if len(n):
+        click.echo(f"patches:   total {int(n.sum())}; per slide min {int(n.min())} / median "
+                   f"{float(np.median(n)):g} / max {int(n.max())}")
+    click.echo(f"dim:       {_fmt([str(d) for d in s.feature_dims])}   dtype: {_fmt(s.dtypes)}")
+    click.echo(f"encoder:   {_fmt(s.values['encoder'])}   weights: {_fmt(s.values['weights'])}")
+    click.echo(f"µm/px:     target {_fmt(s.values['target_mpp'])}; "
+               f"slides {_fmt(s.values['slide_mpp'])}")
+    click.echo(f"patch:     {_fmt(s.values['patch_size'])} px   tissue: {_fmt(s.values['tissue'])}")
+    if not s.problems:
+        click.echo("problems:  none" + (" (metadata only: --quick)" if quick else ""))
+        return
+    click.echo(f"problems:  {len(s.problems)}")
+    for p in s.problems:
+        click.echo(f"  - {p}")
+    raise click.exceptions.Exit(1)

@@ -1,0 +1,244 @@
+"""Label tables: read CSV/XLSX, find id/label columns, map BCNB ALN status to the paper's tasks.
+
+Ids are always ``str`` (BCNB's integer patient ids become ``"1"``, ``"2"``, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from balnmp_mil.errors import LabelError
+
+__all__ = [
+    "LabelError",
+    "Task",
+    "TASKS",
+    "LabelTable",
+    "read_table",
+    "find_column",
+    "normalize_id",
+    "resolve_labels",
+]
+
+PATIENT_COLUMNS = ("patient_id", "Patient ID", "patient", "case_id")
+SLIDE_COLUMNS = ("slide_id", "slide", "wsi")
+LABEL_COLUMNS = ("label", "target", "y")
+ALN_COLUMNS = ("ALN status", "aln_status", "aln")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task over BCNB ALN status: which statuses map to which class."""
+
+    name: str
+    classes: dict[str, int]
+    class_names: list[str]
+
+
+N0, N12, N3 = "N0", "N+(1-2)", "N+(>2)"
+ALN_STATUSES = (N0, N12, N3)
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("n0_vs_n+", {N0: 0, N12: 1, N3: 1}, ["N0", "N+"]),
+        Task("n12_vs_n3", {N12: 0, N3: 1}, [N12, N3]),
+        Task("three_class", {N0: 0, N12: 1, N3: 2}, [N0, N12, N3]),
+        Task("n0_vs_n12", {N0: 0, N12: 1}, [N0, N12]),
+        Task("n0_vs_n3", {N0: 0, N3: 1}, [N0, N3]),
+    )
+}
+
+
+@dataclass
+class LabelTable:
+    """Resolved labels: one row per (patient, slide) or per patient.
+
+    ``frame`` has columns ``patient_id`` (str), ``slide_id`` (str, or None when the table has
+    no slide column: the slide id is then the patient id) and ``label`` (int in [0, C)).
+    """
+
+    frame: pd.DataFrame
+    class_names: list[str]
+    n_dropped: int = 0
+    dropped: list[str] = field(default_factory=list)
+    task: str | None = None
+    has_slides: bool = False
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def patient_ids(self) -> list[str]:
+        """Unique patient ids in table order."""
+        return list(dict.fromkeys(self.frame["patient_id"]))
+
+    def patient_labels(self) -> dict[str, int]:
+        """Patient id -> label."""
+        return dict(zip(self.frame["patient_id"], self.frame["label"].astype(int), strict=True))
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV/TSV/XLSX table; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelError(f"table {path} does not exist; pass a CSV or XLSX file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".xlsx", ".xlsm", ".xls"):
+            return pd.read_excel(path)
+        if suffix in (".tsv", ".tab"):
+            return pd.read_csv(path, sep="\t")
+        return pd.read_csv(path, sep=None, engine="python")
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise LabelError(f"cannot read table {path}: {exc}; expected CSV, TSV or XLSX") from exc
+
+
+def _norm(name: object) -> str:
+    return re.sub(r"[^0-9a-z+]", "", str(name).lower())
+
+
+def find_column(df: pd.DataFrame, *names: str, required: bool = True) -> str | None:
+    """Actual name of the first column matching one of ``names``, ignoring case/space/punctuation.
+
+    Raises :class:`LabelError` listing the available columns when none matches and ``required``.
+    """
+    lookup = {_norm(c): c for c in df.columns}
+    for name in names:
+        hit = lookup.get(_norm(name))
+        if hit is not None:
+            return hit
+    if required:
+        raise LabelError(
+            f"no column named {' / '.join(repr(n) for n in names)}; "
+            f"the table has {list(map(str, df.columns))}"
+        )
+    return None
+
+
+def normalize_id(value: object) -> str:
+    """An id as a stripped str; integral numbers lose their '.0' (BCNB ids are ints)."""
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            raise LabelError("an id cell is empty; fill in every patient/slide id")
+        if float(value).is_integer():
+            return str(int(value))
+    return str(value).strip()
+
+
+def _norm_status(value: object) -> str:
+    return re.sub(r"\s+", "", str(value)).upper()
+
+
+_STATUS_LOOKUP = {_norm_status(s): s for s in ALN_STATUSES}
+
+
+def _aln_labels(values: pd.Series, ids: pd.Series, task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """Map ALN status strings to task labels; returns (labels, keep mask)."""
+    labels = np.full(len(values), -1, dtype=np.int64)
+    for i, (v, pid) in enumerate(zip(values, ids, strict=True)):
+        status = _STATUS_LOOKUP.get(_norm_status(v)) if not pd.isna(v) else None
+        if status is None:
+            raise LabelError(
+                f"patient {pid}: ALN status {v!r} is not one of {list(ALN_STATUSES)}; "
+                "fix the label table"
+            )
+        labels[i] = task.classes.get(status, -1)
+    return labels, labels >= 0
+
+
+def _label_column(values: pd.Series, ids: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Integer labels as is (0..max), or class names sorted into 0..C-1."""
+    missing = values.isna().to_numpy()
+    if missing.any():
+        raise LabelError(
+            f"missing label for {list(ids[missing])[:10]}; fill in or remove those rows"
+        )
+    numeric = pd.to_numeric(values, errors="coerce")
+    if not numeric.isna().any() and np.all(np.mod(numeric, 1) == 0):
+        ints = numeric.astype(np.int64).to_numpy()
+        if ints.min() < 0:
+            raise LabelError(f"labels must be >= 0; got {ints.min()} (patient {ids.iloc[ints.argmin()]})")
+        return ints, [str(i) for i in range(int(ints.max()) + 1)]
+    names = sorted({str(v).strip() for v in values})
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[str(v).strip()] for v in values], dtype=np.int64), names
+
+
+def resolve_labels(df: pd.DataFrame, task: str | None = None) -> LabelTable:
+    """Ids and integer labels from a table.
+
+    ``task`` None: the ``label`` column as is (ints, or class names sorted alphabetically).
+    ``task`` in :data:`TASKS`: the BCNB ``ALN status`` column (or a ``label`` column holding
+    statuses) mapped to the task's classes; rows outside the task are dropped and counted.
+    """
+    pcol = find_column(df, *PATIENT_COLUMNS, required=False)
+    scol = find_column(df, *SLIDE_COLUMNS, required=False)
+    if pcol is None and scol is None:
+        raise LabelError(
+            f"the label table needs a patient_id or slide_id column; it has {list(df.columns)}"
+        )
+    sids = df[scol].map(normalize_id) if scol is not None else None
+    pids = df[pcol].map(normalize_id) if pcol is not None else sids
+    if task is not None:
+        if task not in TASKS:
+            raise LabelError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+        t = TASKS[task]
+        col = find_column(df, *ALN_COLUMNS, required=False) or find_column(
+            df, *LABEL_COLUMNS, required=False
+        )
+        if col is None:
+            raise LabelError(
+                f"task {task!r} needs an 'ALN status' column (N0 / N+(1-2) / N+(>2)); "
+                f"the table has {list(df.columns)}"
+            )
+        labels, keep = _aln_labels(df[col], pids, t)
+        class_names = list(t.class_names)
+    else:
+        col = find_column(df, *LABEL_COLUMNS, required=False)
+        if col is None:
+            hint = (
+                " (it has an 'ALN status' column: pass task=, one of " + str(sorted(TASKS)) + ")"
+                if find_column(df, *ALN_COLUMNS, required=False)
+                else ""
+            )
+            raise LabelError(f"the label table has no 'label' column{hint}")
+        labels, class_names = _label_column(df[col], pids)
+        keep = np.ones(len(df), dtype=bool)
+    frame = pd.DataFrame(
+        {
+            "patient_id": pids.to_numpy()[keep],
+            "slide_id": sids.to_numpy()[keep] if sids is not None else None,
+            "label": labels[keep],
+        }
+    )
+    _check_consistent(frame, has_slides=scol is not None)
+    dropped = list(dict.fromkeys(pids.to_numpy()[~keep]))
+    return LabelTable(
+        frame=frame.reset_index(drop=True),
+        class_names=class_names,
+        n_dropped=len(dropped),
+        dropped=dropped,
+        task=task,
+        has_slides=scol is not None,
+    )
+
+
+def _check_consistent(frame: pd.DataFrame, has_slides: bool) -> None:
+    """One label per patient; no duplicated slide (or patient, without slides) rows."""
+    per_patient = frame.groupby("patient_id", sort=False)["label"].nunique()
+    bad = per_patient[per_patient > 1]
+    if len(bad):
+        raise LabelError(f"patients with conflicting labels: {list(bad.index)[:10]}")
+    key = "slide_id" if has_slides else "patient_id"
+    dup = frame[key][frame[key].duplicated()]
+    if len(dup):
+        raise LabelError(f"duplicated {key} rows in the label table: {list(dup)[:10]}")

@@ -1,0 +1,52 @@
+"""The errors `balnmp_mil` raises for bad input or bad usage, under one base.
+
+`MILError` derives from `balnmp_cache.errors.BalnmpError`, so one `except BalnmpError` (and the
+command line's mapping to exit status 2) covers both stages, feature-store errors included.
+Anything else is a bug and keeps its traceback. Messages name the file, column, patient or
+option at fault and say what to do on the command line.
+"""
+
+from __future__ import annotations
+
+from balnmp_cache.errors import BalnmpError, RegistryError, StoreError
+
+__all__ = [
+    "BalnmpError",
+    "ClinicalError",
+    "CohortError",
+    "InputError",
+    "LabelError",
+    "MILError",
+    "RegistryError",
+    "RunDirError",
+    "SplitError",
+    "StoreError",
+]
+
+
+class MILError(BalnmpError):
+    """Bad input or bad usage in the MIL stage."""
+
+
+class LabelError(MILError):
+    """A label table problem; the message names the file/column/patient and what to do."""
+
+
+class ClinicalError(MILError):
+    """A clinical table problem; the message names the patient(s), column and what to do."""
+
+
+class CohortError(MILError):
+    """A cohort cannot be assembled; the message names the slides/patients and what to do."""
+
+
+class SplitError(MILError):
+    """Overlapping, duplicated or unknown patients in a split, or an unreadable splits file."""
+
+
+class InputError(MILError):
+    """Bad user input (a path, task, model, option or patient); the message says what to do."""
+
+
+class RunDirError(MILError):
+    """A run directory is missing, damaged, already exists, or holds a bad config."""

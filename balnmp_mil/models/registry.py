@@ -1,0 +1,49 @@
+"""The model registry: `@register_model("name")` on a `MILModel` subclass, `build_model` by name.
+
+What a model can do is declared on its class (`vmappable`: the vectorised sweep may batch its
+fits with `torch.func.vmap`), never in a list kept elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from balnmp_cache._registry import Registry
+from balnmp_mil.models.base import MILModel
+
+__all__ = ["MODELS", "build_model", "list_models", "register_model"]
+
+MODELS: Registry[type[MILModel]] = Registry("model", "--model")
+
+
+def register_model(name: str) -> Callable[[type[MILModel]], type[MILModel]]:
+    """Class decorator adding a model to the registry under `name`."""
+
+    def deco(cls: type[MILModel]) -> type[MILModel]:
+        cls.name = name
+        MODELS.register(name, cls)
+        return cls
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Names of the registered models."""
+    return sorted(MODELS.names())
+
+
+def build_model(
+    name: str, in_dim: int, n_classes: int, clinical_dim: int = 0, seed: int | None = None,
+    **kwargs: Any,
+) -> MILModel:
+    """Instantiate a registered model; `seed` makes its initial weights reproducible without
+    touching the caller's global RNG."""
+    cls = MODELS.get(name)
+    if seed is None:
+        return cls(in_dim=in_dim, n_classes=n_classes, clinical_dim=clinical_dim, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(in_dim=in_dim, n_classes=n_classes, clinical_dim=clinical_dim, **kwargs)

@@ -1,0 +1,365 @@
+"""Train M models at once (splits x seeds x learning rates), vectorised with ``torch.func``.
+
+Each model sees exactly the batches :func:`balnmp_mil.training.fit.fit` would give it (same seeded
+generator, same epoch plan); the M batches of a step are padded to one shape and run through
+``vmap(grad(functional_call))`` over the stacked parameters, and Adam/AdamW/SGD are applied to
+the stacked tensors with per-model learning rates. Results equal M separate fits up to float
+rounding, except for dropout, which draws from vmap's own stream (set dropout=0 for equality).
+Models whose class says `vmappable = False` (TransMIL) fall back to sequential fits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from balnmp_mil.data.cohort import Cohort
+from balnmp_mil.models import MODELS, MILModel, build_model
+from balnmp_mil.segment import Segments, gather_ranges
+from balnmp_mil.training.fit import (
+    NO_KEY,
+    FitConfig,
+    FitResult,
+    _autocast,
+    auc_score,
+    batch_rows,
+    class_weight_vector,
+    epoch_plan,
+    fit,
+    lr_at,
+    merge_bags,
+    monitor_score,
+)
+from balnmp_mil.training.stacked_optim import StackedOptimizer
+
+__all__ = ["SweepSpec", "SweepResult", "sweep"]
+EVAL_BAGS = 64
+
+
+@dataclass
+class SweepSpec:
+    """Which split, seed and learning rate a model of the sweep was trained with."""
+
+    split: int
+    seed: int
+    lr: float
+
+
+@dataclass
+class SweepResult:
+    """One FitResult per spec, in the order of ``specs`` (splits, then seeds, then lrs)."""
+
+    specs: list[SweepSpec]
+    results: list[FitResult]
+    vectorised: bool
+    seconds: float
+
+
+@dataclass
+class _Part:
+    """One model's view of the cohort: bags (global ids) of a split part, packed row map."""
+
+    bags: torch.Tensor
+    rows: torch.Tensor  # subset row -> cohort row
+    offsets: torch.Tensor
+    bag_labels: torch.Tensor
+    bag_patient: torch.Tensor  # within the part
+    labels: torch.Tensor  # per patient of the part
+
+
+def _part(cohort: Cohort, idx: Any) -> _Part:
+    idx_t, keep, new_patient = cohort.bag_selection(idx)
+    offs = cohort.offsets.cpu()
+    counts = (offs[1:] - offs[:-1])[keep]
+    return _Part(
+        bags=keep,
+        rows=gather_ranges(offs[:-1][keep], counts),
+        offsets=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)]),
+        bag_labels=cohort.labels.cpu()[cohort.bag_patient.cpu()[keep]],
+        bag_patient=new_patient,
+        labels=cohort.labels.cpu()[idx_t],
+    )
+
+
+def _split_indices(cohort: Cohort, split: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(train, val) patient indices from an index pair or an object with .train/.val ids."""
+    if hasattr(split, "train"):
+        pos = {p: i for i, p in enumerate(cohort.patient_ids)}
+        missing = [p for p in list(split.train) + list(split.val or []) if p not in pos]
+        if missing:
+            raise ValueError(f"split names patients not in the cohort: {missing[:10]}")
+        val = [pos[p] for p in split.val] if split.val else None
+        return np.array([pos[p] for p in split.train]), None if val is None else np.array(val)
+    train, val = split
+    return np.asarray(train), None if val is None else np.asarray(val)
+
+
+def sweep(
+    model_name: str,
+    cohort: Cohort,
+    splits: Sequence[Any],
+    seeds: Sequence[int] = (0,),
+    lrs: Sequence[float] = (2e-4,),
+    model_kwargs: dict[str, Any] | None = None,
+    vectorise: bool | str = "auto",
+    **fit_options: Any,
+) -> SweepResult:
+    """Fit ``model_name`` for every (split, seed, lr); ``fit_options`` as for :func:`fit`.
+
+    ``splits``: (train_idx, val_idx or None) patient-index pairs, or Split objects with
+    ``.train``/``.val`` patient ids. ``vectorise``: True, False, or "auto" (vectorised on CUDA,
+    where it removes per-step launch overhead; sequential on CPU, where training is bound by
+    matrix multiplies and padding the M batches to one shape only adds work).
+    """
+    t0 = time.perf_counter()
+    kwargs = dict(model_kwargs or {})
+    known = {f.name for f in fields(FitConfig)} - {"seed", "lr"}
+    unknown = set(fit_options) - known
+    if unknown:
+        raise TypeError(f"unknown sweep options {sorted(unknown)}; valid: {sorted(known)}")
+    specs = [SweepSpec(s, seed, lr) for s in range(len(splits)) for seed in seeds for lr in lrs]
+    parts = [_split_indices(cohort, sp) for sp in splits]
+    clinical_dim = 0 if cohort.clinical is None else int(cohort.clinical.shape[1])
+
+    def make(spec: SweepSpec) -> MILModel:
+        return build_model(model_name, cohort.feature_dim, cohort.n_classes, clinical_dim,
+                           seed=spec.seed, **kwargs)
+
+    if vectorise == "auto":
+        dev = fit_options.get("device") or cohort.device
+        vectorise = torch.device(dev).type == "cuda"
+    if not vectorise or not MODELS.get(model_name).vmappable:
+        results = []
+        for spec in specs:
+            tr, va = parts[spec.split]
+            val = None if va is None else cohort.subset(va)
+            results.append(fit(make(spec), cohort.subset(tr), val, seed=spec.seed, lr=spec.lr,
+                               **fit_options))
+        return SweepResult(specs, results, False, time.perf_counter() - t0)
+    cfgs = [FitConfig(**{**fit_options, "seed": s.seed, "lr": s.lr}) for s in specs]
+    results = _VectorisedSweep(cohort, [make(s) for s in specs], specs, parts, cfgs).run()
+    return SweepResult(specs, results, True, time.perf_counter() - t0)
+
+
+class _VectorisedSweep:
+    """State of a vectorised sweep: stacked parameters, optimiser state, per-model plans."""
+
+    def __init__(self, cohort: Cohort, models: list[MILModel], specs: list[SweepSpec],
+                 parts: list[tuple[np.ndarray, np.ndarray | None]], cfgs: list[FitConfig]):
+        self.cohort, self.models, self.cfgs = cohort, models, cfgs
+        self.device = torch.device(cfgs[0].device) if cfgs[0].device else cohort.device
+        if self.device != cohort.device:
+            self.cohort = cohort = cohort.to(self.device)
+        for m in models:
+            m.to(self.device)
+        self.base = models[0]
+        self.train = [_part(cohort, parts[s.split][0]) for s in specs]
+        for m, c, part in zip(models, cfgs, self.train, strict=True):
+            if c.standardize:  # as fit does: the statistics of this model's training rows
+                m.set_input_stats(cohort.features, part.rows.to(self.device))
+        self.params, self.buffers = stack_module_state(models)
+        self.params = {k: v.detach() for k, v in self.params.items()}
+        self.val = [None if parts[s.split][1] is None else _part(cohort, parts[s.split][1])
+                    for s in specs]
+        self.clin = cohort.bag_clinical()
+        n_cls = cohort.n_classes
+        weights = [class_weight_vector(c.class_weights, p.bag_labels, n_cls)
+                   for c, p in zip(cfgs, self.train, strict=True)]
+        self.class_w = torch.stack([torch.ones(n_cls) if w is None else w for w in weights])
+        self.class_w = self.class_w.to(self.device)
+        self.opt = StackedOptimizer(cfgs[0], self.params)
+
+    # -- padded, vmapped forward -----------------------------------------------------
+    def _pad(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]
+             ) -> tuple[torch.Tensor, ...]:
+        """Per-model (global bag ids, cohort rows, offsets) -> stacked padded inputs.
+
+        Padding instances go to one extra bag and padding bags get label -1 (ignored)."""
+        sizes = [0 if b is None else int(b[1].numel()) for b in batches]
+        n_bags = max(0 if b is None else int(b[0].numel()) for b in batches) + 1
+        p_max = max(max(sizes), 1)
+        rows, ids, offs, ys, bag_ids = [], [], [], [], []
+        for b, size in zip(batches, sizes, strict=True):
+            bags, r, o = b if b is not None else (torch.zeros(0, dtype=torch.long),
+                                                   torch.zeros(0, dtype=torch.long),
+                                                   torch.zeros(1, dtype=torch.long))
+            nb = bags.numel()
+            rows.append(torch.cat([r, torch.zeros(p_max - size, dtype=torch.long)]))
+            counts = o[1:] - o[:-1]
+            ids.append(torch.cat([torch.repeat_interleave(torch.arange(nb), counts),
+                                  torch.full((p_max - size,), n_bags - 1)]))
+            offs.append(torch.cat([o, torch.full((n_bags - nb - 1,), size), torch.tensor([p_max])]))
+            y = self.cohort.labels.cpu()[self.cohort.bag_patient.cpu()[bags]]
+            ys.append(torch.cat([y, torch.full((n_bags - nb,), -1)]))
+            bag_ids.append(torch.cat([bags, torch.zeros(n_bags - nb, dtype=torch.long)]))
+        dev = self.device
+        x = self.cohort.features.index_select(0, torch.cat(rows).to(dev)).float()
+        x = x.view(len(batches), p_max, -1)
+        bag_ids_t = torch.stack(bag_ids).to(dev)
+        clin = None if self.clin is None else self.clin[bag_ids_t]
+        return (x, torch.stack(ids).to(dev), torch.stack(offs).to(dev), torch.stack(ys).to(dev), clin, n_bags)
+
+    def _loss_fn(self, n_bags: int):
+        base = self.base
+
+        def loss(params, buffers, x, ids, offs, y, clin, cw):
+            out = functional_call(base, (params, buffers), (x, Segments(ids, offs, n_bags),
+                                                              clin, y))
+            logp = F.log_softmax(out.logits.float(), dim=1)
+            yc = y.clamp(min=0)
+            nll = -logp.gather(1, yc.unsqueeze(1)).squeeze(1)
+            w = cw.index_select(0, yc) * (y >= 0).to(nll.dtype)
+            value = (nll * w).sum() / w.sum().clamp(min=1e-12)
+            return value if out.aux_loss is None else value + out.aux_loss.float()
+
+        return loss
+
+    def _logits(self, x, ids, offs, clin, n_bags):
+        base = self.base
+
+        def f(params, buffers, x, ids, offs, clin):
+            return functional_call(base, (params, buffers),
+                                   (x, Segments(ids, offs, n_bags), clin)).logits.float()
+
+        in_clin = None if clin is None else 0
+        return vmap(f, in_dims=(0, 0, 0, 0, 0, in_clin), randomness="different")(
+            self.params, self.buffers, x, ids, offs, clin)
+
+    # -- loop -------------------------------------------------------------------------
+    def run(self) -> list[FitResult]:
+        cfg0, m_count = self.cfgs[0], len(self.models)
+        gens = [torch.Generator().manual_seed(c.seed) for c in self.cfgs]
+        histories: list[list[dict[str, Any]]] = [[] for _ in range(m_count)]
+        monitors = [self._monitor(c, v) for c, v in zip(self.cfgs, self.val, strict=True)]
+        best = [-math.inf] * m_count
+        best_key = [NO_KEY] * m_count
+        best_epoch = [cfg0.epochs - 1] * m_count
+        stale = [0] * m_count
+        active = [True] * m_count
+        best_params = {k: v.clone() for k, v in self.params.items()}
+        for epoch in range(cfg0.epochs):
+            t0 = time.perf_counter()
+            lrs = [lr_at(c, epoch) for c in self.cfgs]
+            plans = [epoch_plan(p.offsets, c, g) if a else None
+                     for p, c, g, a in zip(self.train, self.cfgs, gens, active, strict=True)]
+            totals = self._train_epoch(plans, lrs, active)
+            vals = self._validate(active)
+            seconds = time.perf_counter() - t0
+            for m in range(m_count):
+                if not active[m]:
+                    continue
+                n = self.train[m].bags.numel()
+                row: dict[str, Any] = {"epoch": epoch, "lr": lrs[m], "train_loss": totals[m] / n}
+                if vals[m] is not None:
+                    row.update(vals[m])
+                    score, key = monitor_score(row, monitors[m])
+                    if key > best_key[m]:
+                        best_key[m], best[m], best_epoch[m], stale[m] = key, score, epoch, 0
+                        for k, v in self.params.items():
+                            best_params[k][m] = v[m]
+                    else:
+                        stale[m] += 1
+                row["seconds"] = seconds
+                histories[m].append(row)
+                pat = self.cfgs[m].patience
+                if pat is not None and vals[m] is not None and stale[m] > pat:
+                    active[m] = False
+        return self._results(histories, best, best_epoch, best_params, monitors)
+
+    def _monitor(self, cfg: FitConfig, val: _Part | None) -> str:
+        if val is not None and cfg.monitor == "auc" and val.labels.unique().numel() < 2:
+            warnings.warn("validation set has one class; early stopping monitors loss",
+                          stacklevel=4)
+            return "loss"
+        return cfg.monitor
+
+    def _train_epoch(self, plans: list[Any], lrs: list[float], active: list[bool]
+                     ) -> list[float]:
+        self.base.train()
+        totals = torch.zeros(len(plans), dtype=torch.float64, device=self.device)
+        n_steps = max(len(p.batches) for p in plans if p is not None)
+        lr_t = torch.tensor(lrs, dtype=torch.float64)
+        for step in range(n_steps):
+            batches = []
+            for m, plan in enumerate(plans):
+                if plan is None or step >= len(plan.batches):
+                    batches.append(None)
+                    continue
+                local = plan.batches[step]
+                rows, offs = batch_rows(plan, local)
+                part = self.train[m]
+                batches.append((part.bags[local], part.rows[rows], offs))
+            x, ids, offs, y, clin, n_bags = self._pad(batches)
+            fn = vmap(grad_and_value(self._loss_fn(n_bags)),
+                      in_dims=(0, 0, 0, 0, 0, 0, None if clin is None else 0, 0),
+                      randomness="different")
+            with _autocast(self.device, self.cfgs[0].amp):
+                grads, values = fn(self.params, self.buffers, x, ids, offs, y, clin, self.class_w)
+            step_on = torch.tensor([b is not None for b in batches])
+            self.params = self.opt.step(self.params, grads, lr_t, step_on)
+            n = torch.tensor([0 if b is None else b[0].numel() for b in batches],
+                             dtype=torch.float64, device=self.device)
+            # summed on the device and read once per epoch (idle models' values are ignored)
+            totals += torch.where(n > 0, values.detach().double() * n, 0.0)
+        return totals.tolist()
+
+    @torch.no_grad()
+    def _validate(self, active: list[bool]) -> list[dict[str, float] | None]:
+        self.base.eval()
+        parts = [v if (v is not None and a) else None for v, a in zip(self.val, active,
+                                                                        strict=True)]
+        n_chunks = max([math.ceil(p.bags.numel() / EVAL_BAGS) for p in parts if p] + [0])
+        logits: list[list[torch.Tensor]] = [[] for _ in parts]
+        for j in range(n_chunks):
+            batches = []
+            for p in parts:
+                sel = None if p is None else torch.arange(
+                    j * EVAL_BAGS, min((j + 1) * EVAL_BAGS, p.bags.numel()))
+                if sel is None or sel.numel() == 0:
+                    batches.append(None)
+                    continue
+                starts, ends = p.offsets[:-1][sel], p.offsets[1:][sel]
+                rows = gather_ranges(starts, ends - starts)
+                o = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(ends - starts, 0)])
+                batches.append((p.bags[sel], p.rows[rows], o))
+            x, ids, offs, _, clin, n_bags = self._pad(batches)
+            with _autocast(self.device, self.cfgs[0].amp):
+                out = self._logits(x, ids, offs, clin, n_bags)
+            for m, b in enumerate(batches):
+                if b is not None:
+                    logits[m].append(out[m, : b[0].numel()])
+        results: list[dict[str, float] | None] = []
+        for m, p in enumerate(parts):
+            if p is None:
+                results.append(None)
+                continue
+            lg = torch.cat(logits[m])
+            loss = float(F.cross_entropy(lg, p.bag_labels.to(lg.device)))
+            probs = merge_bags(torch.softmax(lg, 1), p.bag_patient, p.labels.numel(),
+                               self.cfgs[m].merge)
+            results.append({"val_loss": loss, "val_auc": auc_score(p.labels.numpy(), probs)})
+        return results
+
+    def _results(self, histories, best, best_epoch, best_params, monitors) -> list[FitResult]:
+        out = []
+        for m, model in enumerate(self.models):
+            has_val = self.val[m] is not None and best[m] > -math.inf
+            src = best_params if has_val else self.params
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    p.copy_(src[name][m])
+            model.eval()
+            score = None if not has_val else (best[m] if monitors[m] == "auc" else -best[m])
+            epoch = best_epoch[m] if has_val else len(histories[m]) - 1
+            cfg = replace(self.cfgs[m])
+            out.append(FitResult(model, histories[m], epoch, score, cfg))
+        return out

@@ -1,0 +1,205 @@
+"""Apply a saved run: `evaluate` (recompute metrics), `predict` (new bags) and `heatmap`.
+
+A run is loaded with `rundir.load_run` (state_dict with weights_only=True, JSON/YAML configs);
+its clinical encoder, fitted on the run's training patients, encodes new patients as is.
+`heatmap` is the only place where balnmp_mil touches a slide: it imports
+`balnmp_cache.slides.open_slide` lazily, inside the function, for the thumbnail and the top-k
+patch gallery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from balnmp_cache.store._atomic import check_output, fsync_file, publish, side_name
+from balnmp_mil.errors import InputError
+from balnmp_mil.evaluation.report import metrics_table
+from balnmp_mil.workflow import rundir
+from balnmp_mil.workflow.config import SPLIT_NAMES, TrainConfig, resolve_device
+from balnmp_mil.workflow.steps import (
+    CLINICAL_LOGREG,
+    ClinicalLogReg,
+    evaluate_parts,
+    labels_numpy,
+    positive_scores,
+)
+
+
+def run_config(run: rundir.Run) -> TrainConfig:
+    """The TrainConfig a run was made with (from its config.yaml)."""
+    return TrainConfig.from_dict(dict(run.config), source=f"{run.path / rundir.CONFIG}")
+
+
+def clinical_matrix(encoder: Any, table: str | Path, patient_ids: list[str]) -> np.ndarray:
+    """Encode the rows of `patient_ids` (in that order) from a clinical table file."""
+    from balnmp_mil.data.clinical import patient_labels
+    from balnmp_mil.data.labels import read_table
+
+    df = read_table(table)
+    first: dict[str, int] = {}
+    for i, pid in enumerate(patient_labels(df, encoder.columns)):
+        first.setdefault(pid, i)
+    missing = [p for p in patient_ids if p not in first]
+    if missing:
+        raise InputError(f"clinical table {table} has no row for patient(s) {missing[:10]}; "
+                         "add them or pass the right --clinical table")
+    return encoder.transform(df.iloc[[first[p] for p in patient_ids]])
+
+
+def apply_run(run: rundir.Run, cohort: Any, clinical: str | Path | None = None) -> np.ndarray:
+    """Patient probabilities (n, C) of a saved run on a cohort (its clinical data encoded)."""
+    from balnmp_mil.training.fit import predict
+
+    if run.clinical_encoder is not None:
+        table = clinical or run.config.get("clinical")
+        if table is None:
+            raise InputError(f"run {run.path} uses clinical data; pass --clinical TABLE")
+        cohort = cohort.with_clinical(
+            clinical_matrix(run.clinical_encoder, table, list(cohort.patient_ids)))
+    if run.model_config.get("kind") == CLINICAL_LOGREG:
+        x = cohort.clinical.detach().cpu().numpy()
+        return ClinicalLogReg.from_dict(run.model_config).predict_proba(x)
+    return np.asarray(predict(run.model, cohort))
+
+
+def _check_features(path: str | Path) -> None:
+    if not Path(path).exists():
+        raise InputError(f"feature store {path} does not exist")
+
+
+def load_labelled(run: rundir.Run, features: str | Path, labels: str | Path,
+                  device: str) -> Any:
+    """A cohort of new labelled patients with the run's task and bag level."""
+    from balnmp_mil.data.cohort import load_cohort
+
+    _check_features(features)
+    if not Path(labels).is_file():
+        raise InputError(f"labels file {labels} does not exist")
+    cfg = run_config(run)
+    cohort = load_cohort(features, labels, task=cfg.task, bag_level=cfg.bag_level,
+                         device=device)
+    if list(cohort.class_names) != run.class_names:
+        raise InputError(f"labels {labels} give classes {cohort.class_names} but run "
+                         f"{run.path} was trained on {run.class_names}")
+    return cohort
+
+
+def load_unlabelled(run: rundir.Run, features: str | Path, device: str) -> Any:
+    """Every slide of a store as its own patient (labels unknown: set to 0, never reported)."""
+    from balnmp_cache.store import load_bags
+    from balnmp_mil.data.cohort import cohort_from_bags
+
+    _check_features(features)
+    packed = load_bags(features)
+    offs = np.asarray(packed.offsets)
+    feats = np.asarray(packed.features)
+    bags = [feats[offs[i]:offs[i + 1]] for i in range(len(packed.slide_ids))]
+    return cohort_from_bags(bags, np.zeros(len(bags), dtype=np.int64),
+                            patient_ids=list(packed.slide_ids), class_names=run.class_names,
+                            device=device)
+
+
+@dataclass
+class EvalResult:
+    """Reports per part (train/val/test of the run, or `new` data) and the metrics dict."""
+
+    reports: dict[str, Any]
+    metrics: dict[str, Any]
+
+    def summary(self) -> str:
+        text = "Threshold 0.5\n" + metrics_table(self.reports)
+        youden = {p: m["at_youden"] for p, m in self.metrics.items()
+                  if isinstance(m, dict) and m.get("at_youden")}
+        if youden:
+            t = self.metrics.get("youden_threshold")
+            text += f"\nYouden threshold {t:.3f}\n" + metrics_table(youden)
+        return text
+
+
+def evaluate_run(run_path: str | Path, features: str | Path | None = None,
+                 labels: str | Path | None = None, clinical: str | Path | None = None,
+                 device: str | None = None, **overrides: Any) -> EvalResult:
+    """Recompute a run's metrics from predictions.csv, or evaluate it on new labelled data.
+
+    overrides: ci / n_bootstrap / seed for the AUC confidence interval.
+    """
+    run = rundir.load_run(run_path, device="cpu")
+    cfg = run_config(run)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    names = run.class_names
+    if features is None and labels is None:
+        preds = pd.read_csv(run.path / rundir.PREDICTIONS, dtype={"patient_id": str})
+        probs_cols = [f"prob_{n}" for n in names]
+        parts = [p for p in SPLIT_NAMES if p in set(preds["split"])]
+        y = {p: preds.loc[preds["split"] == p, "label"].to_numpy(np.int64) for p in parts}
+        probs = {p: preds.loc[preds["split"] == p, probs_cols].to_numpy(float) for p in parts}
+        reports, metrics, _ = evaluate_parts(y, probs, names, cfg)
+        return EvalResult(reports, metrics)
+    if features is None or labels is None:
+        raise InputError("evaluating on new data needs both --features and --labels")
+    dev = resolve_device(device)
+    if run.model is not None:
+        run.model.to(dev)
+    cohort = load_labelled(run, features, labels, dev)
+    probs = {"new": apply_run(run, cohort, clinical)}
+    y = {"new": labels_numpy(cohort)}
+    reports, metrics, _ = evaluate_parts(y, probs, names, cfg, youden_from=None)
+    threshold = run.metrics.get("youden_threshold")
+    if threshold is not None:
+        from balnmp_mil.evaluation.metrics import evaluate
+
+        metrics["new"]["at_youden"] = evaluate(
+            y["new"], positive_scores(probs["new"]), threshold=threshold, ci=cfg.ci,
+            n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, class_names=names).to_dict()
+        metrics["youden_threshold"] = threshold
+        metrics["youden_split"] = f"val of {run.path}"
+    return EvalResult(reports, metrics)
+
+
+def predict_run(run_path: str | Path, features: str | Path, out: str | Path,
+                labels: str | Path | None = None, clinical: str | Path | None = None,
+                device: str | None = None) -> pd.DataFrame:
+    """Write patient probabilities of a saved run on FEATURES to `out` (CSV, atomically).
+
+    Without labels every slide is its own patient; with a labels table (patient_id, slide_id)
+    slides are grouped by patient and the true label is added.
+    """
+    run = rundir.load_run(run_path, device="cpu")
+    check_output(out, [("RUN", run_path), ("FEATURES", features), ("--labels", labels),
+                       ("--clinical", clinical)], InputError)
+    dev = resolve_device(device)
+    if run.model is not None:
+        run.model.to(dev)
+    cohort = (load_labelled(run, features, labels, dev) if labels is not None
+              else load_unlabelled(run, features, dev))
+    probs = apply_run(run, cohort, clinical)
+    frame = pd.DataFrame({"patient_id": list(cohort.patient_ids)})
+    if labels is not None:
+        frame["label"] = labels_numpy(cohort)
+    for c, name in enumerate(run.class_names):
+        frame[f"prob_{name}"] = probs[:, c]
+    frame["prediction"] = [run.class_names[i] for i in _predicted(probs)]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = side_name(out, "tmp")
+    try:
+        frame.to_csv(tmp, index=False)
+        fsync_file(tmp)
+        publish(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return frame
+
+
+def _predicted(probs: np.ndarray) -> np.ndarray:
+    """Class index per patient: positive when p >= 0.5 (binary), else the argmax."""
+    if probs.shape[1] == 2:
+        return (probs[:, 1] >= 0.5).astype(np.int64)
+    return probs.argmax(axis=1)

@@ -1,0 +1,212 @@
+"""The steps `train` and `cv` share: load the cohort, split it, attach clinical data, fit and
+predict, evaluate each part, and the clinical-only logistic regression (the paper's third row).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from balnmp_mil.errors import InputError
+from balnmp_mil.workflow.config import SPLIT_NAMES, TrainConfig, fit_options
+
+CLINICAL_LOGREG = "clinical_logreg"
+
+
+@dataclass
+class ClinicalLogReg:
+    """A fitted logistic regression kept as plain numbers (saved as model.json, no pickle)."""
+
+    coef: np.ndarray  # (1, K) binary or (C, K)
+    intercept: np.ndarray
+    classes: list[int]
+    n_classes: int
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """(n, n_classes) probabilities, same as scikit-learn's for these parameters."""
+        z = np.asarray(x, dtype=np.float64) @ self.coef.T + self.intercept
+        if self.coef.shape[0] == 1:
+            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            part = np.stack([1.0 - p1, p1], axis=1)
+        else:
+            z = z - z.max(axis=1, keepdims=True)
+            part = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        out = np.zeros((len(part), self.n_classes))
+        out[:, self.classes] = part
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": CLINICAL_LOGREG, "coef": self.coef.tolist(),
+                "intercept": self.intercept.tolist(), "classes": list(self.classes),
+                "n_classes": self.n_classes}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClinicalLogReg:
+        return cls(np.asarray(d["coef"], dtype=np.float64),
+                   np.asarray(d["intercept"], dtype=np.float64),
+                   [int(c) for c in d["classes"]], int(d["n_classes"]))
+
+
+def clinical_only_fit(
+    cohort: Any, idx: dict[str, np.ndarray], cfg: TrainConfig
+) -> tuple[dict[str, Any], dict[str, np.ndarray], list[dict], None]:
+    """Fit EVAL's clinical baseline on train; (model.json dict, probs per part, history, None)."""
+    from balnmp_mil.training.baseline import fit_clinical_baseline
+
+    if cohort.clinical is None:
+        raise InputError("the clinical-only model needs --clinical TABLE")
+    x = cohort.clinical.detach().cpu().numpy()
+    y = labels_numpy(cohort)
+    fitted = fit_clinical_baseline(x[idx["train"]], y[idx["train"]], seed=cfg.seed)
+    model = ClinicalLogReg(np.asarray(fitted.coef_), np.asarray(fitted.intercept_),
+                           [int(c) for c in fitted.classes_], cohort.n_classes)
+    probs = {part: model.predict_proba(x[rows]) for part, rows in idx.items()}
+    return model.to_dict(), probs, [], None
+
+
+def load_training_cohort(cfg: TrainConfig, device: str) -> Any:
+    """`load_cohort` with the run's labels, clinical table, task and bag level.
+
+    Label-table errors are prefixed with the labels file, so the message names it.
+    """
+    from balnmp_mil.data.cohort import load_cohort
+    from balnmp_mil.data.labels import LabelError
+
+    try:
+        return load_cohort(
+            cfg.features, cfg.labels, clinical=cfg.clinical, task=cfg.task,
+            bag_level=cfg.bag_level, device=device, on_missing=cfg.on_missing,
+        )
+    except LabelError as exc:
+        raise InputError(f"labels file {cfg.labels}: {exc}") from exc
+    except ValueError as exc:
+        text = str(exc).replace("pass on_missing='warn'", "pass --on-missing warn")
+        raise InputError(text) from exc
+
+
+def labels_numpy(cohort: Any) -> np.ndarray:
+    return cohort.labels.detach().cpu().numpy().astype(np.int64)
+
+
+def make_split(cfg: TrainConfig, cohort: Any) -> Any:
+    """The saved split (`--splits`) checked against the cohort, or a new stratified one."""
+    from balnmp_mil.data.splits import Split, load_splits, stratified_split
+
+    if cfg.splits is None:
+        return stratified_split(
+            cohort.patient_ids, labels_numpy(cohort), val=cfg.val, test=cfg.test, seed=cfg.seed
+        )
+    loaded = load_splits(cfg.splits)
+    split = loaded if isinstance(loaded, Split) else loaded[0]
+    known = set(cohort.patient_ids)
+    for part in SPLIT_NAMES:
+        missing = [p for p in getattr(split, part) if p not in known]
+        if missing:
+            raise InputError(
+                f"splits file {cfg.splits}: patient {missing[0]} ({part} split) is not in the "
+                f"cohort built from {cfg.features} and {cfg.labels}"
+            )
+    return split
+
+
+def split_indices(cohort: Any, split: Any) -> dict[str, np.ndarray]:
+    """Patient indices of each non-empty part of the split, in the split's order."""
+    return {part: rows for part, rows in split.indices(cohort.patient_ids).items() if len(rows)}
+
+
+def attach_clinical(cfg: TrainConfig, cohort: Any, train_idx: np.ndarray) -> tuple[Any, Any]:
+    """Fit the clinical encoder on the training patients only; return (encoder, cohort)."""
+    if cfg.clinical is None:
+        return None, cohort
+    from balnmp_mil.data.clinical import ClinicalEncoder, ClinicalError
+
+    table = cohort.clinical_table
+    train_ids = [cohort.patient_ids[i] for i in train_idx]
+    try:
+        encoder = ClinicalEncoder(variant=cfg.clinical_variant, impute=cfg.clinical_impute)
+        encoder.fit(table.loc[train_ids])
+        matrix = encoder.transform(table.loc[list(cohort.patient_ids)])
+    except ClinicalError as exc:
+        raise InputError(f"clinical table {cfg.clinical}: {exc}") from exc
+    return encoder, cohort.with_clinical(matrix)
+
+
+def positive_scores(probs: np.ndarray) -> np.ndarray:
+    """Binary: the positive-class column; multi-class: the (n, C) probabilities."""
+    return probs[:, 1] if probs.ndim == 2 and probs.shape[1] == 2 else probs
+
+
+def evaluate_parts(
+    y: dict[str, np.ndarray], probs: dict[str, np.ndarray], class_names: list[str],
+    cfg: TrainConfig, youden_from: str | None = "val",
+) -> tuple[dict[str, Any], dict[str, Any], float | None]:
+    """Reports per split at 0.5 and (binary) at the Youden threshold of `youden_from`."""
+    from balnmp_mil.evaluation.metrics import evaluate, youden_threshold
+
+    def ev(part: str, threshold: float) -> Any:
+        return evaluate(y[part], positive_scores(probs[part]), threshold=threshold, ci=cfg.ci,
+                        n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, class_names=class_names)
+
+    reports = {part: ev(part, 0.5) for part in y}
+    metrics: dict[str, Any] = {part: rep.to_dict() for part, rep in reports.items()}
+    threshold = None
+    source = youden_from if youden_from in y else ("train" if "train" in y else None)
+    binary = len(class_names) == 2
+    if binary and source is not None and len(np.unique(y[source])) == 2:
+        threshold = float(youden_threshold(y[source], positive_scores(probs[source])))
+        for part in y:
+            metrics[part]["at_youden"] = ev(part, threshold).to_dict()
+    metrics["youden_threshold"] = threshold
+    metrics["youden_split"] = source if threshold is not None else None
+    return reports, metrics, threshold
+
+
+def predictions_frame(
+    cohort: Any, idx: dict[str, np.ndarray], probs: dict[str, np.ndarray], class_names: list[str]
+) -> pd.DataFrame:
+    """predictions.csv rows: patient_id, split, label, prob_<class>..."""
+    labels = labels_numpy(cohort)
+    frames = []
+    for part, rows in idx.items():
+        frame = pd.DataFrame({
+            "patient_id": [cohort.patient_ids[i] for i in rows],
+            "split": part,
+            "label": labels[rows],
+        })
+        for c, name in enumerate(class_names):
+            frame[f"prob_{name}"] = probs[part][:, c]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def roc_curves(y: dict[str, np.ndarray], probs: dict[str, np.ndarray],
+               class_names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Curves for plot_roc: one per split (binary) or one-vs-rest per class on test."""
+    if len(class_names) == 2:
+        return {f"{part} (n={len(y[part])})": (y[part], probs[part][:, 1]) for part in y
+                if len(np.unique(y[part])) == 2}
+    part = "test" if "test" in y else next(iter(y))
+    return {f"{name} vs rest ({part})": ((y[part] == c).astype(int), probs[part][:, c])
+            for c, name in enumerate(class_names) if 0 < (y[part] == c).sum() < len(y[part])}
+
+
+def fit_and_predict(
+    cfg: TrainConfig, cohort: Any, idx: dict[str, np.ndarray], device: str
+) -> tuple[Any, Any, dict[str, np.ndarray]]:
+    """Build the configured model, fit on train (early stopping on val), predict every part."""
+    from balnmp_mil.models import build_model
+    from balnmp_mil.training.fit import fit, predict
+
+    clinical_dim = 0 if cohort.clinical is None else int(cohort.clinical.shape[1])
+    model = build_model(cfg.model, in_dim=cohort.feature_dim, n_classes=cohort.n_classes,
+                        clinical_dim=clinical_dim, seed=cfg.seed, **cfg.model_kwargs)
+    val = cohort.subset(idx["val"]) if "val" in idx else None
+    result = fit(model, cohort.subset(idx["train"]), val=val, seed=cfg.seed, device=device,
+                 progress=sys.stderr.isatty(), **fit_options(cfg))
+    probs = {part: np.asarray(predict(result.model, cohort.subset(rows)))
+             for part, rows in idx.items()}
+    return result.model, result, probs

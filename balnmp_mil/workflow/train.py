@@ -1,0 +1,118 @@
+"""One training run, written as a run directory: `train_run(TrainConfig, out)`.
+
+load_cohort -> stratified patient split -> clinical encoder fitted on the training patients only
+-> build_model + fit (early stopping on val) -> predict train/val/test -> evaluate at 0.5 and at
+the Youden threshold chosen on val -> run directory (see `balnmp_mil.workflow.rundir`). The CLI
+only parses arguments into a `TrainConfig`; a run's `config.yaml` is that config, so
+`--config run/config.yaml` reproduces it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from balnmp_cache._version import __version__
+from balnmp_mil.evaluation.report import fmt_auc, train_report
+from balnmp_mil.workflow import rundir
+from balnmp_mil.workflow.config import (
+    SPLIT_NAMES,
+    TrainConfig,
+    check_inputs,
+    resolve_device,
+    resolved_config,
+)
+from balnmp_mil.workflow.steps import (
+    attach_clinical,
+    evaluate_parts,
+    fit_and_predict,
+    labels_numpy,
+    load_training_cohort,
+    make_split,
+    predictions_frame,
+    roc_curves,
+    split_indices,
+)
+
+
+@dataclass
+class RunResult:
+    """What `train_run` produced: where, the metrics per split, and the training outcome."""
+
+    path: Path
+    config: TrainConfig
+    metrics: dict[str, Any]
+    reports: dict[str, Any]
+    youden_threshold: float | None
+    best_epoch: int | None
+    seconds: float
+
+    def summary(self) -> str:
+        """A few lines for the terminal: AUC [CI] per split and the files written."""
+        model = self.metrics.get("model") or self.config.model
+        lines = [f"{model} on {self.config.task or 'label'} (seed {self.config.seed})"]
+        for name in SPLIT_NAMES:
+            if name in self.metrics:
+                m = self.metrics[name]
+                lines.append(f"  {name:<5} AUC {fmt_auc(m)}  (n={m.get('n')})")
+        files = ", ".join(
+            p.name for p in sorted(self.path.iterdir()) if not p.name.startswith(".")
+        )
+        lines.append(f"run: {self.path}  ({files})  in {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False) -> RunResult:
+    """Train, evaluate and write one run directory atomically (see module docstring)."""
+    from balnmp_mil.data.splits import save_splits
+    from balnmp_mil.evaluation.plots import plot_roc, plot_training_curves
+
+    start = time.perf_counter()
+    out = rundir.check_target(out, overwrite, cfg.inputs())
+    check_inputs(cfg)
+    device = resolve_device(cfg.device)
+    cohort = load_training_cohort(cfg, device)
+    split = make_split(cfg, cohort)
+    idx = split_indices(cohort, split)
+    class_names = list(cohort.class_names)
+    saved = resolved_config(cfg)
+    saved["meta"] = {"balnmp_version": __version__, "device": device, "out": str(out),
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "n_patients": len(cohort), "n_bags": int(cohort.n_bags)}
+    with rundir.staged_run(out, overwrite, cfg.inputs()) as tmp:
+        rundir.write_config(tmp / rundir.CONFIG, saved)
+        save_splits(split, tmp / rundir.SPLITS)
+        encoder, cohort = attach_clinical(cfg, cohort, idx["train"])
+        if encoder is not None:
+            rundir.write_json(tmp / rundir.CLINICAL_ENCODER, encoder.to_dict())
+        if cfg.clinical_only:
+            from balnmp_mil.workflow.cv import clinical_only_fit
+
+            coef, probs, history, best_epoch = clinical_only_fit(cohort, idx, cfg)
+            rundir.write_json(tmp / rundir.MODEL_CONFIG, coef)
+        else:
+            model, fit_result, probs = fit_and_predict(cfg, cohort, idx, device)
+            rundir.save_model(tmp, model)
+            history, best_epoch = fit_result.history, fit_result.best_epoch
+        y = {part: labels_numpy(cohort)[rows] for part, rows in idx.items()}
+        reports, metrics, threshold = evaluate_parts(y, probs, class_names, cfg)
+        model_name = "clinical_logreg" if cfg.clinical_only else cfg.model
+        metrics.update(task=cfg.task, model=model_name, class_names=class_names,
+                       best_epoch=best_epoch)
+        rundir.write_json(tmp / rundir.METRICS, metrics)
+        predictions_frame(cohort, idx, probs, class_names).to_csv(
+            tmp / rundir.PREDICTIONS, index=False)
+        pd.DataFrame(history).to_csv(tmp / rundir.HISTORY, index=False)
+        if history:
+            plot_training_curves(history, tmp / "training.png")
+        curves = roc_curves(y, probs, class_names)
+        if curves:
+            plot_roc(curves, tmp / rundir.ROC, n_bootstrap=min(cfg.n_bootstrap, 500),
+                     seed=cfg.seed, title=f"{model_name} · {cfg.task or 'label'} · ROC")
+        (tmp / rundir.REPORT).write_text(train_report(metrics, saved))
+    return RunResult(Path(out), cfg, metrics, reports, threshold, best_epoch,
+                     time.perf_counter() - start)
