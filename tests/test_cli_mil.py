@@ -229,6 +229,31 @@ def test_heatmap_draws_attention_on_the_slide(run, tmp_path):
     assert res.exit_code == 2 and "absent" in res.output, res.output
 
 
+@pytest.mark.parametrize("suffix", [".ome.tiff", ".ome.tif", ".bmp"])
+def test_heatmap_finds_the_bag_extraction_stored(run, tmp_path, suffix):
+    """Extraction stores `x.ome.tiff` as bag `x`; heatmap used its own suffix list and looked
+    for `x.ome` (one slide-id rule now serves both stages)."""
+    import tifffile
+    from PIL import Image
+
+    from balnmp_cache.slides.ids import slide_id_from_path
+
+    out, _ = run
+    store = write_store(tmp_path / "store", {"x": np.random.default_rng(1).normal(size=(6, DIM))},
+                        patch_size_level0=64)
+    image = np.full((256, 256, 3), 200, np.uint8)
+    slide = tmp_path / f"x{suffix}"
+    if suffix == ".bmp":
+        Image.fromarray(image).save(slide)
+    else:
+        tifffile.imwrite(slide, image, photometric="rgb", tile=(64, 64))
+    assert slide_id_from_path(slide) == "x"
+    res = invoke("heatmap", out, slide, "--out", tmp_path / "x.png", "--features", store,
+                 "--mpp", "0.5", "--thumbnail-size", "128", "--top-k", "2")
+    assert res.exit_code == 0, res.output
+    assert "x: 6 patches" in res.output
+
+
 # ------------------------------------------------------------------------------ input errors
 def _tables(cohort, tmp_path):
     t = cohort.table

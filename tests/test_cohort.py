@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from balnmp_cache.store import FeatureStore, load_bags
+from balnmp_cache.store import FeatureStore, StoreError, load_bags
 from balnmp_mil.data.cohort import CohortError, cohort_from_bags, load_cohort
 
 D = 6
@@ -108,5 +108,21 @@ def test_chunked_loading_equals_one_shot_and_checks_encoders(store, monkeypatch,
         for sid, enc in (("a", "resnet18"), ("b", "uni")):
             with fs.writer(sid, D, "float16", {"encoder": enc}, {}) as w:
                 w.append(np.ones((2, D), np.float16), np.zeros((2, 2), np.int64))
-    with pytest.raises(CohortError, match="mixed encoder.*allow_mixed"):
+    with pytest.raises(StoreError, match="mixed encoder.*allow_mixed"):
         load_cohort(tmp_path, pd.DataFrame({"slide_id": ["a", "b"], "label": [0, 1]}))
+
+
+def test_one_cohort_rule_is_the_stores_for_both_loaders(tmp_path, monkeypatch):
+    """`target_mpp` 0.5 and 0.50000001 are one resolution for `load_bags` and, chunked or not,
+    for `load_cohort` (the two used to apply different rules)."""
+    import balnmp_mil.data.load as cl
+
+    with FeatureStore(tmp_path, mode="a", format="h5") as fs:
+        for sid, mpp in (("a", 0.5), ("b", 0.50000001), ("c", 0.5)):
+            with fs.writer(sid, D, "float16", {"encoder": "r18", "target_mpp": mpp}, {}) as w:
+                w.append(np.ones((2, D), np.float16), np.zeros((2, 2), np.int64))
+    labels = pd.DataFrame({"slide_id": ["a", "b", "c"], "label": [0, 1, 0]})
+    assert len(load_bags(tmp_path)) == 3
+    assert len(load_cohort(tmp_path, labels, device="cpu")) == 3
+    monkeypatch.setattr(cl, "CHUNK_ELEMENTS", 2 * D)  # one slide per chunk
+    assert len(load_cohort(tmp_path, labels, device="cpu")) == 3

@@ -35,7 +35,18 @@ _EXPORTS = {
     "slide_id_from_path": "balnmp_cache.slides.ids",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BACKENDS",
+    "SLIDE_SUFFIXES",
+    "Slide",
+    "SlideError",
+    "available_backends",
+    "default_workers",
+    "load_mpp_overrides",
+    "open_slide",
+    "register_backend",
+    "slide_id_from_path",
+]
 
 
 def __getattr__(name: str) -> Any:

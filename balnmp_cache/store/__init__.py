@@ -11,7 +11,7 @@ from __future__ import annotations
 from balnmp_cache.errors import MissingSlideError, StoreError
 from balnmp_cache.store.backend import BACKENDS, StoreBackend, infer_format, register_backend
 from balnmp_cache.store.feature_store import FeatureStore
-from balnmp_cache.store.load import StoreWarning, load_bags
+from balnmp_cache.store.load import StoreWarning, check_cohort, load_bags
 from balnmp_cache.store.types import (
     COMMON_ATTRS,
     COORDS_ATTRS,
@@ -36,6 +36,7 @@ __all__ = [
     "StoreBackend",
     "StoreError",
     "StoreWarning",
+    "check_cohort",
     "infer_format",
     "load_bags",
     "register_backend",

@@ -202,6 +202,27 @@ def _compact(packed: PackedBags, keep: np.ndarray) -> PackedBags:
     )  # fmt: skip
 
 
+def check_cohort(source: Path, infos: list[SlideInfo], on_problem: str = "error",
+                 allow_mixed: bool = False) -> list[SlideInfo]:
+    """The one "one cohort" rule, on metadata only: a single feature dimension, no empty bags
+    and, unless `allow_mixed`, one encoder, weights and µm/px. Raises one `StoreError` naming
+    the slides, or with `on_problem="warn"` warns and returns the slides that pass."""
+    problems = _Problems(on_problem, source)
+    return _check_cohort(infos, problems, allow_mixed)
+
+
+def _check_cohort(infos: list[SlideInfo], problems: _Problems,
+                  allow_mixed: bool) -> list[SlideInfo]:
+    infos = _check_dims(infos, problems)
+    problems.add("empty bags (0 patches; check the tissue mask / annotations or drop them)",
+                 [i.slide_id for i in infos if i.n_patches == 0])
+    infos = [i for i in infos if i.n_patches > 0]
+    if not allow_mixed:
+        infos = _check_mixed(infos, problems)
+    problems.settle()
+    return infos
+
+
 def load_bags(
     source: str | Path | FeatureStore, slide_ids: Sequence[str] | None = None,
     on_problem: str = "error", allow_mixed: bool = False,
@@ -224,13 +245,7 @@ def _load(store: FeatureStore, slide_ids: Sequence[str] | None, on_problem: str,
     for message, slides in store.backend.problems():
         problems.add(message, slides)
     infos = _infos(store, _requested(store, slide_ids, problems), problems)
-    infos = _check_dims(infos, problems)
-    problems.add("empty bags (0 patches; check the tissue mask / annotations or drop them)",
-                 [i.slide_id for i in infos if i.n_patches == 0])
-    infos = [i for i in infos if i.n_patches > 0]
-    if not allow_mixed:
-        infos = _check_mixed(infos, problems)
-    problems.settle()
+    infos = _check_cohort(infos, problems, allow_mixed)
     if not infos:
         raise StoreError(f"{store.path}: no usable slides to load")
 

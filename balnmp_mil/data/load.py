@@ -14,12 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from balnmp_mil.errors import CohortError
-
 __all__ = ["LoadedBags", "load_chunked", "CHUNK_ELEMENTS"]
 
 CHUNK_ELEMENTS = 1 << 26  # features per load_bags call (128 MiB of float16)
-MIXED_ATTRS = ("encoder", "weights", "target_mpp")
 
 
 @dataclass
@@ -44,27 +41,11 @@ def _chunks(sizes: list[int], dim: int) -> list[tuple[int, int]]:
     return out
 
 
-def _check_consistent(first: dict, attrs: list[dict], ids: list[str], dim: int, dim0: int,
-                      allow_mixed: bool) -> None:
-
-    if dim != dim0:
-        raise CohortError(f"slides {ids[:5]} have feature dim {dim}, others {dim0}; "
-                          "use one encoder for the whole cohort")
-    if allow_mixed:
-        return
-    for key in MIXED_ATTRS:
-        odd = [s for s, a in zip(ids, attrs, strict=True)
-               if a.get(key) is not None and first.get(key) is not None
-               and str(a.get(key)) != str(first.get(key))]
-        if odd:
-            raise CohortError(f"mixed {key}: slides {odd[:10]} differ from {first.get(key)!r}; "
-                              "pass allow_mixed=True to combine them anyway")
-
-
 def load_chunked(store: Any, slide_ids: list[str], on_problem: str, allow_mixed: bool,
                  dtype: torch.dtype, device: torch.device) -> LoadedBags:
-    """Load ``slide_ids`` from ``store`` (validated by ``load_bags``) in bounded chunks."""
-    from balnmp_cache.store import StoreError, load_bags
+    """Load ``slide_ids`` from ``store`` in bounded chunks; the whole cohort is checked first
+    by the store's own rule (`check_cohort`: one dimension, encoder, weights, µm/px)."""
+    from balnmp_cache.store import StoreError, check_cohort, load_bags
 
     infos = []
     for sid in slide_ids:
@@ -74,6 +55,7 @@ def load_chunked(store: Any, slide_ids: list[str], on_problem: str, allow_mixed:
             if on_problem == "error":
                 raise
             warnings.warn(f"skipping slide {sid}: {exc}", stacklevel=3)
+    infos = check_cohort(store.path, infos, on_problem, allow_mixed) if infos else infos
     slide_ids = [i.slide_id for i in infos]
     dim = infos[0].feature_dim if infos else 0
     total = sum(i.n_patches for i in infos)
@@ -83,8 +65,6 @@ def load_chunked(store: Any, slide_ids: list[str], on_problem: str, allow_mixed:
     for a, b in _chunks([i.n_patches for i in infos], max(dim, 1)):
         part = load_bags(store, slide_ids=slide_ids[a:b], on_problem=on_problem,
                          allow_mixed=allow_mixed)
-        _check_consistent(attrs[0] if attrs else part.attrs[0], part.attrs, part.slide_ids,
-                          part.features.shape[1], dim, allow_mixed)
         n = part.features.shape[0]
         out[pos : pos + n].copy_(torch.from_numpy(part.features))  # converts without a temp
         coords.append(part.coords)

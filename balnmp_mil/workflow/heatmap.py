@@ -91,7 +91,9 @@ def heatmap_run(run_path: str | Path, slide: str | Path, out: str | Path,
     attrs = packed.attrs[0] if packed.attrs else {}
     size0 = float(attrs.get("patch_size_level0") or attrs.get("patch_size") or 256)
 
-    from balnmp_cache.slides.registry import open_slide  # lazy: the one slide reader use in balnmp_mil
+    from balnmp_cache.slides.registry import (
+        open_slide,  # lazy: the one slide reader use in balnmp_mil
+    )
 
     top = np.argsort(-att, kind="mergesort")[: int(min(top_k, att.size))]
     with open_slide(slide, backend=backend, mpp=mpp) as reader:
