@@ -28,6 +28,7 @@ test-faults: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check balnmp_cache balnmp_mil tests examples benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy balnmp_cache balnmp_mil
 
 # The whole pipeline on a generated cohort: slides -> features -> MIL -> metrics.
 demo: $(STAMP)
