@@ -8,7 +8,7 @@ DEMO   ?= demo
 DEMO_PATIENTS ?= 100
 DEMO_SEED     ?= 0
 
-.PHONY: venv demo test test-faults lint bench clean-demo
+.PHONY: venv demo test test-faults test-slurm lint bench clean-demo
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,20 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not faults_slow"
+	$(BIN)/python -m pytest -q -m "not faults_slow and not slurm"
 
 # The slower half of the fault suite: repeated fresh runs (races), signals, disk full.
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -q -m faults_slow
+
+# The SLURM example on a real single-node scheduler (installs slurm-wlm + munge as root).
+test-slurm: $(STAMP)
+	@command -v slurmctld >/dev/null 2>&1 || test -x /usr/sbin/slurmctld || \
+	    { test "$$(id -u)" = 0 && command -v apt-get >/dev/null 2>&1 && \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      slurm-wlm munge >/dev/null; } || \
+	    echo "slurm-wlm/munge cannot be installed here; the SLURM test will say why it skips"
+	$(BIN)/python -m pytest -q -rs -m slurm
 
 lint: $(STAMP)
 	$(BIN)/ruff check balnmp_cache balnmp_mil tests examples benchmarks

@@ -31,7 +31,7 @@ ALLOWED: dict[str, str] = {
     r"python -m venv": "creates the environment the tests already run in",
     r"(\.venv/bin/)?pip install": "installs from a package index (network)",
     # Cluster / multi-GPU commands.
-    r"sbatch ": "needs a SLURM cluster",
+    r"sbatch ": "needs a SLURM cluster (tests/test_slurm.py runs it on one: make test-slurm)",
     r"srun ": "needs a SLURM cluster",
     r"extract-features .*--devices": "one worker per GPU: needs several GPUs",
 }
