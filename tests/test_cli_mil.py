@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _run_helpers import DIM, fast_args, make_tiny_cohort, write_store
 from click.testing import CliRunner
 
 from balnmp_mil.cli.group import main
 from balnmp_mil.workflow import rundir
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _run_helpers import DIM, fast_args, make_tiny_cohort, write_store  # noqa: E402
 
 RUN_FILES = {"config.yaml", "model.pt", "model.json", "splits.json", "predictions.csv",
              "metrics.json", "report.md", "roc.png", "history.csv"}
@@ -393,9 +391,8 @@ def test_cli_imports_no_slide_reader():
 
 
 def test_docs_cli_md_is_up_to_date():
-    root = Path(__file__).parents[1]
-    sys.path.insert(0, str(root / "docs"))
-    from gen_cli_docs import render
+    from _docs_helpers import ROOT, import_script
 
-    assert (root / "docs" / "cli.md").read_text() == render(), (
+    render = import_script(ROOT / "docs" / "gen_cli_docs.py").render
+    assert (ROOT / "docs" / "cli.md").read_text() == render(), (
         "docs/cli.md is stale: run `python docs/gen_cli_docs.py`")
