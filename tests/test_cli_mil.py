@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _run_helpers import DIM, fast_args, make_tiny_cohort, write_store
+from _data import DIM, fast_args, make_tiny_cohort, write_store
 from click.testing import CliRunner
 
 from balnmp_mil.cli.group import main
@@ -208,8 +208,8 @@ def test_heatmap_draws_attention_on_the_slide(run, tmp_path):
 
     out, _ = run
     rng = np.random.default_rng(0)
-    store = write_store(tmp_path / "store", {"hm": rng.normal(size=(20, DIM))},
-                        patch_size_level0=64)
+    store = tmp_path / "store"
+    write_store(store, {"hm": rng.normal(size=(20, DIM))}, dtype="float32", grid=64)
     image = np.full((512, 512, 3), 235, np.uint8)
     image[64:448, 64:448] = (200, 120, 170)
     slide = write_pyramidal_tiff(tmp_path / "hm.tiff", image, mpp=0.5, levels=2, tile=256)
@@ -237,8 +237,9 @@ def test_heatmap_finds_the_bag_extraction_stored(run, tmp_path, suffix):
     from balnmp_cache.slides.ids import slide_id_from_path
 
     out, _ = run
-    store = write_store(tmp_path / "store", {"x": np.random.default_rng(1).normal(size=(6, DIM))},
-                        patch_size_level0=64)
+    store = tmp_path / "store"
+    write_store(store, {"x": np.random.default_rng(1).normal(size=(6, DIM))}, dtype="float32",
+                grid=64)
     image = np.full((256, 256, 3), 200, np.uint8)
     slide = tmp_path / f"x{suffix}"
     if suffix == ".bmp":

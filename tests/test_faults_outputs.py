@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from _run_helpers import fast_args, make_tiny_cohort
+from _data import fast_args, make_tiny_cohort
 from click.testing import CliRunner
 
 from balnmp_mil.cli.group import main as mil_main

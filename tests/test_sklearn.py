@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _mil_helpers import planted_bags
+from _data import planted_bags
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _store_helpers import write_store
+from _data import write_store
 
 from balnmp_cache.store import FeatureStore, StoreError, load_bags
 from balnmp_cache.store.load import StoreWarning

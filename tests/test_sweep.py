@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from _mil_helpers import planted_cohort
+from _data import planted_cohort
 
 from balnmp_mil.training.fit import predict
 from balnmp_mil.training.sweep import sweep
