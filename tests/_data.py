@@ -1,6 +1,7 @@
 """Test data the tests make themselves: feature stores, bags with a planted signal, BCNB tables.
 
-The one home of random test data (fixtures built on it live in `conftest.py`):
+The one home of random test data (fixtures shared by several test modules live in
+`conftest.py`):
 
 - `write_store`: a feature store written with `FeatureStore`'s own writer, random bags or
   given features, random or grid coordinates;
