@@ -1,4 +1,5 @@
-"""Shared pytest configuration: CPU-only by default, GPU tests skipped without CUDA."""
+"""Shared pytest configuration and fixtures: CPU-only by default, GPU tests skipped without
+CUDA, the docs tests' demo tree built once per session."""
 
 from __future__ import annotations
 
