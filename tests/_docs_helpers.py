@@ -1,4 +1,4 @@
-"""Shared fixtures for the docs / examples / BCNB-recipe tests (helper DOCS).
+"""Shared helpers for the docs / examples / BCNB-recipe tests (helper DOCS).
 
 One session-scoped tiny demo (10 patients, small slides, ResNet-18 features with random weights
 at a 32 px encoder input) laid out like `make demo`'s `demo/`: `demo/cohort/...`,
@@ -9,6 +9,7 @@ at a 32 px encoder input) laid out like `make demo`'s `demo/`: `demo/cohort/...`
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import runpy
@@ -20,8 +21,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_PATIENTS = 10  # seed 0: 6 N0, 2 N+(1-2), 2 N+(>2): every task has both classes
@@ -30,13 +30,13 @@ KNOWN_PROGRAMS = ("balnmp-mil", "extract-features", "python", "python3", "make",
                   ".venv/bin/", "sbatch", "srun")
 
 
-@pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`<tmp>/demo` with `cohort/` (slides, annotations, clinical.csv) and `features/`."""
+def make_tiny_demo(root: Path) -> Path:
+    """`root/demo` with `cohort/` (slides, annotations, clinical.csv) and `features/` (the
+    session fixture `tiny_demo` in conftest.py)."""
     from balnmp_cache import extract_features
     from balnmp_cache.synthetic import make_demo_cohort
 
-    demo = tmp_path_factory.mktemp("docs") / "demo"
+    demo = root / "demo"
     cohort = make_demo_cohort(demo / "cohort", n_patients=DEMO_PATIENTS, seed=0, width=1024,
                               height=512, tumour_patches=(4, 6))
     # The settings of `make demo` (resnet18, random weights, 0.5 µm/px, 224 px patches), with a
@@ -46,6 +46,16 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                annotations=cohort.annotations_dir, device="cpu", progress=False)
     assert summary.n_failed == 0, summary.format()
     return demo
+
+
+def import_script(path: Path) -> ModuleType:
+    """Import a script of examples/ or docs/ by its path, as the module named by its file."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def workdir_with_demo(demo: Path, workdir: Path) -> Path:

@@ -1,7 +1,9 @@
 """Small TIFF writers for the slide tests: every structure the readers must handle.
 
 `write_tiff` writes Aperio-style or generic pyramids with any tifffile option (odd codecs,
-predictors, strips, alpha, grey), so the tests can reach cuCIM's crash cases.
+predictors, strips, alpha, grey), so the tests can reach cuCIM's crash cases. Backend tests
+parametrise over `SLIDE_BACKENDS` (the registry) and call `require_backend`, so a newly
+registered reader is tested on every file it says it can serve, without editing a list.
 """
 
 from __future__ import annotations
@@ -13,9 +15,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import tifffile
 
-__all__ = ["downsample", "pattern", "run_isolated", "write_tiff"]
+from balnmp_cache.slides import SlideError, available_backends
+from balnmp_cache.slides.registry import BACKENDS
+from balnmp_cache.slides.tiffprobe import probe_source
+
+__all__ = ["SLIDE_BACKENDS", "downsample", "pattern", "require_backend", "run_isolated",
+           "write_tiff"]
+
+SLIDE_BACKENDS = available_backends()
+
+
+def require_backend(path: Path, backend: str) -> None:
+    """Skip the test when `backend` says it cannot serve `path` (a folder reader given a TIFF,
+    cuCIM not installed); `auto` always applies."""
+    if backend == "auto":
+        return
+    reason = BACKENDS.get(backend).can_open(probe_source(Path(path), SlideError))
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} cannot serve {Path(path).name}: {reason}")
 
 
 def downsample(image: np.ndarray, factor: int) -> np.ndarray:

@@ -1,16 +1,19 @@
 """Test helpers for tissue/annotations/tiling/QC: slides with known tissue geometry.
 
-``FakeSlide`` implements the Slide interface of balnmp_cache.slides.base over an in-memory image
-(levels are block means), so the grid logic is tested without any reader backend.
+`FakeSlide` subclasses `balnmp_cache.slides.base.Slide` over an in-memory image (levels are
+block means), so the grid logic is tested without any reader backend.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from balnmp_cache.slides.base import Slide
+from balnmp_cache.slides.tiffprobe import SourceInfo
 
 GLASS = np.array([238, 236, 240], np.float32)
 EOSIN = np.array([225, 140, 185], np.float32)
@@ -30,72 +33,51 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return view.mean(axis=(1, 3)).round().astype(np.uint8)
 
 
-@dataclass
-class FakeSlide:
-    """In-memory slide: level i is the image block-averaged by 2**i."""
+class FakeSlide(Slide):
+    """In-memory slide: level i is the image block-averaged by 2**i.
 
-    image: np.ndarray
-    mpp: float | None = 0.5
-    levels: int = 3
-    slide_id: str = "fake"
-    path: Path = Path("fake.tif")
-    backend: str = "fake"
-    fixed_coords: np.ndarray | None = None
-    fixed_patch_size: int | None = None
-    properties: dict = field(default_factory=dict)
+    A real `Slide` subclass: bounds checks, white padding, batched reads, thumbnails and the
+    lifetime are the base class's, only `_read_level` is its own. `open` serves a saved `.npy`
+    image, so it also stands for a newly registered backend.
+    """
 
-    def __post_init__(self) -> None:
-        self._levels = [self.image]
-        for i in range(1, self.levels):
-            self._levels.append(block_mean(self.image, 2**i))
+    backend = "fake"
+    auto = False  # never chosen by `open_slide(backend="auto")`
 
-    @property
-    def dimensions(self) -> tuple[int, int]:
-        return self.image.shape[1], self.image.shape[0]
+    def __init__(
+        self,
+        image: np.ndarray,
+        mpp: float | None = 0.5,
+        levels: int = 3,
+        slide_id: str = "fake",
+        fixed_coords: np.ndarray | None = None,
+        fixed_patch_size: int | None = None,
+        path: Path | None = None,
+    ) -> None:
+        self.image = image
+        self._levels = [image] + [block_mean(image, 2**i) for i in range(1, levels)]
+        super().__init__(
+            path or Path(f"{slide_id}.tif"),
+            tuple((lv.shape[1], lv.shape[0]) for lv in self._levels),
+            tuple(image.shape[1] / lv.shape[1] for lv in self._levels),
+            {},
+            mpp,
+        )
+        self.fixed_coords = fixed_coords
+        self.fixed_patch_size = fixed_patch_size
 
-    @property
-    def level_count(self) -> int:
-        return len(self._levels)
+    @classmethod
+    def can_open(cls, info: SourceInfo) -> str | None:
+        if info.is_dir or info.path.suffix != ".npy":
+            return "not a .npy image"
+        return None
 
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return tuple((lv.shape[1], lv.shape[0]) for lv in self._levels)
+    @classmethod
+    def open(cls, info: SourceInfo, mpp: float | None) -> FakeSlide:
+        return cls(np.load(info.path), mpp=mpp, path=info.path)
 
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return tuple(self.image.shape[1] / lv.shape[1] for lv in self._levels)
-
-    def level_mpp(self, level: int) -> float | None:
-        return self.mpp * self.level_downsamples[level] if self.mpp else None
-
-    def read_region(self, location, level, size) -> np.ndarray:
-        lv = self._levels[level]
-        ds = self.level_downsamples[level]
-        x, y = int(location[0] // ds), int(location[1] // ds)
-        w, h = size
-        out = np.full((h, w, 3), 255, np.uint8)
-        x0, y0 = max(x, 0), max(y, 0)
-        x1, y1 = min(x + w, lv.shape[1]), min(y + h, lv.shape[0])
-        if x1 > x0 and y1 > y0:
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = lv[y0:y1, x0:x1]
-        return out
-
-    def read_regions(self, locations, level, size, batch_size=64, num_workers=None):
-        locs = np.asarray(locations).reshape(-1, 2)
-        for s in range(0, len(locs), batch_size):
-            yield np.stack([self.read_region(p, level, size) for p in locs[s : s + batch_size]])
-
-    def thumbnail(self, max_size: int) -> np.ndarray:
-        w, h = self.dimensions
-        scale = max_size / max(w, h)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        return np.asarray(Image.fromarray(self.image).resize(size, Image.BOX))
-
-    def get_best_level_for_downsample(self, ds: float) -> int:
-        return max(i for i, d in enumerate(self.level_downsamples) if d <= ds or i == 0)
-
-    def close(self) -> None:
-        pass
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return self._levels[level][y : y + h, x : x + w]
 
 
 def _capsule(h: int, w: int, p0, p1, radius: float) -> np.ndarray:

@@ -12,19 +12,16 @@ import contextlib
 import io
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _docs_helpers import ROOT, doc_commands, run_command
+from _docs_helpers import ROOT, doc_commands, import_script, run_command
 
 BCNB = ROOT / "examples" / "bcnb"
-sys.path.insert(0, str(BCNB))
-
-import check_data  # noqa: E402
-import run_recipe  # noqa: E402
-import table2  # noqa: E402
+check_data = import_script(BCNB / "check_data.py")
+table2 = import_script(BCNB / "table2.py")
+run_recipe = import_script(BCNB / "run_recipe.py")  # imports the two above by name
 
 SMALL = ["--encoder", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "1",
          "--device", "cpu", "--n-bootstrap", "20", "--batch-size", "64"]

@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _data import DIM, fast_args, make_tiny_cohort, write_store
 from click.testing import CliRunner
 
 from balnmp_mil.cli.group import main
 from balnmp_mil.workflow import rundir
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _run_helpers import DIM, fast_args, make_tiny_cohort, write_store  # noqa: E402
 
 RUN_FILES = {"config.yaml", "model.pt", "model.json", "splits.json", "predictions.csv",
              "metrics.json", "report.md", "roc.png", "history.csv"}
@@ -210,8 +208,8 @@ def test_heatmap_draws_attention_on_the_slide(run, tmp_path):
 
     out, _ = run
     rng = np.random.default_rng(0)
-    store = write_store(tmp_path / "store", {"hm": rng.normal(size=(20, DIM))},
-                        patch_size_level0=64)
+    store = tmp_path / "store"
+    write_store(store, {"hm": rng.normal(size=(20, DIM))}, dtype="float32", grid=64)
     image = np.full((512, 512, 3), 235, np.uint8)
     image[64:448, 64:448] = (200, 120, 170)
     slide = write_pyramidal_tiff(tmp_path / "hm.tiff", image, mpp=0.5, levels=2, tile=256)
@@ -239,8 +237,9 @@ def test_heatmap_finds_the_bag_extraction_stored(run, tmp_path, suffix):
     from balnmp_cache.slides.ids import slide_id_from_path
 
     out, _ = run
-    store = write_store(tmp_path / "store", {"x": np.random.default_rng(1).normal(size=(6, DIM))},
-                        patch_size_level0=64)
+    store = tmp_path / "store"
+    write_store(store, {"x": np.random.default_rng(1).normal(size=(6, DIM))}, dtype="float32",
+                grid=64)
     image = np.full((256, 256, 3), 200, np.uint8)
     slide = tmp_path / f"x{suffix}"
     if suffix == ".bmp":
@@ -393,9 +392,8 @@ def test_cli_imports_no_slide_reader():
 
 
 def test_docs_cli_md_is_up_to_date():
-    root = Path(__file__).parents[1]
-    sys.path.insert(0, str(root / "docs"))
-    from gen_cli_docs import render
+    from _docs_helpers import ROOT, import_script
 
-    assert (root / "docs" / "cli.md").read_text() == render(), (
+    render = import_script(ROOT / "docs" / "gen_cli_docs.py").render
+    assert (ROOT / "docs" / "cli.md").read_text() == render(), (
         "docs/cli.md is stale: run `python docs/gen_cli_docs.py`")

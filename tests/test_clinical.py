@@ -5,30 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
+from _data import bcnb_table as bcnb
 
 from balnmp_mil.data.clinical import ClinicalEncoder, ClinicalError
 from balnmp_mil.training.baseline import fit_clinical_baseline
-
-
-def bcnb(n=8, seed=0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "Patient ID": np.arange(1, n + 1),
-        "Age(years)": rng.integers(30, 80, n),
-        "Tumour Size(cm)": np.round(rng.uniform(0.5, 5, n), 1),
-        "Tumour Type": ["Invasive ductal carcinoma", "Invasive lobular carcinoma"] * (n // 2),
-        "ER": ["Positive", "Negative"] * (n // 2),
-        "PR": ["Negative", "Positive", "Positive", "Negative"] * (n // 4),
-        "HER2": ["Negative"] * (n - 1) + ["Positive"],
-        "HER2 Expression": ["0", "1+", "2+", "3+"] * (n // 4),
-        "Histological grading": [1, 2, 3, 2] * (n // 4),
-        "Surgical": ["Breast-conserving surgery", "Modified radical mastectomy"] * (n // 2),
-        "Ki67": [f"{v}%" for v in rng.integers(5, 60, n)],
-        "Molecular subtype": ["Luminal A", "Luminal B", "HER2(+)", "Triple negative"] * (n // 4),
-        "ALN status": ["N0", "N+(1-2)"] * (n // 2),
-    })
 
 
 def test_full_variant_features_and_train_only_statistics():

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _data import bcnb_table
 
 from balnmp_cache.store import FeatureStore, StoreError, load_bags
 from balnmp_mil.data.cohort import CohortError, cohort_from_bags, load_cohort
@@ -31,22 +32,15 @@ def store(tmp_path_factory):
     return path
 
 
-def bcnb_labels() -> pd.DataFrame:
-    return pd.DataFrame({
-        "Patient ID": [1, 2, 3, 4],
-        "ALN status": ["N0", "N+(>2)", "N+(1-2)", "N0"],
-        "Age(years)": [40, 50, 60, 70],
-    })
-
-
 def test_bcnb_task_packs_patient_bags(store):
-    c = load_cohort(store, bcnb_labels(), task="n12_vs_n3", clinical=True)
+    table = bcnb_table(["N0", "N+(>2)", "N+(1-2)", "N0"])
+    c = load_cohort(store, table, task="n12_vs_n3", clinical=True)
     assert c.patient_ids == ["2", "3"] and c.labels.tolist() == [1, 0]
     assert c.meta["n_dropped"] == 2 and c.meta["dropped"] == ["1", "4"]
     assert c.meta["encoder"] == "resnet18"
     assert c.offsets.tolist() == [0, 5, 7] and c.features.dtype == torch.float32
     np.testing.assert_array_equal(c.features[:5].numpy(), slide_features("2").astype(np.float32))
-    assert c.clinical_table["Age(years)"].tolist() == [50, 60]
+    assert c.clinical_table["Age(years)"].tolist() == table["Age(years)"][1:3].tolist()
     assert c.coords.shape == (7, 2) and len(c) == 2 and c.feature_dim == D
 
 

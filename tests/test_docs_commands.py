@@ -16,9 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
-from _docs_helpers import ROOT, doc_commands, run_command, tiny_demo, workdir_with_demo
-
-__all__ = ["tiny_demo"]  # the session fixture, re-exported for pytest
+from _docs_helpers import ROOT, doc_commands, run_command, workdir_with_demo
 
 # Commands that are documented but not run here: regex (matched at the start) -> why.
 ALLOWED: dict[str, str] = {

@@ -7,17 +7,14 @@ the command-line fix, no traceback, and every byte already written still there.
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import pytest
+from _data import fast_args, make_tiny_cohort
 from click.testing import CliRunner
 
 from balnmp_mil.cli.group import main as mil_main
 from balnmp_mil.workflow import rundir
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _run_helpers import fast_args, make_tiny_cohort  # noqa: E402
 
 
 def digest(root: Path) -> dict[str, str]:

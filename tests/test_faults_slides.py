@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _extract_helpers import fast_cli_args, tiny_cohort
+from _slide_helpers import pattern, run_isolated, write_tiff
 from PIL import Image
 
 from balnmp_cache.slides import cucim as slide_cucim
 from balnmp_cache.slides import open_slide
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _extract_helpers import fast_cli_args, tiny_cohort  # noqa: E402
-from _slide_helpers import pattern, run_isolated, write_tiff  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

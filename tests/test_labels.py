@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from _data import bcnb_table
 
 from balnmp_mil.data.labels import TASKS, LabelError, find_column, read_table, resolve_labels
 
@@ -11,7 +12,7 @@ STATUSES = ["N0", "N+(1-2)", "N+(>2)", "N0", "N+ (1-2)", "n0"]
 
 
 def bcnb() -> pd.DataFrame:
-    return pd.DataFrame({"Patient ID": [1, 2, 3, 4, 5, 6], "ALN status": STATUSES, "Age(years)": 50})
+    return bcnb_table(STATUSES)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import tracemalloc
 import h5py
 import numpy as np
 import pytest
-from _store_helpers import write_store
+from _data import write_store
 from click.testing import CliRunner
 
 from balnmp_cache.store import FeatureStore, StoreError, load_bags

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from _slide_helpers import pattern, write_tiff
+from _slide_helpers import SLIDE_BACKENDS, pattern, require_backend, write_tiff
 
 from balnmp_cache.slides import SlideError, open_slide, slide_id_from_path
 
@@ -21,8 +21,9 @@ def svs(tmp_path_factory: pytest.TempPathFactory, image: np.ndarray):
     return write_tiff(path, image, "lzw", levels=3, svs=True, mpp=0.25)
 
 
-@pytest.mark.parametrize("backend", ["auto", "cucim", "openslide", "image"])
+@pytest.mark.parametrize("backend", ["auto", *SLIDE_BACKENDS])
 def test_svs_geometry_and_pixels(svs, image, backend):
+    require_backend(svs, backend)
     with open_slide(svs, backend=backend) as slide:
         assert slide.backend == ("cucim" if backend == "auto" else backend)
         assert slide.slide_id == "case 1"
@@ -38,8 +39,9 @@ def test_svs_geometry_and_pixels(svs, image, backend):
         np.testing.assert_array_equal(region, image[7:37, 13:53])
 
 
-@pytest.mark.parametrize("backend", ["cucim", "openslide", "image"])
+@pytest.mark.parametrize("backend", SLIDE_BACKENDS)
 def test_outside_is_white(svs, image, backend):
+    require_backend(svs, backend)
     with open_slide(svs, backend=backend) as slide:
         region = slide.read_region((-10, -5), 0, (30, 20))
         assert (region[:5] == 255).all() and (region[:, :10] == 255).all()
@@ -49,8 +51,9 @@ def test_outside_is_white(svs, image, backend):
         assert (slide.read_region((5000, 5000), 0, (8, 8)) == 255).all()
 
 
-@pytest.mark.parametrize("backend", ["cucim", "openslide", "image"])
+@pytest.mark.parametrize("backend", SLIDE_BACKENDS)
 def test_read_regions_matches_read_region(svs, backend):
+    require_backend(svs, backend)
     rng = np.random.default_rng(1)
     locs = np.concatenate([rng.integers(0, 380, (37, 1)), rng.integers(0, 250, (37, 1))], 1)
     locs[0] = (-20, -20)  # partly outside: white padding in batches too
@@ -65,8 +68,9 @@ def test_read_regions_matches_read_region(svs, backend):
         assert list(slide.read_regions(np.zeros((0, 2)), 0, (8, 8))) == []
 
 
-@pytest.mark.parametrize("backend", ["cucim", "openslide", "image"])
+@pytest.mark.parametrize("backend", SLIDE_BACKENDS)
 def test_kept_batches_own_their_pixels(svs, backend):
+    require_backend(svs, backend)
     # All locations inside the slide: cuCIM streams them through one iterator whose buffers
     # are recycled; batches kept by the caller (list, queues) must not change afterwards.
     rng = np.random.default_rng(2)
@@ -75,6 +79,28 @@ def test_kept_batches_own_their_pixels(svs, backend):
         batches = list(slide.read_regions(locs, 0, (32, 24), batch_size=4, num_workers=2))
         want = np.stack([slide.read_region(tuple(loc), 0, (32, 24)) for loc in locs])
     np.testing.assert_array_equal(np.concatenate(batches), want)
+
+
+def test_a_registered_backend_is_served_by_name_and_kept_out_of_auto(tmp_path, image, svs,
+                                                                     monkeypatch):
+    """A new reader is one `register_backend` call of a `Slide` subclass; its own `auto`
+    says whether `open_slide(backend="auto")` may choose it."""
+    from _tile_helpers import FakeSlide
+
+    from balnmp_cache.slides import register_backend
+    from balnmp_cache.slides.registry import BACKENDS
+
+    monkeypatch.setattr(BACKENDS, "_entries", dict(BACKENDS._entries))  # undone afterwards
+    register_backend("fake", FakeSlide)
+    np.save(tmp_path / "x.npy", image)
+    with open_slide(tmp_path / "x.npy", backend="fake", mpp=0.5) as slide:
+        assert type(slide) is FakeSlide and slide.backend == "fake" and slide.mpp == 0.5
+        np.testing.assert_array_equal(slide.read_region((13, 7), 0, (40, 30)), image[7:37, 13:53])
+    with pytest.raises(SlideError, match="no backend can read") as info:
+        open_slide(tmp_path / "x.npy")
+    assert "fake" not in str(info.value)
+    with pytest.raises(SlideError, match="'fake' cannot serve this file: not a .npy image"):
+        open_slide(svs, backend="fake")
 
 
 def test_thumbnail_and_best_level(svs):
@@ -153,7 +179,7 @@ def test_truncated_file(tmp_path, image):
     whole = write_tiff(tmp_path / "whole.svs", image, "none", svs=True)
     cut = tmp_path / "cut.svs"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    for backend in ("auto", "cucim", "openslide"):
+    for backend in ("auto", *SLIDE_BACKENDS):  # the probe refuses it before any reader
         with pytest.raises(SlideError, match="truncated"):
             open_slide(cut, backend=backend)
 
@@ -206,12 +232,13 @@ def test_big_jpeg_beyond_pillow_limit(tmp_path, image, monkeypatch):
         open_slide(path)
 
 
-@pytest.mark.parametrize("backend", ["openslide", "image"])
+@pytest.mark.parametrize("backend", SLIDE_BACKENDS)
 def test_banded_thumbnail_of_a_big_level(tmp_path, image, backend, monkeypatch):
     """Single-level scans too big to read at once are reduced band by band."""
     from balnmp_cache.slides import base as slide_module
 
     path = write_tiff(tmp_path / "flat.tif", image, "lzw", levels=1, tile=64)
+    require_backend(path, backend)
     monkeypatch.setattr(slide_module, "THUMBNAIL_BAND_PIXELS", 384 * 40)
     with open_slide(path, backend=backend) as slide:
         thumb = slide.thumbnail(96)  # factor 4 -> bands of 40 rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _slide_helpers import pattern, write_tiff
+from _slide_helpers import SLIDE_BACKENDS, pattern, require_backend, write_tiff
 from PIL import Image
 
 from balnmp_cache.slides import open_slide
@@ -22,25 +22,28 @@ def image() -> np.ndarray:
     return pattern(64, 96, seed=9)
 
 
-@pytest.mark.parametrize("backend", ["cucim", "openslide", "image"])
+@pytest.mark.parametrize("backend", SLIDE_BACKENDS)
 def test_aperio_mpp_not_readers_placeholder(tmp_path, image, backend):
     """cuCIM reports spacing 1.0 for this file; the Aperio MPP field wins."""
     path = write_tiff(tmp_path / "a.svs", image, "jpeg", svs=True, mpp=0.2527, levels=2)
+    require_backend(path, backend)
     with open_slide(path, backend=backend) as slide:
         assert slide.mpp == pytest.approx(0.2527)
         assert slide.level_mpp(1) == pytest.approx(0.5054)
 
 
-@pytest.mark.parametrize("backend", ["cucim", "openslide", "image"])
+@pytest.mark.parametrize("backend", SLIDE_BACKENDS)
 def test_tiff_resolution_tags(tmp_path, image, backend):
     path = write_tiff(tmp_path / "r.tif", image, "lzw", mpp=0.46, levels=2)
+    require_backend(path, backend)
     with open_slide(path, backend=backend) as slide:
         assert slide.mpp == pytest.approx(0.46)
 
 
-@pytest.mark.parametrize("backend", ["cucim", "openslide", "image"])
+@pytest.mark.parametrize("backend", SLIDE_BACKENDS)
 def test_unknown_resolution_is_none(tmp_path, image, backend):
     path = write_tiff(tmp_path / "n.tif", image, "lzw", mpp=None, levels=2)
+    require_backend(path, backend)
     with open_slide(path, backend=backend) as slide:
         assert slide.mpp is None and slide.level_mpp(1) is None
 

@@ -7,7 +7,8 @@ import os
 import h5py
 import numpy as np
 import pytest
-from _store_helpers import ATTRS, COORDS_ATTRS, write_store
+from _data import COORDS_ATTRS, write_store
+from _data import STORE_ATTRS as ATTRS
 
 from balnmp_cache.store import KNOWN_ATTRS, FeatureStore, StoreError
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _store_helpers import write_store
+from _data import write_store
 
-from balnmp_cache.store import FeatureStore, StoreError, load_bags
+from balnmp_cache.store import BACKENDS, FeatureStore, StoreError, load_bags
 from balnmp_cache.store.load import StoreWarning
+
+# Every registered format, by what its class says it can do (a new one is tested unedited).
+WRITABLE = [name for name, cls in BACKENDS.items() if cls.writable]
+READ_ONLY = [name for name, cls in BACKENDS.items() if not cls.writable]
 
 
 def _poke(path, sid, feats):
@@ -30,6 +34,30 @@ def test_packs_bags_in_order_with_offsets(tmp_path):
         np.testing.assert_array_equal(bag.coords, written[sid][1])
         assert bag.attrs["encoder"] == "resnet50" and bag.coords_attrs["patch_size"] == 224
     assert len(packed) == 3 and packed.feature_dim == 8 and packed.problems == []
+
+
+@pytest.mark.parametrize("fmt", WRITABLE)
+def test_every_writable_format_round_trips_through_load_bags(tmp_path, fmt):
+    """What a writable format's writer took, its reader and `load_bags` give back."""
+    written = write_store(tmp_path / "f", {"b": 9, "a": 1, "e": 0}, dim=6, format=fmt)
+    store = FeatureStore(tmp_path / "f", format=fmt)
+    assert store.slide_ids == ["a", "b", "e"]
+    for sid, (feats, coords) in written.items():
+        bag = store[sid]
+        assert bag.features.dtype == feats.dtype and bag.features.shape == (len(feats), 6)
+        np.testing.assert_array_equal(bag.features, feats)
+        np.testing.assert_array_equal(bag.coords, coords)
+        assert bag.attrs["slide_id"] == sid and bag.attrs["encoder"] == "resnet50"
+    packed = load_bags(store, slide_ids=["b", "a"])
+    np.testing.assert_array_equal(packed.offsets, [0, 9, 10])
+    np.testing.assert_array_equal(packed.features, np.concatenate([written["b"][0],
+                                                                   written["a"][0]]))
+
+
+@pytest.mark.parametrize("fmt", READ_ONLY)
+def test_read_only_formats_refuse_to_write(tmp_path, fmt):
+    with pytest.raises(StoreError, match=f"the '{fmt}' format is read-only"):
+        FeatureStore(tmp_path / "f", mode="a", format=fmt)
 
 
 def test_subset_keeps_requested_order(tmp_path):

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from _store_helpers import ATTRS, COORDS_ATTRS, write_store
+from _data import COORDS_ATTRS, write_store
+from _data import STORE_ATTRS as ATTRS
 
 from balnmp_cache.store import FeatureStore, StoreError, load_bags
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _mil_helpers import planted_bags, planted_cohort
+from _data import planted_bags, planted_cohort
 
 from balnmp_mil.data.cohort import Cohort, cohort_from_bags
 from balnmp_mil.models import build_model
