@@ -6,8 +6,8 @@ docs/architecture.md): `slides`, `tiling`, `encoders` -> `store` -> `extract` ->
 `synthetic` apart.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: it would bind a package attribute named
+# `annotations` that shadows the old `balnmp_cache.annotations` module path.
 import importlib
 from typing import Any
 

@@ -81,10 +81,13 @@ class _AliasLoader(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         warnings.warn(f"{spec.name} moved to {self.target}; import it from there",
                       DeprecationWarning, stacklevel=2)
-        return importlib.import_module(self.target)
+        module = importlib.import_module(self.target)
+        self._spec = module.__spec__  # the import system overwrites it with the alias's
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """The target module is already executed."""
+        """The target module is already executed: only give it back its own spec."""
+        module.__spec__ = self._spec
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):

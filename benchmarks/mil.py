@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from balnmp_mil.data.cohort import Cohort, load_cohort
 from balnmp_mil.models import build_model
-from balnmp_mil.training.sweep import sweep
 from balnmp_mil.training.fit import (
     FitConfig,
     auc_score,
@@ -41,14 +40,15 @@ from balnmp_mil.training.fit import (
     make_optimizer,
     predict,
 )
+from balnmp_mil.training.sweep import sweep
 
 N_BAGS, N_INSTANCES = 1058, 170_000
 
 
 def make_store(out: Path, scale: float, dim: int, seed: int) -> tuple[Path, pd.DataFrame]:
     """Per-slide HDF5 store + pack of a synthetic cohort; returns (pack path, labels)."""
-    from balnmp_cache.store.pack import pack_store
     from balnmp_cache.store import FeatureStore
+    from balnmp_cache.store.pack import pack_store
 
     rng = np.random.default_rng(seed)
     n_bags = max(20, round(N_BAGS * scale))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from balnmp_cache.store.pack import pack_store
 from balnmp_cache.store import FeatureStore, load_bags
+from balnmp_cache.store.pack import pack_store
 
 SLIDES, PATCHES, DIM = 1058, 170_000, 1024
 

@@ -57,8 +57,6 @@ def test_old_import_path_is_the_new_module(old: str, new: str, monkeypatch) -> N
     assert module is target
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the import machinery sets the new "
-                   "module's __spec__ to the alias's after `_AliasLoader.create_module`")
 def test_old_import_leaves_the_new_modules_spec(monkeypatch) -> None:
     import balnmp_mil.evaluation.metrics as metrics
 
@@ -84,11 +82,7 @@ for old, new in ALIASES.items():
     seen[old] = [module is importlib.import_module(new), warned]
 print(json.dumps(seen))
 """
-FROM_IMPORT_BUGS = {
-    "balnmp_cache.annotations": "balnmp_cache/__init__.py's `from __future__ import "
-    "annotations` leaves a package attribute `annotations`, which `from balnmp_cache import "
-    "annotations` returns without reaching the alias",
-}
+FROM_IMPORT_BUGS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
