@@ -1,77 +1,58 @@
-"""Training and prediction on a packed cohort: many bags per optimiser step, no padding.
+"""Training on a packed cohort: many bags per optimiser step, no padding, early stopping.
 
 Randomness is owned here: the model's dropout draws from a forked, seeded global stream and
-shuffling/subsampling from a seeded ``torch.Generator``, so CPU reruns are bit-identical and the
-caller's RNG state is left untouched.
+shuffling/subsampling from a seeded `torch.Generator`, so CPU reruns are bit-identical and the
+caller's RNG state is left untouched. The options are `FitConfig`'s fields.
 """
 
 from __future__ import annotations
 
-import math
+import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from balnmp_mil.data.cohort import Cohort
+from balnmp_mil.errors import InputError
 from balnmp_mil.models import MILModel, MILOutput
-from balnmp_mil.segment import gather_ranges, segment_rank
+from balnmp_mil.training.config import FitConfig
+from balnmp_mil.training.inference import (
+    auc_score,
+    autocast,
+    bag_logits,
+    merge_bags,
+    merge_patients,
+    predict,
+)
+from balnmp_mil.training.monitor import NO_KEY, EarlyStopping, choose_monitor, monitor_score
+from balnmp_mil.training.optim import OPTIMIZERS, SCHEDULES
+from balnmp_mil.training.plan import EpochPlan, batch_rows, device_steps, epoch_plan
 
 __all__ = [
+    "NO_KEY",
+    "OPTIMIZERS",
+    "EpochPlan",
     "FitConfig",
     "FitResult",
-    "fit",
-    "predict",
+    "auc_score",
     "bag_logits",
+    "batch_rows",
     "class_weight_vector",
-    "epoch_plan",
     "device_steps",
+    "epoch_plan",
+    "fit",
+    "fit_config",
     "lr_at",
-    "OPTIMIZERS",
     "make_optimizer",
+    "merge_bags",
+    "monitor_score",
+    "predict",
 ]
-
-
-@dataclass
-class FitConfig:
-    """Training options (see docs/models.md)."""
-
-    epochs: int = 100
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    optimizer: str = "adam"
-    schedule: str = "cosine"
-    bags_per_step: int = 8
-    instances_per_bag: int | None = None
-    class_weights: str | Sequence[float] | None = "balanced"
-    patience: int | None = None
-    monitor: str = "auc"
-    seed: int = 0
-    device: str | None = None
-    amp: bool = True
-    momentum: float = 0.9
-    merge: str = "mean"
-    progress: bool = False
-    standardize: bool = True
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}; got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant'; got {self.schedule!r}")
-        if self.monitor not in ("auc", "loss"):
-            raise ValueError(f"monitor must be 'auc' or 'loss'; got {self.monitor!r}")
-        if self.epochs < 1 or self.bags_per_step < 1:
-            raise ValueError("epochs and bags_per_step must be >= 1")
-        if self.instances_per_bag is not None and self.instances_per_bag < 1:
-            raise ValueError("instances_per_bag must be >= 1 or None")
 
 
 @dataclass
@@ -85,32 +66,16 @@ class FitResult:
     config: FitConfig = field(default_factory=FitConfig)
 
 
-def _fused(params: list[torch.Tensor]) -> dict[str, bool]:
-    """Adam/AdamW's fused kernel (one launch per step) when every parameter is on CUDA; on
-    CPU the default implementation, which is what CLAM-style loops use too."""
-    return {"fused": True} if params and all(p.is_cuda for p in params) else {}
-
-
-OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], FitConfig], torch.optim.Optimizer]] = {
-    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay, **_fused(p)),
-    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay,
-                                            **_fused(p)),
-    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum,
-                                        weight_decay=c.weight_decay),
-}
-
-
 def make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
-    """The optimiser ``cfg.optimizer`` over the model's parameters (see :data:`OPTIMIZERS`)."""
-    return OPTIMIZERS[cfg.optimizer](list(model.parameters()), cfg)
+    """The optimiser `cfg.optimizer` over the model's parameters (see `OPTIMIZERS`)."""
+    entry = OPTIMIZERS.get(cfg.optimizer)
+    return entry.build(list(model.parameters()), cfg.lr, cfg.weight_decay, cfg.momentum)
 
 
 def lr_at(cfg: FitConfig, epoch: int, base: float | None = None) -> float:
-    """Learning rate of ``epoch`` (0-based): constant, or cosine from lr down to 0."""
+    """Learning rate of `epoch` (0-based) under `cfg.schedule` (see `SCHEDULES`)."""
     lr = cfg.lr if base is None else base
-    if cfg.schedule == "constant":
-        return lr
-    return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    return SCHEDULES.get(cfg.schedule)(lr, epoch, cfg.epochs)
 
 
 def class_weight_vector(
@@ -121,98 +86,38 @@ def class_weight_vector(
         return None
     if isinstance(spec, str):
         if spec != "balanced":
-            raise ValueError(f"class_weights must be 'balanced', a list or None; got {spec!r}")
+            raise InputError(f"class_weights {spec!r} (--class-weights): must be balanced, "
+                             "none or one weight per class")
         counts = torch.bincount(labels.cpu(), minlength=n_classes).double()
         w = labels.numel() / (n_classes * counts.clamp(min=1))
         return w.float()
     w = torch.as_tensor(list(spec), dtype=torch.float32)
     if w.numel() != n_classes:
-        raise ValueError(f"class_weights has {w.numel()} entries for {n_classes} classes")
+        raise InputError(f"class_weights (--class-weights) has {w.numel()} entries for "
+                         f"{n_classes} classes; give one weight per class")
     return w
 
 
-@dataclass
-class EpochPlan:
-    """One epoch's instance selection (``rows``, ``offsets`` per bag) and bag batches."""
-
-    rows: torch.Tensor | None
-    offsets: torch.Tensor
-    batches: list[torch.Tensor]
-
-
-def epoch_plan(offsets: torch.Tensor, cfg: FitConfig, gen: torch.Generator) -> EpochPlan:
-    """Subsample up to ``instances_per_bag`` rows per bag (kept in order), then shuffle bags
-    into batches of ``bags_per_step``. All draws come from ``gen`` (CPU)."""
-    offsets = offsets.cpu()
-    n_bags = offsets.numel() - 1
-    rows = None
-    if cfg.instances_per_bag is not None:
-        n_inst = int(offsets[-1])
-        keys = torch.rand(n_inst, generator=gen)
-        keep = segment_rank(keys, offsets) < cfg.instances_per_bag
-        rows = torch.nonzero(keep).flatten()
-        counts = (offsets[1:] - offsets[:-1]).clamp(max=cfg.instances_per_bag)
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
-    perm = torch.randperm(n_bags, generator=gen)
-    return EpochPlan(rows, offsets, list(torch.split(perm, cfg.bags_per_step)))
-
-
-def batch_rows(plan: EpochPlan, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed row indices of ``bags`` under ``plan`` and their offsets."""
-    starts = plan.offsets[:-1][bags]
-    counts = plan.offsets[1:][bags] - starts
-    rows = gather_ranges(starts, counts)
-    if plan.rows is not None:
-        rows = plan.rows[rows]
-    return rows, torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
-
-
-def device_steps(
-    plan: EpochPlan, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """An epoch's steps as (rows, offsets, bags) on ``device``: the plan is laid out on the
-    CPU and copied once per epoch, so a step costs no host-device copy or synchronisation."""
-    order = torch.cat(plan.batches)
-    rows, offs = batch_rows(plan, order)
-    rows_d, offs_d, order_d = (t.to(device) for t in (rows, offs, order))
-    first = 0
-    for bags in plan.batches:
-        last = first + len(bags)
-        r0, r1 = int(offs[first]), int(offs[last])
-        yield rows_d[r0:r1], offs_d[first : last + 1] - r0, order_d[first:last]
-        first = last
-
-
-def _autocast(device: torch.device, amp: bool) -> Any:
-    if device.type == "cuda" and amp:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
-
-
-def _loss(out: MILOutput, y: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    loss = F.cross_entropy(out.logits.float(), y, weight=weight)
-    return loss if out.aux_loss is None else loss + out.aux_loss.float()
-
-
-def _device(cfg: FitConfig, cohort: Cohort) -> torch.device:
-    return torch.device(cfg.device) if cfg.device is not None else cohort.device
+def fit_config(options: dict[str, Any], base: FitConfig | None = None) -> FitConfig:
+    """`base` (or the defaults) with `options` (FitConfig field names) applied and checked."""
+    known = [f.name for f in fields(FitConfig)]
+    unknown = set(options) - set(known)
+    if unknown:
+        raise TypeError(f"unknown fit options {sorted(unknown)}; valid: {sorted(known)}")
+    base = base or FitConfig()
+    return FitConfig(**{**{name: getattr(base, name) for name in known}, **options})
 
 
 def fit(
     model: MILModel, train: Cohort, val: Cohort | None = None, **options: Any
 ) -> FitResult:
-    """Train ``model`` on ``train``; with ``val``, keep the best epoch by ``monitor``.
+    """Train `model` on `train`; with `val`, keep the best epoch by `monitor`.
 
-    Options are the fields of :class:`FitConfig` (or ``config=FitConfig(...)``).
+    Options are the fields of `FitConfig` (or `config=FitConfig(...)`).
     """
-    cfg = options.pop("config", None) or FitConfig()
-    known = {f.name for f in fields(FitConfig)}
-    unknown = set(options) - known
-    if unknown:
-        raise TypeError(f"unknown fit options {sorted(unknown)}; valid: {sorted(known)}")
-    cfg = FitConfig(**{**asdict(cfg), **options})
-    device = _device(cfg, train)
+    base = options.pop("config", None)
+    cfg = fit_config(options, base)
+    device = torch.device(cfg.device) if cfg.device is not None else train.device
     train = train.to(device) if train.device != device else train
     if val is not None and val.device != device:
         val = val.to(device)
@@ -223,71 +128,90 @@ def fit(
         return _fit(model, train, val, cfg, device)
 
 
+def _loss(out: MILOutput, y: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    loss = F.cross_entropy(out.logits.float(), y, weight=weight)
+    return loss if out.aux_loss is None else loss + out.aux_loss.float()
+
+
+class _Trainer:
+    """What one `fit` holds between epochs: the optimiser, scaler, generator and class weights."""
+
+    def __init__(self, model: MILModel, train: Cohort, cfg: FitConfig,
+                 device: torch.device) -> None:
+        self.model, self.train, self.cfg, self.device = model, train, cfg, device
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        if cfg.standardize:
+            model.set_input_stats(train.features)
+        self.y_bags = train.bag_labels
+        weight = class_weight_vector(cfg.class_weights, self.y_bags, model.n_classes)
+        self.weight = None if weight is None else weight.to(device)
+        self.clin = train.bag_clinical()
+        self.opt = make_optimizer(model, cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
+                                           and not torch.cuda.is_bf16_supported())
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch; its history row (epoch, lr, mean training loss)."""
+        lr = lr_at(self.cfg, epoch)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        plan = epoch_plan(self.train.offsets, self.cfg, self.gen)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)  # read once per epoch
+        for rows, offs, bags in device_steps(plan, self.device):
+            total += self.step(rows, offs, bags) * bags.numel()
+        return {"epoch": epoch, "lr": lr, "train_loss": float(total) / max(self.train.n_bags, 1)}
+
+    def step(self, rows: torch.Tensor, offs: torch.Tensor, bags: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on the packed `bags`; the loss (detached, float64)."""
+        x = self.train.features.index_select(0, rows).float()
+        y = self.y_bags.index_select(0, bags)
+        c = None if self.clin is None else self.clin.index_select(0, bags)
+        with autocast(self.device, self.cfg.amp):
+            out = self.model(x, offs, c, y)
+        loss = _loss(out, y, self.weight)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return loss.detach().double()
+
+
+def _epochs(cfg: FitConfig) -> Iterable[int]:
+    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    if not show:
+        return range(cfg.epochs)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(cfg.epochs), desc="fit", unit="epoch")
+
+
 def _fit(
     model: MILModel, train: Cohort, val: Cohort | None, cfg: FitConfig, device: torch.device
 ) -> FitResult:
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.standardize:
-        model.set_input_stats(train.features)
-    y_bags = train.bag_labels
-    weight = class_weight_vector(cfg.class_weights, y_bags, model.n_classes)
-    weight = None if weight is None else weight.to(device)
-    clin = train.bag_clinical()
-    opt = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
-                                  and not torch.cuda.is_bf16_supported())
-    monitor = cfg.monitor
-    if val is not None and monitor == "auc" and val.labels.unique().numel() < 2:
-        warnings.warn("validation set has one class; early stopping monitors loss", stacklevel=3)
-        monitor = "loss"
+    trainer = _Trainer(model, train, cfg, device)
+    monitor = choose_monitor(cfg.monitor, None if val is None else val.labels, stacklevel=3)
+    stop = EarlyStopping(monitor, cfg.patience, best_epoch=cfg.epochs - 1)
     history: list[dict[str, Any]] = []
-    best_score, best_epoch, best_state, stale = -math.inf, cfg.epochs - 1, None, 0
-    best_key = NO_KEY
-    epochs: Any = range(cfg.epochs)
-    if cfg.progress:
-        from tqdm.auto import tqdm
-
-        epochs = tqdm(epochs, desc="fit", unit="epoch")
-    for epoch in epochs:
+    best_state = None
+    for epoch in _epochs(cfg):
         t0 = time.perf_counter()
-        lr = lr_at(cfg, epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        model.train()
-        plan = epoch_plan(train.offsets, cfg, gen)
-        total = torch.zeros((), dtype=torch.float64, device=device)  # read once per epoch
-        for rows, offs, bags in device_steps(plan, device):
-            x = train.features.index_select(0, rows).float()
-            y = y_bags.index_select(0, bags)
-            c = None if clin is None else clin.index_select(0, bags)
-            with _autocast(device, cfg.amp):
-                out = model(x, offs, c, y)
-            loss = _loss(out, y, weight)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            total += loss.detach().double() * bags.numel()
-        train_loss = float(total) / max(train.n_bags, 1)
-        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
+        row = trainer.epoch(epoch)
         if val is not None:
             row.update(_validate(model, val, cfg))
-            score, key = monitor_score(row, monitor)
-            if key > best_key:
-                best_key, best_score, best_epoch, stale = key, score, epoch, 0
+            if stop.update(row, epoch):
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        if cfg.patience is not None and val is not None and stale > cfg.patience:
+        if val is not None and stop.exhausted:
             break
+    best_epoch = stop.best_epoch
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
         best_epoch = len(history) - 1
     model.eval()
-    final = None if val is None else (best_score if monitor == "auc" else -best_score)
+    final = None if val is None else stop.final_score()
     return FitResult(model, history, best_epoch, final, cfg)
 
 
@@ -297,98 +221,3 @@ def _validate(model: MILModel, val: Cohort, cfg: FitConfig) -> dict[str, float]:
     loss = float(F.cross_entropy(logits, y))
     probs = merge_patients(torch.softmax(logits, 1), val, cfg.merge)
     return {"val_loss": loss, "val_auc": auc_score(val.labels.cpu().numpy(), probs)}
-
-
-NO_KEY = (-math.inf, -math.inf)
-
-
-def monitor_score(row: dict[str, Any], monitor: str) -> tuple[float, tuple[float, float]]:
-    """The monitored score of an epoch's validation row (higher is better) and its ranking key.
-
-    AUC saturates on small validation sets (often 1.0 from the first epoch): ties are broken
-    by validation loss, so an untrained epoch is not the one kept.
-    """
-    score = row["val_auc"] if monitor == "auc" else -row["val_loss"]
-    return score, (score, -row["val_loss"])
-
-
-def auc_score(y: np.ndarray, probs: np.ndarray) -> float:
-    """Binary AUC of the last class, or macro one-vs-rest AUC; nan with one class present."""
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(y, probs[:, 1]))
-    present = np.unique(y)
-    if len(present) < probs.shape[1]:
-        return float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
-    return float(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
-
-
-@torch.no_grad()
-def bag_logits(
-    model: nn.Module, cohort: Cohort, max_instances: int = 1 << 18, amp: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Eval-mode logits (B, C) float32 and attention (P,) (or None), in chunks of bags."""
-    was_training = model.training
-    model.eval()
-    device = cohort.device
-    offs = cohort.offsets.cpu()
-    clin = cohort.bag_clinical()
-    logits, atts = [], []
-    b = 0
-    while b < cohort.n_bags:
-        e = int(torch.searchsorted(offs, offs[b] + max_instances, right=True)) - 1
-        e = min(max(e, b + 1), cohort.n_bags)
-        x = cohort.features[int(offs[b]) : int(offs[e])].float()
-        o = (offs[b : e + 1] - offs[b]).to(device)
-        c = None if clin is None else clin[b:e]
-        with _autocast(device, amp):
-            out = model(x, o, c)
-        logits.append(out.logits.float())
-        atts.append(None if out.attention is None else out.attention.float())
-        b = e
-    model.train(was_training)
-    att = None if any(a is None for a in atts) else torch.cat(atts)
-    return torch.cat(logits), att
-
-
-def merge_patients(bag_probs: torch.Tensor, cohort: Cohort, merge: str = "mean") -> np.ndarray:
-    """Bag probabilities (B, C) -> patient probabilities (n_patients, C) by mean or max."""
-    return merge_bags(bag_probs, cohort.bag_patient, len(cohort), merge)
-
-
-def merge_bags(
-    bag_probs: torch.Tensor, bag_patient: torch.Tensor, n_patients: int, merge: str = "mean"
-) -> np.ndarray:
-    """Merge bag rows into ``n_patients`` rows by their ``bag_patient`` index (mean or max)."""
-    idx = bag_patient.to(bag_probs.device)
-    if bag_probs.shape[0] == n_patients and torch.equal(
-        idx.cpu(), torch.arange(n_patients)
-    ):
-        return bag_probs.cpu().double().numpy()
-    shape = (n_patients, bag_probs.shape[1])
-    if merge == "mean":
-        s = bag_probs.new_zeros(shape).index_add(0, idx, bag_probs)
-        n = torch.bincount(idx, minlength=n_patients).clamp(min=1).unsqueeze(1)
-        out = s / n
-    elif merge == "max":
-        m = bag_probs.new_zeros(shape).scatter_reduce(
-            0, idx.unsqueeze(1).expand_as(bag_probs), bag_probs, "amax", include_self=False
-        )
-        out = m / m.sum(1, keepdim=True)
-    else:
-        raise ValueError(f"merge must be 'mean' or 'max'; got {merge!r}")
-    return out.cpu().double().numpy()
-
-
-def predict(
-    model: nn.Module, cohort: Cohort, merge: str = "mean", return_attention: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
-    """Patient-level probabilities (n_patients, C); with ``return_attention`` also the
-    per-instance attention (P,) in cohort row order (None for models without attention)."""
-    model.to(cohort.device)
-    logits, att = bag_logits(model, cohort)
-    probs = merge_patients(torch.softmax(logits, 1), cohort, merge)
-    if return_attention:
-        return probs, None if att is None else att.cpu().numpy()
-    return probs

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -23,22 +22,15 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from balnmp_mil.data.cohort import Cohort
+from balnmp_mil.errors import SplitError
 from balnmp_mil.models import MODELS, MILModel, build_model
 from balnmp_mil.segment import Segments, gather_ranges
-from balnmp_mil.training.fit import (
-    NO_KEY,
-    FitConfig,
-    FitResult,
-    _autocast,
-    auc_score,
-    batch_rows,
-    class_weight_vector,
-    epoch_plan,
-    fit,
-    lr_at,
-    merge_bags,
-    monitor_score,
-)
+from balnmp_mil.training.config import FitConfig
+from balnmp_mil.training.fit import FitResult, class_weight_vector, fit, lr_at
+from balnmp_mil.training.inference import auc_score, autocast, merge_bags
+from balnmp_mil.training.monitor import EarlyStopping, choose_monitor
+from balnmp_mil.training.optim import OPTIMIZERS
+from balnmp_mil.training.plan import batch_rows, epoch_plan
 from balnmp_mil.training.stacked_optim import StackedOptimizer
 
 __all__ = ["SweepSpec", "SweepResult", "sweep"]
@@ -96,7 +88,7 @@ def _split_indices(cohort: Cohort, split: Any) -> tuple[np.ndarray, np.ndarray |
         pos = {p: i for i, p in enumerate(cohort.patient_ids)}
         missing = [p for p in list(split.train) + list(split.val or []) if p not in pos]
         if missing:
-            raise ValueError(f"split names patients not in the cohort: {missing[:10]}")
+            raise SplitError(f"split names patients not in the cohort: {missing[:10]}")
         val = [pos[p] for p in split.val] if split.val else None
         return np.array([pos[p] for p in split.train]), None if val is None else np.array(val)
     train, val = split
@@ -113,12 +105,13 @@ def sweep(
     vectorise: bool | str = "auto",
     **fit_options: Any,
 ) -> SweepResult:
-    """Fit ``model_name`` for every (split, seed, lr); ``fit_options`` as for :func:`fit`.
+    """Fit `model_name` for every (split, seed, lr); `fit_options` as for `fit`.
 
-    ``splits``: (train_idx, val_idx or None) patient-index pairs, or Split objects with
-    ``.train``/``.val`` patient ids. ``vectorise``: True, False, or "auto" (vectorised on CUDA,
+    `splits`: (train_idx, val_idx or None) patient-index pairs, or Split objects with
+    `.train`/`.val` patient ids. `vectorise`: True, False, or "auto" (vectorised on CUDA,
     where it removes per-step launch overhead; sequential on CPU, where training is bound by
-    matrix multiplies and padding the M batches to one shape only adds work).
+    matrix multiplies and padding the M batches to one shape only adds work). Models whose
+    class is not `vmappable` and optimisers that are not `stackable` are fitted one by one.
     """
     t0 = time.perf_counter()
     kwargs = dict(model_kwargs or {})
@@ -127,26 +120,22 @@ def sweep(
     if unknown:
         raise TypeError(f"unknown sweep options {sorted(unknown)}; valid: {sorted(known)}")
     specs = [SweepSpec(s, seed, lr) for s in range(len(splits)) for seed in seeds for lr in lrs]
+    cfgs = [FitConfig(**{**fit_options, "seed": s.seed, "lr": s.lr}) for s in specs]
     parts = [_split_indices(cohort, sp) for sp in splits]
     clinical_dim = 0 if cohort.clinical is None else int(cohort.clinical.shape[1])
-
-    def make(spec: SweepSpec) -> MILModel:
-        return build_model(model_name, cohort.feature_dim, cohort.n_classes, clinical_dim,
-                           seed=spec.seed, **kwargs)
-
+    models = [build_model(model_name, cohort.feature_dim, cohort.n_classes, clinical_dim,
+                          seed=spec.seed, **kwargs) for spec in specs]
     if vectorise == "auto":
-        dev = fit_options.get("device") or cohort.device
-        vectorise = torch.device(dev).type == "cuda"
-    if not vectorise or not MODELS.get(model_name).vmappable:
+        vectorise = torch.device(cfgs[0].device or cohort.device).type == "cuda"
+    if (not vectorise or not MODELS.get(model_name).vmappable
+            or not OPTIMIZERS.get(cfgs[0].optimizer).stackable):
         results = []
-        for spec in specs:
+        for spec, model, cfg in zip(specs, models, cfgs, strict=True):
             tr, va = parts[spec.split]
             val = None if va is None else cohort.subset(va)
-            results.append(fit(make(spec), cohort.subset(tr), val, seed=spec.seed, lr=spec.lr,
-                               **fit_options))
+            results.append(fit(model, cohort.subset(tr), val, config=cfg))
         return SweepResult(specs, results, False, time.perf_counter() - t0)
-    cfgs = [FitConfig(**{**fit_options, "seed": s.seed, "lr": s.lr}) for s in specs]
-    results = _VectorisedSweep(cohort, [make(s) for s in specs], specs, parts, cfgs).run()
+    results = _VectorisedSweep(cohort, models, specs, parts, cfgs).run()
     return SweepResult(specs, results, True, time.perf_counter() - t0)
 
 
@@ -176,7 +165,8 @@ class _VectorisedSweep:
                    for c, p in zip(cfgs, self.train, strict=True)]
         self.class_w = torch.stack([torch.ones(n_cls) if w is None else w for w in weights])
         self.class_w = self.class_w.to(self.device)
-        self.opt = StackedOptimizer(cfgs[0], self.params)
+        self.opt = StackedOptimizer(cfgs[0].optimizer, cfgs[0].weight_decay, cfgs[0].momentum,
+                                    self.params)
 
     # -- padded, vmapped forward -----------------------------------------------------
     def _pad(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]
@@ -239,11 +229,10 @@ class _VectorisedSweep:
         cfg0, m_count = self.cfgs[0], len(self.models)
         gens = [torch.Generator().manual_seed(c.seed) for c in self.cfgs]
         histories: list[list[dict[str, Any]]] = [[] for _ in range(m_count)]
-        monitors = [self._monitor(c, v) for c, v in zip(self.cfgs, self.val, strict=True)]
-        best = [-math.inf] * m_count
-        best_key = [NO_KEY] * m_count
-        best_epoch = [cfg0.epochs - 1] * m_count
-        stale = [0] * m_count
+        stops = []
+        for c, v in zip(self.cfgs, self.val, strict=True):
+            monitor = choose_monitor(c.monitor, None if v is None else v.labels, stacklevel=3)
+            stops.append(EarlyStopping(monitor, c.patience, cfg0.epochs - 1))
         active = [True] * m_count
         best_params = {k: v.clone() for k, v in self.params.items()}
         for epoch in range(cfg0.epochs):
@@ -259,28 +248,17 @@ class _VectorisedSweep:
                     continue
                 n = self.train[m].bags.numel()
                 row: dict[str, Any] = {"epoch": epoch, "lr": lrs[m], "train_loss": totals[m] / n}
-                if vals[m] is not None:
-                    row.update(vals[m])
-                    score, key = monitor_score(row, monitors[m])
-                    if key > best_key[m]:
-                        best_key[m], best[m], best_epoch[m], stale[m] = key, score, epoch, 0
+                val = vals[m]
+                if val is not None:
+                    row.update(val)
+                    if stops[m].update(row, epoch):
                         for k, v in self.params.items():
                             best_params[k][m] = v[m]
-                    else:
-                        stale[m] += 1
                 row["seconds"] = seconds
                 histories[m].append(row)
-                pat = self.cfgs[m].patience
-                if pat is not None and vals[m] is not None and stale[m] > pat:
+                if val is not None and stops[m].exhausted:
                     active[m] = False
-        return self._results(histories, best, best_epoch, best_params, monitors)
-
-    def _monitor(self, cfg: FitConfig, val: _Part | None) -> str:
-        if val is not None and cfg.monitor == "auc" and val.labels.unique().numel() < 2:
-            warnings.warn("validation set has one class; early stopping monitors loss",
-                          stacklevel=4)
-            return "loss"
-        return cfg.monitor
+        return self._results(histories, stops, best_params)
 
     def _train_epoch(self, plans: list[Any], lrs: list[float], active: list[bool]
                      ) -> list[float]:
@@ -302,7 +280,7 @@ class _VectorisedSweep:
             fn = vmap(grad_and_value(self._loss_fn(n_bags)),
                       in_dims=(0, 0, 0, 0, 0, 0, None if clin is None else 0, 0),
                       randomness="different")
-            with _autocast(self.device, self.cfgs[0].amp):
+            with autocast(self.device, self.cfgs[0].amp):
                 grads, values = fn(self.params, self.buffers, x, ids, offs, y, clin, self.class_w)
             step_on = torch.tensor([b is not None for b in batches])
             self.params = self.opt.step(self.params, grads, lr_t, step_on)
@@ -332,7 +310,7 @@ class _VectorisedSweep:
                 o = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(ends - starts, 0)])
                 batches.append((p.bags[sel], p.rows[rows], o))
             x, ids, offs, _, clin, n_bags = self._pad(batches)
-            with _autocast(self.device, self.cfgs[0].amp):
+            with autocast(self.device, self.cfgs[0].amp):
                 out = self._logits(x, ids, offs, clin, n_bags)
             for m, b in enumerate(batches):
                 if b is not None:
@@ -349,17 +327,18 @@ class _VectorisedSweep:
             results.append({"val_loss": loss, "val_auc": auc_score(p.labels.numpy(), probs)})
         return results
 
-    def _results(self, histories, best, best_epoch, best_params, monitors) -> list[FitResult]:
+    def _results(self, histories: list[list[dict[str, Any]]], stops: list[EarlyStopping],
+                 best_params: dict[str, torch.Tensor]) -> list[FitResult]:
         out = []
         for m, model in enumerate(self.models):
-            has_val = self.val[m] is not None and best[m] > -math.inf
+            has_val = self.val[m] is not None and stops[m].best_score > -math.inf
             src = best_params if has_val else self.params
             with torch.no_grad():
                 for name, p in model.named_parameters():
                     p.copy_(src[name][m])
             model.eval()
-            score = None if not has_val else (best[m] if monitors[m] == "auc" else -best[m])
-            epoch = best_epoch[m] if has_val else len(histories[m]) - 1
+            score = stops[m].final_score() if has_val else None
+            epoch = stops[m].best_epoch if has_val else len(histories[m]) - 1
             cfg = replace(self.cfgs[m])
             out.append(FitResult(model, histories[m], epoch, score, cfg))
         return out

@@ -1,0 +1,91 @@
+"""`FitConfig`: the training options, each declared once (help, default, allowed values).
+
+`fit(**options)`, the `train`/`cv` command-line options, `config.yaml` keys and the
+scikit-learn wrapper's parameters all derive from these fields (see `balnmp_mil._options`).
+Choices are the registries' names, read when checked: `--optimizer` and `--schedule` from
+`balnmp_mil.training.optim`, `--monitor` from `balnmp_mil.training.monitor`, `--merge` from
+`balnmp_mil.training.inference`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from balnmp_mil._options import Check, Flag, Interval, OneOf, Text, option, validate
+from balnmp_mil.training.inference import MERGES
+from balnmp_mil.training.monitor import MONITORS
+from balnmp_mil.training.optim import OPTIMIZERS, SCHEDULES
+
+__all__ = ["ClassWeights", "FitConfig"]
+
+
+class ClassWeights(Check):
+    """"balanced", None, or one non-negative weight per class."""
+
+    def convert(self, value: object, name: str, flag: str) -> object:
+        if value == "balanced":
+            return value
+        if isinstance(value, (list, tuple)) and value:
+            weights = [Interval(float, 0).convert(v, name, flag) for v in value]
+            return [float(w) for w in weights]  # type: ignore[arg-type]  # floats, checked
+        raise self._refuse(value, name, flag, "balanced, none or comma-separated weights "
+                           "(one per class, e.g. 1,2.5)")
+
+    def metavar(self) -> str:
+        return "balanced|none|W1,W2,..."
+
+
+def parse_class_weights(text: str) -> object:
+    """Command-line `--class-weights`: 'balanced', 'none' or '1,2.5'."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    if text.strip() == "balanced":
+        return "balanced"
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@dataclass
+class FitConfig:
+    """Training options of `fit` (see docs/models.md)."""
+
+    seed: int = option(0, check=Interval(int, 0), help=(
+        "Seed: dropout, shuffling and subsampling draw from it (train and cv also seed the "
+        "split, the initial weights and the bootstrap with it)."))
+    epochs: int = option(100, check=Interval(int, 1), help="Training epochs.")
+    lr: float = option(2e-4, check=Interval(float, 0, closed="neither"),
+                       help="Learning rate (the schedule's peak).")
+    weight_decay: float = option(1e-4, check=Interval(float, 0), help=(
+        "Weight decay: L2 for adam and sgd, decoupled for adamw."))
+    optimizer: str = option("adam", check=OneOf(OPTIMIZERS), help="Optimiser.")
+    momentum: float = option(0.9, check=Interval(float, 0, 1, closed="left"),
+                             help="Momentum of sgd.")
+    schedule: str = option("cosine", check=OneOf(SCHEDULES),
+                           help="Learning-rate schedule: cosine (per epoch, down to 0) or "
+                                "constant.")
+    bags_per_step: int = option(8, check=Interval(int, 1), help="Bags per optimisation step.")
+    instances_per_bag: int | None = option(None, check=Interval(int, 1), default_text="all",
+                                           help="Sample at most this many patches per bag and "
+                                                "epoch in training.")
+    class_weights: str | Sequence[float] | None = option(
+        "balanced", check=ClassWeights(), parse=parse_class_weights,
+        help="Loss weight per class: balanced (n / (C n_c) over the training bags), none, or "
+             "one weight per class.")
+    patience: int | None = option(None, check=Interval(int, 0), default_text="off",
+                                  help="Early-stopping patience in epochs (on val).")
+    monitor: str = option("auc", check=OneOf(MONITORS),
+                          help="Validation metric that picks the kept epoch.")
+    merge: str = option("mean", check=OneOf(MERGES),
+                        help="How slide bags merge into a patient's probabilities (with "
+                             "--bag-level slide).")
+    standardize: bool = option(True, check=Flag(), help=(
+        "Z-score each feature with the training instances' mean and std (saved with the "
+        "model)."))
+    amp: bool = option(True, check=Flag(), help="Mixed precision (bf16, else fp16) on CUDA.")
+    device: str | None = option(None, check=Text(), help="torch device, e.g. cuda, cuda:1, cpu.",
+                                default_text="cuda when available; fit: the cohort's")
+    progress: bool | None = option(None, check=Flag(), default_text="on a terminal",
+                                   help="Show a progress bar over the epochs.")
+
+    def __post_init__(self) -> None:
+        validate(self)
