@@ -14,9 +14,11 @@ __all__ = [
     "BalnmpError",
     "ClinicalError",
     "CohortError",
+    "EvaluationError",
     "InputError",
     "LabelError",
     "MILError",
+    "ModelError",
     "RegistryError",
     "RunDirError",
     "SplitError",
@@ -50,3 +52,12 @@ class InputError(MILError):
 
 class RunDirError(MILError):
     """A run directory is missing, damaged, already exists, or holds a bad config."""
+
+
+class ModelError(MILError):
+    """A model that cannot be built or run as asked (a hyper-parameter it does not take or
+    allow, clinical data of the wrong width)."""
+
+
+class EvaluationError(MILError):
+    """Scores and labels that cannot be evaluated or drawn (shapes, NaN, a single class)."""

@@ -46,7 +46,7 @@ def test_columns_found_case_and_spacing_insensitively_and_by_mapping():
                                 "ER": " er ", "PR": "Pr"})
     assert ClinicalEncoder("paper5").fit(df).transform(df).shape == (8, 5)
     df = df.rename(columns={"tumor_size_cm": "diameter"})
-    with pytest.raises(ClinicalError, match="no column for 'tumour_size'.*columns="):
+    with pytest.raises(ClinicalError, match="no column for 'tumour_size'.*--clinical-column tumour_size="):
         ClinicalEncoder("paper5").fit(df)
     enc = ClinicalEncoder("paper5", columns={"tumour_size": "diameter"}).fit(df)
     assert enc.transform(df).shape == (8, 5)
@@ -64,7 +64,7 @@ def test_unseen_category_errors_or_zeros_with_impute():
         ClinicalEncoder().fit(train).transform(test)
     msg = str(err.value)
     assert "patient 6" in msg and "'Tumour Type'" in msg and "mucinous carcinoma" in msg
-    assert "impute=True" in msg
+    assert "--clinical-impute" in msg
     enc = ClinicalEncoder(impute=True).fit(train)
     x = enc.transform(test)
     cols = [i for i, n in enumerate(enc.feature_names) if n.startswith("tumour_type=")]

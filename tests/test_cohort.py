@@ -59,7 +59,7 @@ def test_slide_level_and_multi_slide_patients(store):
 
 def test_missing_slides_error_or_warn(store):
     labels = pd.DataFrame({"patient_id": ["1", "2", "zz9"], "label": [0, 1, 1]})
-    with pytest.raises(CohortError, match="zz9.*on_missing='warn'"):
+    with pytest.raises(CohortError, match="zz9.*--on-missing warn"):
         load_cohort(store, labels)
     with pytest.warns(UserWarning, match="zz9"):
         c = load_cohort(store, labels, on_missing="warn")

@@ -29,7 +29,7 @@ def test_tasks_map_aln_status_and_count_dropped(task, labels, dropped):
     table = resolve_labels(bcnb(), task=task)
     assert table.frame["label"].tolist() == labels
     assert table.dropped == dropped and table.n_dropped == len(dropped)
-    assert table.class_names == TASKS[task].class_names
+    assert table.class_names == TASKS.get(task).class_names
     assert all(isinstance(p, str) for p in table.frame["patient_id"])
     kept = [p for p in ["1", "2", "3", "4", "5", "6"] if p not in dropped]
     assert table.patient_ids == kept
@@ -55,7 +55,7 @@ def test_slides_map_to_patients_and_conflicts_fail():
 def test_errors_name_the_problem(tmp_path):
     with pytest.raises(LabelError, match="ALN status"):
         resolve_labels(pd.DataFrame({"patient_id": [1], "grade": [2]}), task="n0_vs_n+")
-    with pytest.raises(LabelError, match="pass task="):
+    with pytest.raises(LabelError, match="pass --task"):
         resolve_labels(bcnb())
     with pytest.raises(LabelError, match="unknown task"):
         resolve_labels(bcnb(), task="n9")

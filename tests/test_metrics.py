@@ -122,7 +122,7 @@ def test_single_class_gives_nan_auc_and_null_json():
 
 
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(ValueError, match="unknown ci method"):
+    with pytest.raises(ValueError, match="(?i)unknown ci method"):
         evaluate([0, 1], [0.1, 0.9], ci="wald")
     with pytest.raises(ValueError, match="shape"):
         evaluate([0, 1, 1], [0.1, 0.9])

@@ -1,12 +1,13 @@
 """Encode the BCNB clinical table into a numeric matrix, fitted on the training split only.
 
 Columns are found case-, spacing- and punctuation-insensitively ("Age(years)", "age_years",
-"AGE" all match `age`), or named explicitly with `columns={"age": "Patient age", ...}`.
+"AGE" all match `age`), or named explicitly with `columns={"age": "Patient age", ...}`
+(`--clinical-column age="Patient age"`).
 Variants: "full" (z-scored age, tumour size, Ki67; one-hot tumour type, molecular subtype,
 HER2 expression, surgical, histological grading; ER/PR/HER2 positive flags) and "paper5"
 (the BALNMP paper's five: z-scored age and size, ER/PR/HER2 negative flags).
 Missing values and categories unseen in training raise `ClinicalError` naming the patient and
-column, unless `impute=True`: numeric -> training median, categorical and ER/PR/HER2 -> most
+column, unless `impute=True` (`--clinical-impute`): numeric -> training median, categorical and ER/PR/HER2 -> most
 frequent training value, unseen category -> all-zeros one-hot.
 """
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from balnmp_cache._registry import Registry
 from balnmp_mil.errors import ClinicalError
 
 FORMAT = "balnmp-clinical-encoder"
@@ -60,11 +62,11 @@ class Variant:
     status_flag: str  # "positive" | "negative"
 
 
-VARIANTS: dict[str, Variant] = {
-    "full": Variant(("age", "tumour_size", "ki67", "tumour_type", "molecular_subtype",
-                     "her2_expression", "surgical", "grading", "er", "pr", "her2"), "positive"),
-    "paper5": Variant(("age", "tumour_size", "er", "pr", "her2"), "negative"),
-}
+VARIANTS: Registry[Variant] = Registry("clinical variant", "--clinical-variant")
+VARIANTS.register("full", Variant(("age", "tumour_size", "ki67", "tumour_type",
+                                   "molecular_subtype", "her2_expression", "surgical",
+                                   "grading", "er", "pr", "her2"), "positive"))
+VARIANTS.register("paper5", Variant(("age", "tumour_size", "er", "pr", "her2"), "negative"))
 
 
 def normalize_name(name: object) -> str:
@@ -95,7 +97,7 @@ def resolve_columns(df: pd.DataFrame, fields=None, columns: dict[str, str] | Non
                 raise ClinicalError(
                     f"the clinical table has no column for {key!r} (looked for "
                     f"{list(FIELDS[key].aliases)}); its columns are {list(df.columns)}. Name it "
-                    f"with columns={{'{key}': '<your column>'}} or choose another variant")
+                    f"with --clinical-column {key}=COLUMN or choose another --clinical-variant")
     return out
 
 
@@ -152,8 +154,7 @@ class ClinicalEncoder:
     def __init__(self, variant: str = "full", impute: bool = False,
                  columns: dict[str, str] | None = None):
         if variant not in VARIANTS:
-            raise ClinicalError(f"unknown clinical variant {variant!r}; choose one of "
-                                f"{sorted(VARIANTS)}")
+            raise ClinicalError(VARIANTS.unknown(variant))
         unknown = set(columns or {}) - set(FIELDS) - {"patient_id"}
         if unknown:
             raise ClinicalError(f"unknown clinical field(s) {sorted(unknown)} in the column "
@@ -167,7 +168,7 @@ class ClinicalEncoder:
     def _values(self, df: pd.DataFrame) -> tuple[list[str], dict[str, str], dict[str, list]]:
         if not isinstance(df, pd.DataFrame):
             raise ClinicalError(f"expected a pandas DataFrame, got {type(df).__name__}")
-        cols = resolve_columns(df, VARIANTS[self.variant].fields, self.columns)
+        cols = resolve_columns(df, VARIANTS.get(self.variant).fields, self.columns)
         return patient_labels(df, self.columns), cols, {k: df[c].tolist() for k, c in
                                                        cols.items()}
 
@@ -235,9 +236,9 @@ class ClinicalEncoder:
     def feature_names(self) -> list[str]:
         """Names of the output columns, in order."""
         stats = self._check_fitted()
-        flag = VARIANTS[self.variant].status_flag
+        flag = VARIANTS.get(self.variant).status_flag
         names: list[str] = []
-        for key in VARIANTS[self.variant].fields:
+        for key in VARIANTS.get(self.variant).fields:
             kind = FIELDS[key].kind
             if kind == "numeric":
                 names.append(f"{key} (z)")
@@ -251,10 +252,10 @@ class ClinicalEncoder:
         """Encode rows (any split) with the training statistics -> float32 (n, K)."""
         stats = self._check_fitted()
         pids, cols, values = self._values(df)
-        flag_positive = VARIANTS[self.variant].status_flag == "positive"
+        flag_positive = VARIANTS.get(self.variant).status_flag == "positive"
         problems: list[str] = []
         blocks = []
-        for key in VARIANTS[self.variant].fields:
+        for key in VARIANTS.get(self.variant).fields:
             kind, st, col = FIELDS[key].kind, stats[key], cols[key]
             parsed = [self._parse(kind, v, pid, col, problems) for pid, v in zip(pids, values[key])]
             if kind == "numeric":
@@ -300,7 +301,7 @@ class ClinicalEncoder:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ClinicalError(f"not a saved clinical encoder (expected format {FORMAT!r})")
         enc = cls(variant=d["variant"], impute=d["impute"], columns=d.get("columns"))
-        missing = set(VARIANTS[enc.variant].fields) - set(d["stats"])
+        missing = set(VARIANTS.get(enc.variant).fields) - set(d["stats"])
         if missing:
             raise ClinicalError(f"saved clinical encoder lacks statistics for {sorted(missing)}")
         enc.stats_ = {k: dict(v) for k, v in d["stats"].items()}
@@ -316,7 +317,7 @@ def _raise(problems: list[str], stage: str, impute: bool) -> None:
         return
     shown = "; ".join(problems[:10])
     more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-    hint = "" if impute else (" Fix the table, or turn on imputation (impute=True) "
-                              "to fill missing values with training "
-                              "medians / most frequent values and unseen categories with zeros.")
+    hint = "" if impute else (" Fix the table, or pass --clinical-impute to fill missing "
+                              "values with training medians / most frequent values and unseen "
+                              "categories with zeros.")
     raise ClinicalError(f"clinical table problem while {stage}: {shown}{more}.{hint}")

@@ -1,34 +1,34 @@
 """A labelled cohort of bags packed in one device tensor (no padding, no per-epoch file reads).
 
-Features are loaded only through :func:`balnmp_cache.store.load_bags`; this module never
-touches slides.
+`load_cohort` joins a feature store (read only through `balnmp_cache.store.load_bags`, so this
+module never touches slides) with a label table; `cohort_from_bags` builds one from arrays.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from balnmp_mil.data.labels import (
-    PATIENT_COLUMNS,
-    LabelTable,
-    find_column,
-    normalize_id,
-    read_table,
-    resolve_labels,
-)
-from balnmp_mil.data.load import load_chunked
+from balnmp_mil.data.labels import LabelTable, patient_rows, read_table, resolve_labels
+from balnmp_mil.data.layout import BAG_LEVELS, gather_slides
+from balnmp_mil.data.load import LoadedBags, load_chunked
 from balnmp_mil.errors import CohortError
 from balnmp_mil.segment import gather_ranges
 
-__all__ = ["Cohort", "CohortError", "load_cohort", "cohort_from_bags"]
+if TYPE_CHECKING:
+    from balnmp_cache.store import FeatureStore, PackedBags
 
-BAG_LEVELS = ("patient", "slide")
+__all__ = ["BAG_LEVELS", "ON_MISSING", "Cohort", "CohortError", "cohort_from_bags",
+           "load_cohort"]
+
+Indices = Sequence[int] | np.ndarray | torch.Tensor
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Cohort:
         """Clinical rows per bag (B, K), or None."""
         return None if self.clinical is None else self.clinical.index_select(0, self.bag_patient)
 
-    def subset(self, indices: Any) -> Cohort:
+    def subset(self, indices: Indices) -> Cohort:
         """The given patients (indices into ``patient_ids``) with all their bags, repacked."""
         idx, keep, bag_new_patient = self.bag_selection(indices)
         offs = self.offsets.cpu()
@@ -121,7 +121,7 @@ class Cohort:
             slide_offsets=slide_offs,
         )
 
-    def bag_selection(self, indices: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def bag_selection(self, indices: Indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For patients ``indices``: (patient idx, their bags in subset order, each kept bag's
         new patient index), all CPU int64. ``subset`` packs bags in exactly this order."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1))
@@ -148,7 +148,7 @@ class Cohort:
         offs = np.concatenate([[0], np.cumsum(counts.numpy())]).astype(np.int64)
         return [self.slides[i] for i in order.tolist()], offs
 
-    def with_clinical(self, matrix: Any) -> Cohort:
+    def with_clinical(self, matrix: np.ndarray | torch.Tensor) -> Cohort:
         """A copy with an encoded clinical matrix (n_patients, K) attached, as float32."""
         mat = torch.as_tensor(np.asarray(matrix, dtype=np.float32))
         if mat.dim() != 2 or mat.shape[0] != len(self):
@@ -170,27 +170,9 @@ class Cohort:
         )
 
 
-def _pack_to_tensor(
-    features: np.ndarray | torch.Tensor, rows: np.ndarray | None, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """(P, D) array/tensor -> tensor on device, gathering ``rows`` in chunks (bounded peak)."""
-    if isinstance(features, torch.Tensor):
-        src = features
-    else:
-        src = torch.from_numpy(np.ascontiguousarray(features))
-    if rows is None:
-        return src.to(device=device, dtype=dtype)
-    out = torch.empty((len(rows), src.shape[1]), dtype=dtype, device=device)
-    step = 1 << 16
-    for i in range(0, len(rows), step):
-        sel = torch.from_numpy(rows[i : i + step])
-        out[i : i + step] = src.index_select(0, sel).to(device=device, dtype=dtype)
-    return out
-
-
 def cohort_from_bags(
-    bags: list[np.ndarray],
-    labels: Any,
+    bags: Sequence[np.ndarray],
+    labels: Sequence[int] | np.ndarray,
     patient_ids: list[str] | None = None,
     class_names: list[str] | None = None,
     device: str | torch.device | None = None,
@@ -227,35 +209,44 @@ def cohort_from_bags(
     )
 
 
-def _clinical_rows(clinical: Any, label_df: pd.DataFrame, patient_ids: list[str]) -> pd.DataFrame:
-    """Raw clinical rows indexed by patient id, one per cohort patient, in cohort order."""
-    df = label_df if clinical is True else clinical
-    if not isinstance(df, pd.DataFrame):
-        df = read_table(df)
-    col = find_column(df, *PATIENT_COLUMNS)
-    table = df.copy()
-    table.index = pd.Index(table[col].map(normalize_id), name="patient_id")
-    table = table[~table.index.duplicated(keep="first")]
-    missing = [p for p in patient_ids if p not in table.index]
-    if missing:
-        raise CohortError(
-            f"{len(missing)} patients have no clinical row: {missing[:10]}; "
-            "add them to the clinical table"
-        )
-    return table.loc[patient_ids]
+ON_MISSING = ("error", "warn")
+
+Labels = str | os.PathLike[str] | pd.DataFrame | LabelTable
+Clinical = str | os.PathLike[str] | pd.DataFrame | bool | None  # True: the label table
 
 
-def _resolve(labels: Any, task: str | None) -> tuple[LabelTable, pd.DataFrame]:
+def _resolve(labels: Labels, task: str | None) -> tuple[LabelTable, pd.DataFrame]:
     if isinstance(labels, LabelTable):
         return labels, labels.frame
     df = labels if isinstance(labels, pd.DataFrame) else read_table(labels)
     return resolve_labels(df, task=task), df
 
 
+@dataclass
+class _Request:
+    """What `load_cohort` was asked for, carried to the assembly."""
+
+    table: LabelTable
+    label_df: pd.DataFrame
+    clinical: Clinical
+    bag_level: str
+    device: torch.device
+    dtype: torch.dtype
+    on_missing: str
+    allow_mixed: bool
+    slide_patient: dict[str, str] = field(init=False)  # labelled slide id -> patient id
+
+    def __post_init__(self) -> None:
+        frame = self.table.frame  # without a slide column, a slide id is its patient id
+        slides = frame["slide_id"] if self.table.has_slides else frame["patient_id"]
+        self.slide_patient = dict(zip((str(s) for s in slides), frame["patient_id"],
+                                      strict=True))
+
+
 def load_cohort(
-    store_or_pack: Any,
-    labels: Any,
-    clinical: Any = None,
+    store_or_pack: str | os.PathLike[str] | FeatureStore | PackedBags,
+    labels: Labels,
+    clinical: Clinical = None,
     task: str | None = None,
     bag_level: str = "patient",
     device: str | torch.device | None = None,
@@ -263,119 +254,108 @@ def load_cohort(
     allow_mixed: bool = False,
     dtype: torch.dtype = torch.float32,
 ) -> Cohort:
-    """Labelled bags from a feature store or pack, packed on ``device``.
+    """Labelled bags from a feature store or pack, packed on `device`.
 
-    ``labels``: CSV/XLSX path, DataFrame or LabelTable (see :func:`resolve_labels`).
-    ``clinical``: table path/DataFrame (or True: the label table itself); raw rows are kept in
-    ``cohort.clinical_table`` so the caller fits its encoder on the training split only.
-    ``on_missing``: "error" (default) or "warn" (skip labelled slides absent from the store).
-    ``dtype``: storage dtype of the packed features (float32, or float16 to halve memory).
+    `labels`: CSV/XLSX path, DataFrame or LabelTable (see `resolve_labels`).
+    `clinical`: table path/DataFrame (or True: the label table itself); raw rows are kept in
+    `cohort.clinical_table` so the caller fits its encoder on the training split only.
+    `on_missing`: "error" (default) or "warn" (skip labelled slides absent from the store).
+    `allow_mixed`: combine slides of different encoders, weights or µm/px.
+    `dtype`: storage dtype of the packed features (float32, or float16 to halve memory).
     """
     if bag_level not in BAG_LEVELS:
-        raise CohortError(f"bag_level must be one of {BAG_LEVELS}; got {bag_level!r}")
-    if on_missing not in ("error", "warn"):
-        raise CohortError(f"on_missing must be 'error' or 'warn'; got {on_missing!r}")
+        raise CohortError(BAG_LEVELS.unknown(bag_level))
+    if on_missing not in ON_MISSING:
+        raise CohortError(f"unknown --on-missing {on_missing!r}; choose one of "
+                          f"{', '.join(ON_MISSING)}")
     from balnmp_cache.store import FeatureStore, PackedBags
 
     table, label_df = _resolve(labels, task)
-    frame = table.frame
-    slide_col = frame["slide_id"] if table.has_slides else frame["patient_id"]
-    wanted = [str(s) for s in slide_col]
-    slide_patient = dict(zip(wanted, frame["patient_id"], strict=True))
-
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    request = _Request(table, label_df, clinical, bag_level, dev, dtype, on_missing, allow_mixed)
     if isinstance(store_or_pack, (PackedBags, FeatureStore)):
-        return _from_packed(store_or_pack, store_or_pack, wanted, slide_patient, table, label_df,
-                            clinical, bag_level, device, dtype, on_missing, allow_mixed)
+        return _from_store(store_or_pack, request)
     with FeatureStore(store_or_pack) as store:
-        return _from_packed(store, store_or_pack, wanted, slide_patient, table, label_df,
-                            clinical, bag_level, device, dtype, on_missing, allow_mixed)
+        return _from_store(store, request)
 
 
-def _from_packed(
-    store: Any, given: Any, wanted: list[str], slide_patient: dict[str, str], table: LabelTable,
-    label_df: pd.DataFrame, clinical: Any, bag_level: str, device: Any, dtype: torch.dtype,
-    on_missing: str, allow_mixed: bool,
-) -> Cohort:
+def _from_store(store: FeatureStore | PackedBags, request: _Request) -> Cohort:
     """Check labelled slides against the store, load them in patient order, assemble."""
     from balnmp_cache.store import PackedBags
 
-    is_packed = isinstance(store, PackedBags)
+    slide_patient = request.slide_patient
     available = set(store.slide_ids)
-    source = "PackedBags" if is_packed else str(getattr(store, "path", given))
-    missing = [s for s in wanted if s not in available]
-    if missing and on_missing == "error":
+    source = "PackedBags" if isinstance(store, PackedBags) else str(store.path)
+    missing = [s for s in slide_patient if s not in available]
+    if missing and request.on_missing == "error":
         raise CohortError(
             f"{len(missing)} labelled slides are not in the feature store {source}: "
             f"{missing[:10]}{' ...' if len(missing) > 10 else ''}; extract them, or pass "
-            "on_missing='warn' to skip them"
+            "--on-missing warn to skip them"
         )
     if missing:
         warnings.warn(
             f"skipping {len(missing)} labelled slides absent from {source}: {missing[:10]}",
             stacklevel=3,
         )
-    present = [s for s in wanted if s in available]
+    present = [s for s in slide_patient if s in available]
     if not present:
         raise CohortError(f"no labelled slide is in the feature store {source}")
     # order slides by patient so a patient's slides are contiguous
     patient_order = list(dict.fromkeys(slide_patient[s] for s in present))
     rank = {p: i for i, p in enumerate(patient_order)}
     present.sort(key=lambda s: rank[slide_patient[s]])
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    packed = store if is_packed else load_chunked(store, present, on_missing, allow_mixed,
-                                                  dtype, dev)
-    return _assemble(packed, present, slide_patient, table, label_df, clinical, bag_level,
-                     device, dtype, missing, source, len(available))
+    packed = store if isinstance(store, PackedBags) else load_chunked(
+        store, present, request.on_missing, request.allow_mixed, request.dtype, request.device)
+    found = {"store": source, "missing_slides": missing,
+             "n_unlabelled_slides": len(available) - len(present)}
+    return _assemble(packed, present, request, found)
 
 
-def _assemble(
-    packed: Any,
-    present: list[str],
-    slide_patient: dict[str, str],
-    table: LabelTable,
-    label_df: pd.DataFrame,
-    clinical: Any,
-    bag_level: str,
-    device: Any,
-    dtype: torch.dtype,
-    missing: list[str],
-    source: str,
-    n_available: int,
-) -> Cohort:
+def _assemble(packed: PackedBags | LoadedBags, present: list[str], request: _Request,
+              found: dict[str, Any]) -> Cohort:
     """Reorder the loaded slides by patient and build the packed Cohort."""
     pos = {s: i for i, s in enumerate(packed.slide_ids)}
     loaded = [s for s in present if s in pos]
     skipped = [s for s in present if s not in pos]
     if not loaded:
-        raise CohortError(f"none of the labelled slides could be loaded from {source}")
-    offs = np.asarray(packed.offsets, dtype=np.int64)
+        raise CohortError(f"none of the labelled slides could be loaded from {found['store']}")
     order = np.array([pos[s] for s in loaded], dtype=np.int64)
-    counts = offs[1:][order] - offs[:-1][order]
-    contiguous = np.array_equal(order, np.arange(len(packed.slide_ids)))
-    rows = None if contiguous else gather_ranges(
-        torch.from_numpy(offs[:-1][order]), torch.from_numpy(counts)
-    ).numpy()
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    features = _pack_to_tensor(packed.features, rows, dtype, dev)
-    coords = np.asarray(packed.coords)
-    coords = coords if rows is None else coords[rows]
-    slide_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    features, coords, slide_offsets = gather_slides(packed, order, request.dtype,
+                                                    request.device)
+    slide_patient = request.slide_patient
+    slide_patients = [slide_patient[s] for s in loaded]
+    patients = list(dict.fromkeys(slide_patients))
+    bags = BAG_LEVELS.get(request.bag_level)(loaded, slide_patients, patients, slide_offsets)
+    plabels = request.table.patient_labels()
+    clinical = request.label_df if request.clinical is True else request.clinical
+    clinical_table = None if clinical is None else patient_rows(clinical, patients)
+    dev = request.device
+    return Cohort(
+        features=features,
+        offsets=torch.from_numpy(np.asarray(bags.offsets, dtype=np.int64)).to(dev),
+        bag_patient=torch.tensor(bags.bag_patient, dtype=torch.long, device=dev),
+        patient_ids=patients,
+        labels=torch.tensor([plabels[p] for p in patients], dtype=torch.long, device=dev),
+        class_names=list(request.table.class_names),
+        slide_ids=bags.bag_slides,
+        coords=coords,
+        clinical_table=clinical_table,
+        bag_level=request.bag_level,
+        meta=_meta(packed, request, found, skipped),
+        slides=list(loaded),
+        slide_offsets=slide_offsets,
+    )
 
-    patients = list(dict.fromkeys(slide_patient[s] for s in loaded))
-    pindex = {p: i for i, p in enumerate(patients)}
-    plabels = table.patient_labels()
-    if bag_level == "slide":
-        bag_offsets, bag_patient = slide_offsets, [pindex[slide_patient[s]] for s in loaded]
-        bag_slides = list(loaded)
-    else:
-        slide_pat = np.array([pindex[slide_patient[s]] for s in loaded])
-        first = np.searchsorted(slide_pat, np.arange(len(patients)))
-        bag_offsets = np.append(slide_offsets[first], slide_offsets[-1])
-        bag_patient = list(range(len(patients)))
-        bag_slides = [";".join(s for s in loaded if slide_patient[s] == p) for p in patients]
-    attrs0 = packed.attrs[0] if getattr(packed, "attrs", None) else {}
-    meta = {
-        "store": source,
+
+def _meta(packed: PackedBags | LoadedBags, request: _Request, found: dict[str, Any],
+          skipped: list[str]) -> dict[str, Any]:
+    """`cohort.meta`: where the bags came from, the store's settings and what was left out."""
+    attrs0 = packed.attrs[0] if packed.attrs else {}
+    table = request.table
+    missing = found["missing_slides"] + skipped
+    return {
+        "store": found["store"],
         "encoder": attrs0.get("encoder"),
         "weights": attrs0.get("weights"),
         "mpp": attrs0.get("target_mpp"),
@@ -383,24 +363,8 @@ def _assemble(
         "task": table.task,
         "n_dropped": table.n_dropped,
         "dropped": table.dropped,
-        "n_missing_slides": len(missing) + len(skipped),
-        "missing_slides": missing + skipped,
-        "n_unlabelled_slides": n_available - len(present),
-        "dtype": str(dtype).replace("torch.", ""),
+        "n_missing_slides": len(missing),
+        "missing_slides": missing,
+        "n_unlabelled_slides": found["n_unlabelled_slides"],
+        "dtype": str(request.dtype).replace("torch.", ""),
     }
-    clinical_table = None if clinical is None else _clinical_rows(clinical, label_df, patients)
-    return Cohort(
-        features=features,
-        offsets=torch.from_numpy(np.asarray(bag_offsets, dtype=np.int64)).to(dev),
-        bag_patient=torch.tensor(bag_patient, dtype=torch.long, device=dev),
-        patient_ids=patients,
-        labels=torch.tensor([plabels[p] for p in patients], dtype=torch.long, device=dev),
-        class_names=list(table.class_names),
-        slide_ids=bag_slides,
-        coords=coords,
-        clinical_table=clinical_table,
-        bag_level=bag_level,
-        meta=meta,
-        slides=list(loaded),
-        slide_offsets=slide_offsets,
-    )

@@ -5,6 +5,7 @@ Ids are always ``str`` (BCNB's integer patient ids become ``"1"``, ``"2"``, ...)
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from balnmp_mil.errors import LabelError
+from balnmp_cache._registry import Registry
+from balnmp_mil.errors import ClinicalError, LabelError
 
 __all__ = [
     "LabelError",
@@ -22,6 +24,7 @@ __all__ = [
     "read_table",
     "find_column",
     "normalize_id",
+    "patient_rows",
     "resolve_labels",
 ]
 
@@ -43,16 +46,15 @@ class Task:
 N0, N12, N3 = "N0", "N+(1-2)", "N+(>2)"
 ALN_STATUSES = (N0, N12, N3)
 
-TASKS: dict[str, Task] = {
-    t.name: t
-    for t in (
-        Task("n0_vs_n+", {N0: 0, N12: 1, N3: 1}, ["N0", "N+"]),
-        Task("n12_vs_n3", {N12: 0, N3: 1}, [N12, N3]),
-        Task("three_class", {N0: 0, N12: 1, N3: 2}, [N0, N12, N3]),
-        Task("n0_vs_n12", {N0: 0, N12: 1}, [N0, N12]),
-        Task("n0_vs_n3", {N0: 0, N3: 1}, [N0, N3]),
-    )
-}
+TASKS: Registry[Task] = Registry("task", "--task")
+for _task in (
+    Task("n0_vs_n+", {N0: 0, N12: 1, N3: 1}, ["N0", "N+"]),
+    Task("n12_vs_n3", {N12: 0, N3: 1}, [N12, N3]),
+    Task("three_class", {N0: 0, N12: 1, N3: 2}, [N0, N12, N3]),
+    Task("n0_vs_n12", {N0: 0, N12: 1}, [N0, N12]),
+    Task("n0_vs_n3", {N0: 0, N3: 1}, [N0, N3]),
+):
+    TASKS.register(_task.name, _task)
 
 
 @dataclass
@@ -176,43 +178,23 @@ def _label_column(values: pd.Series, ids: pd.Series) -> tuple[np.ndarray, list[s
 def resolve_labels(df: pd.DataFrame, task: str | None = None) -> LabelTable:
     """Ids and integer labels from a table.
 
-    ``task`` None: the ``label`` column as is (ints, or class names sorted alphabetically).
-    ``task`` in :data:`TASKS`: the BCNB ``ALN status`` column (or a ``label`` column holding
-    statuses) mapped to the task's classes; rows outside the task are dropped and counted.
+    `task` None: the `label` column as is (ints, or class names sorted alphabetically).
+    `task` in `TASKS`: the BCNB `ALN status` column (or a `label` column holding statuses)
+    mapped to the task's classes; rows outside the task are dropped and counted.
     """
     pcol = find_column(df, *PATIENT_COLUMNS, required=False)
     scol = find_column(df, *SLIDE_COLUMNS, required=False)
-    if pcol is None and scol is None:
+    if scol is None and pcol is None:
         raise LabelError(
             f"the label table needs a patient_id or slide_id column; it has {list(df.columns)}"
         )
-    sids = df[scol].map(normalize_id) if scol is not None else None
-    pids = df[pcol].map(normalize_id) if pcol is not None else sids
-    if task is not None:
-        if task not in TASKS:
-            raise LabelError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
-        t = TASKS[task]
-        col = find_column(df, *ALN_COLUMNS, required=False) or find_column(
-            df, *LABEL_COLUMNS, required=False
-        )
-        if col is None:
-            raise LabelError(
-                f"task {task!r} needs an 'ALN status' column (N0 / N+(1-2) / N+(>2)); "
-                f"the table has {list(df.columns)}"
-            )
-        labels, keep = _aln_labels(df[col], pids, t)
-        class_names = list(t.class_names)
-    else:
-        col = find_column(df, *LABEL_COLUMNS, required=False)
-        if col is None:
-            hint = (
-                " (it has an 'ALN status' column: pass task=, one of " + str(sorted(TASKS)) + ")"
-                if find_column(df, *ALN_COLUMNS, required=False)
-                else ""
-            )
-            raise LabelError(f"the label table has no 'label' column{hint}")
-        labels, class_names = _label_column(df[col], pids)
+    sids = None if scol is None else df[scol].map(normalize_id)
+    pids = df[pcol].map(normalize_id) if pcol is not None else df[scol].map(normalize_id)
+    if task is None:
+        labels, class_names = _plain_labels(df, pids)
         keep = np.ones(len(df), dtype=bool)
+    else:
+        labels, keep, class_names = _task_labels(df, pids, task)
     frame = pd.DataFrame(
         {
             "patient_id": pids.to_numpy()[keep],
@@ -232,6 +214,37 @@ def resolve_labels(df: pd.DataFrame, task: str | None = None) -> LabelTable:
     )
 
 
+def _task_labels(df: pd.DataFrame, pids: pd.Series, task: str
+                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels, rows kept, class names) of a BCNB task from the ALN status column."""
+    if task not in TASKS:
+        raise LabelError(TASKS.unknown(task))
+    t = TASKS.get(task)
+    col = find_column(df, *ALN_COLUMNS, required=False) or find_column(
+        df, *LABEL_COLUMNS, required=False
+    )
+    if col is None:
+        raise LabelError(
+            f"task {task!r} needs an 'ALN status' column (N0 / N+(1-2) / N+(>2)); "
+            f"the table has {list(df.columns)}"
+        )
+    labels, keep = _aln_labels(df[col], pids, t)
+    return labels, keep, list(t.class_names)
+
+
+def _plain_labels(df: pd.DataFrame, pids: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """(labels, class names) from the `label` column, used as is."""
+    col = find_column(df, *LABEL_COLUMNS, required=False)
+    if col is None:
+        hint = (
+            f" (it has an 'ALN status' column: pass --task, one of {', '.join(TASKS)})"
+            if find_column(df, *ALN_COLUMNS, required=False)
+            else ""
+        )
+        raise LabelError(f"the label table has no 'label' column{hint}")
+    return _label_column(df[col], pids)
+
+
 def _check_consistent(frame: pd.DataFrame, has_slides: bool) -> None:
     """One label per patient; no duplicated slide (or patient, without slides) rows."""
     per_patient = frame.groupby("patient_id", sort=False)["label"].nunique()
@@ -242,3 +255,22 @@ def _check_consistent(frame: pd.DataFrame, has_slides: bool) -> None:
     dup = frame[key][frame[key].duplicated()]
     if len(dup):
         raise LabelError(f"duplicated {key} rows in the label table: {list(dup)[:10]}")
+
+
+def patient_rows(table: str | os.PathLike[str] | pd.DataFrame,
+                 patient_ids: list[str]) -> pd.DataFrame:
+    """Rows of `table` (a path or DataFrame) indexed by patient id, one per patient of
+    `patient_ids`, in that order (a patient's first row wins)."""
+    df = table if isinstance(table, pd.DataFrame) else read_table(table)
+    col = find_column(df, *PATIENT_COLUMNS)
+    rows = df.copy()
+    rows.index = pd.Index(rows[col].map(normalize_id), name="patient_id")
+    rows = rows[~rows.index.duplicated(keep="first")]
+    missing = [p for p in patient_ids if p not in rows.index]
+    if missing:
+        where = "" if isinstance(table, pd.DataFrame) else f"clinical table {table}: "
+        raise ClinicalError(
+            f"{where}{len(missing)} patients have no clinical row: {missing[:10]}; "
+            "add them to the clinical table"
+        )
+    return rows.loc[patient_ids]

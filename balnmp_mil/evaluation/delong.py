@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm
 
+from balnmp_mil.errors import EvaluationError
+
 Z95 = float(norm.ppf(0.975))
 
 
@@ -48,7 +50,7 @@ def _as_binary(y: np.ndarray) -> np.ndarray:
     y = np.asarray(y).ravel()
     values = set(np.unique(y).tolist())
     if not values <= {0, 1}:
-        raise ValueError(f"DeLong needs binary labels 0/1, got values {sorted(values)}")
+        raise EvaluationError(f"DeLong needs binary labels 0/1, got values {sorted(values)}")
     return y.astype(bool)
 
 
@@ -62,10 +64,10 @@ def delong_components(y_true: np.ndarray, scores: np.ndarray) -> DeLongComponent
     pos = _as_binary(y_true)
     s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     if s.shape[1] != pos.size:
-        raise ValueError(f"scores have {s.shape[1]} patients but labels have {pos.size}")
+        raise EvaluationError(f"scores have {s.shape[1]} patients but labels have {pos.size}")
     m, n = int(pos.sum()), int((~pos).sum())
     if m == 0 or n == 0:
-        raise ValueError(f"AUC needs both classes; got {m} positive and {n} negative patients")
+        raise EvaluationError(f"AUC needs both classes; got {m} positive and {n} negative patients")
     x, yneg = s[:, pos], s[:, ~pos]
     tx, ty, tz = midrank(x), midrank(yneg), midrank(np.concatenate([x, yneg], axis=1))
     aucs = tz[:, :m].sum(axis=1) / (m * n) - (m + 1.0) / (2.0 * n)
@@ -121,7 +123,7 @@ def delong_test(y_true: np.ndarray, scores1: np.ndarray, scores2: np.ndarray) ->
     """
     s1, s2 = np.asarray(scores1, dtype=np.float64), np.asarray(scores2, dtype=np.float64)
     if s1.shape != s2.shape or s1.ndim != 1:
-        raise ValueError(
+        raise EvaluationError(
             f"delong_test needs two 1-D score vectors of equal length, got {s1.shape} and "
             f"{s2.shape} (pass the positive-class probability of each model)"
         )

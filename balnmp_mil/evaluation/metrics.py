@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from balnmp_cache._registry import Registry
+from balnmp_mil.errors import EvaluationError
 from balnmp_mil.evaluation.bootstrap import bootstrap_aucs, percentile_ci
 from balnmp_mil.evaluation.delong import (
     DeLongResult,
@@ -53,7 +55,11 @@ def _delong_ci(y: np.ndarray, s: np.ndarray, n_bootstrap: int, seed: int
     return macro, per_class
 
 
-CI_METHODS: dict[str, Callable] = {"bootstrap": _bootstrap_ci, "delong": _delong_ci}
+CIMethod = Callable[[np.ndarray, np.ndarray, int, int],
+                    tuple[tuple[float, float], dict[int, tuple[float, float]] | None]]
+CI_METHODS: Registry[CIMethod] = Registry("CI method", "--ci")
+CI_METHODS.register("bootstrap", _bootstrap_ci)
+CI_METHODS.register("delong", _delong_ci)
 
 
 def _safe(fn: Callable, default):
@@ -128,18 +134,18 @@ def _validate(y_true, scores) -> tuple[np.ndarray, np.ndarray, int]:
     if s.ndim == 2 and s.shape[1] == 2:
         s = s[:, 1]
     if s.ndim not in (1, 2) or s.shape[0] != y.size:
-        raise ValueError(f"scores have shape {s.shape} but there are {y.size} labels; pass "
-                         "(n,) positive-class scores or (n, n_classes) probabilities")
+        raise EvaluationError(f"scores have shape {s.shape} but there are {y.size} labels; pass "
+                              "(n,) positive-class scores or (n, n_classes) probabilities")
     if not np.all(np.isfinite(s)):
         bad = np.flatnonzero(~np.isfinite(s).reshape(s.shape[0], -1).all(axis=1))
-        raise ValueError(f"scores contain NaN/inf for patients at positions {bad[:10].tolist()}")
+        raise EvaluationError(f"scores contain NaN/inf for patients at positions {bad[:10].tolist()}")
     if y.size and not np.all(np.equal(np.mod(y.astype(np.float64), 1), 0)):
-        raise ValueError("labels must be integer class indices (0, 1, ...)")
+        raise EvaluationError("labels must be integer class indices (0, 1, ...)")
     y = y.astype(np.int64)
     n_classes = 2 if s.ndim == 1 else s.shape[1]
     if y.size and (y.min() < 0 or y.max() >= n_classes):
-        raise ValueError(f"labels must lie in 0..{n_classes - 1} for scores of shape {s.shape}, "
-                         f"got values {sorted(set(y.tolist()))}")
+        raise EvaluationError(f"labels must lie in 0..{n_classes - 1} for scores of shape {s.shape}, "
+                              f"got values {sorted(set(y.tolist()))}")
     return y, s, n_classes
 
 
@@ -183,28 +189,28 @@ def evaluate(y_true, scores, threshold: float = 0.5, ci: str = "bootstrap",
     An AUC on a single class is NaN (so is its CI); threshold metrics are still reported.
     """
     if ci not in CI_METHODS:
-        raise ValueError(f"unknown ci method {ci!r}; choose one of {sorted(CI_METHODS)}")
+        raise EvaluationError(CI_METHODS.unknown(ci))
     if n_bootstrap < 1:
-        raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
+        raise EvaluationError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
     y, s, n_classes = _validate(y_true, scores)
     if y.size == 0:
-        raise ValueError("evaluate needs at least one patient")
+        raise EvaluationError("evaluate needs at least one patient")
     names = list(class_names) if class_names is not None else None
     if names is not None and len(names) != n_classes:
-        raise ValueError(f"{len(names)} class names {names} for {n_classes} classes")
+        raise EvaluationError(f"{len(names)} class names {names} for {n_classes} classes")
     tm = threshold_metrics(y, s, threshold)
     present = np.unique(y)
     auc, auc_ci, per_auc, per_ci = NAN, (NAN, NAN), None, None
     if s.ndim == 1 and present.size == 2:
         auc = auc_score(y, s)
-        auc_ci, _ = CI_METHODS[ci](y, s, n_bootstrap, seed)
+        auc_ci, _ = CI_METHODS.get(ci)(y, s, n_bootstrap, seed)
     elif s.ndim == 2:
         label = (lambda c: names[c]) if names else str
         per_auc = {label(c): (auc_score(y == c, s[:, c]) if 0 < (y == c).sum() < y.size
                               else NAN) for c in range(n_classes)}
         if present.size >= 2:
             auc = float(np.nanmean(list(per_auc.values())))
-            auc_ci, ci_c = CI_METHODS[ci](y, s, n_bootstrap, seed)
+            auc_ci, ci_c = CI_METHODS.get(ci)(y, s, n_bootstrap, seed)
             per_ci = ({label(c): v for c, v in ci_c.items()} if ci_c is not None else None)
     used = "bootstrap (macro; DeLong per class)" if (ci == "delong" and s.ndim == 2) else ci
     return Report(
@@ -227,13 +233,13 @@ def youden_threshold(y_true, scores) -> float:
     """
     y, s, n_classes = _validate(y_true, scores)
     if s.ndim != 1:
-        raise ValueError("youden_threshold needs binary scores ((n,) or (n, 2)); got "
-                         f"{n_classes} classes")
+        raise EvaluationError("youden_threshold needs binary scores ((n,) or (n, 2)); got "
+                              f"{n_classes} classes")
     pos = y == 1
     m, n = int(pos.sum()), int((~pos).sum())
     if m == 0 or n == 0:
-        raise ValueError(f"youden_threshold needs both classes; got {m} positive and {n} "
-                         "negative patients (is the validation split too small?)")
+        raise EvaluationError(f"youden_threshold needs both classes; got {m} positive and {n} "
+                              "negative patients (is the validation split too small?)")
     order = np.argsort(-s, kind="mergesort")
     ss, pp = s[order], pos[order]
     last = np.flatnonzero(np.r_[ss[1:] != ss[:-1], True])  # last index of each tie group
@@ -255,7 +261,7 @@ def subgroup_reports(y_true, scores, groups: Mapping[str, np.ndarray], **evaluat
     for name, mask in groups.items():
         m = _to_numpy(mask).astype(bool).ravel()
         if m.size != y.size:
-            raise ValueError(f"subgroup {name!r} mask has {m.size} entries for {y.size} patients")
+            raise EvaluationError(f"subgroup {name!r} mask has {m.size} entries for {y.size} patients")
         out[name] = evaluate(y[m], s[m], **evaluate_kwargs) if m.any() else None
     return out
 

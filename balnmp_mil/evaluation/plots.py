@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from balnmp_mil.errors import EvaluationError
 from balnmp_mil.evaluation.bootstrap import resample_counts
 from balnmp_mil.evaluation.metrics import evaluate
 
@@ -38,9 +39,9 @@ def _binary_scores(label: str, y, s) -> tuple[np.ndarray, np.ndarray]:
     if s.ndim == 2 and s.shape[1] == 2:
         s = s[:, 1]
     if s.ndim != 1 or s.size != y.size:
-        raise ValueError(f"ROC curve {label!r}: need binary labels (n,) and positive-class "
-                         f"scores (n,) or (n, 2); got {y.shape} and {s.shape} (for several "
-                         "classes pass one one-vs-rest curve per class)")
+        raise EvaluationError(f"ROC curve {label!r}: need binary labels (n,) and positive-class "
+                              f"scores (n,) or (n, 2); got {y.shape} and {s.shape} (for several "
+                              "classes pass one one-vs-rest curve per class)")
     return y.astype(np.int64), s
 
 
@@ -167,10 +168,10 @@ def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.nd
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     att = np.asarray(attention, dtype=np.float64).ravel()
     if att.size != coords.shape[0]:
-        raise ValueError(f"{att.size} attention values for {coords.shape[0]} patch coordinates")
+        raise EvaluationError(f"{att.size} attention values for {coords.shape[0]} patch coordinates")
     if thumb.ndim != 3 or downsample <= 0:
-        raise ValueError(f"thumbnail must be (h, w, 3) and downsample > 0; got {thumb.shape}, "
-                         f"{downsample}")
+        raise EvaluationError(f"thumbnail must be (h, w, 3) and downsample > 0; got {thumb.shape}, "
+                              f"{downsample}")
     h, w = thumb.shape[:2]
     span = att.max() - att.min() if att.size else 0.0
     rel = (att - att.min()) / span if span > 0 else np.ones_like(att)
@@ -227,7 +228,7 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], out: str | Path
 def training_figure(history: Sequence[Mapping[str, float]], title: str = "Training") -> Figure:
     """The figure behind `plot_training_curves`."""
     if not history:
-        raise ValueError("empty training history: nothing to plot")
+        raise EvaluationError("empty training history: nothing to plot")
     epochs = [row.get("epoch", i) for i, row in enumerate(history)]
     keys = [k for k in dict.fromkeys(k for row in history for k in row)
             if k not in {"epoch", "lr", "time", "seconds", "step"}]

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from balnmp_mil.errors import ModelError
 from balnmp_mil.segment import Segments, as_segments
 
 __all__ = ["ClassifierHead", "Dropout", "MILModel", "MILOutput"]
@@ -45,7 +46,8 @@ class Dropout(nn.Module):
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1); got {p}")
+            raise ModelError(f"dropout probability must be in [0, 1) (--model-arg dropout=P); "
+                             f"got {p}")
         self.p = p
         self._cut = round(p * self._LEVELS)
 
@@ -85,13 +87,13 @@ class ClassifierHead(nn.Module):
     def forward(self, z: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
         if self.clinical_dim:
             if clinical is None:
-                raise ValueError(
+                raise ModelError(
                     f"the model was built with clinical_dim={self.clinical_dim}; pass the "
                     "encoded clinical matrix (cohort.with_clinical)"
                 )
             clinical = clinical.reshape(z.shape[0], -1).to(z.dtype)
             if clinical.shape[1] != self.clinical_dim:
-                raise ValueError(
+                raise ModelError(
                     f"clinical has {clinical.shape[1]} columns; the model expects "
                     f"{self.clinical_dim}"
                 )
@@ -111,7 +113,7 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
     def __init__(self, in_dim: int, n_classes: int, clinical_dim: int = 0, **hparams: Any):
         super().__init__()
         if in_dim < 1 or n_classes < 2:
-            raise ValueError(f"need in_dim >= 1 and n_classes >= 2; got {in_dim}, {n_classes}")
+            raise ModelError(f"need in_dim >= 1 and n_classes >= 2; got {in_dim}, {n_classes}")
         self.in_dim, self.n_classes, self.clinical_dim = in_dim, n_classes, clinical_dim
         self._hparams = hparams
         # Per-feature standardisation of the inputs (identity until `set_input_stats`): saved
@@ -130,7 +132,7 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
         float16 cohort is never converted whole."""
         n = features.shape[0] if rows is None else rows.numel()
         if n == 0:
-            raise ValueError("set_input_stats needs at least one instance")
+            raise ModelError("set_input_stats needs at least one instance")
         mean = torch.zeros(features.shape[1], dtype=torch.float64, device=features.device)
         m2 = torch.zeros_like(mean)
         seen = 0

@@ -6,15 +6,17 @@ fits with `torch.func.vmap`), never in a list kept elsewhere.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from balnmp_cache._registry import Registry
+from balnmp_mil.errors import ModelError
 from balnmp_mil.models.base import MILModel
 
-__all__ = ["MODELS", "build_model", "list_models", "register_model"]
+__all__ = ["MODELS", "build_model", "hyperparameters", "list_models", "register_model"]
 
 MODELS: Registry[type[MILModel]] = Registry("model", "--model")
 
@@ -35,13 +37,30 @@ def list_models() -> list[str]:
     return sorted(MODELS.names())
 
 
+def hyperparameters(cls: type[MILModel]) -> list[str] | None:
+    """The keywords a model class takes beyond the shapes (None: any, it takes `**kwargs`)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n in params if n not in ("self", "in_dim", "n_classes", "clinical_dim")]
+
+
+def _check_hyperparameters(name: str, cls: type[MILModel], kwargs: dict[str, Any]) -> None:
+    allowed = hyperparameters(cls)
+    unknown = [] if allowed is None else [k for k in kwargs if k not in allowed]
+    if unknown:
+        raise ModelError(f"model {name!r} takes no {', '.join(map(repr, unknown))} "
+                         f"(--model-arg); it takes {', '.join(allowed or []) or 'none'}")
+
+
 def build_model(
     name: str, in_dim: int, n_classes: int, clinical_dim: int = 0, seed: int | None = None,
     **kwargs: Any,
 ) -> MILModel:
     """Instantiate a registered model; `seed` makes its initial weights reproducible without
-    touching the caller's global RNG."""
+    touching the caller's global RNG. A keyword the model does not take is a `ModelError`."""
     cls = MODELS.get(name)
+    _check_hyperparameters(name, cls, kwargs)
     if seed is None:
         return cls(in_dim=in_dim, n_classes=n_classes, clinical_dim=clinical_dim, **kwargs)
     with torch.random.fork_rng(devices=[]):
