@@ -19,7 +19,7 @@ import math
 import numbers
 import os
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass
 from typing import Any
 
@@ -105,7 +105,7 @@ def _number(value: object, kind: type) -> int | float | None:
         if isinstance(value, numbers.Integral):
             return int(value)
         if isinstance(value, numbers.Real) and float(value).is_integer():
-            return int(value)
+            return int(float(value))
         return None
     if isinstance(value, numbers.Real) and math.isfinite(float(value)):
         return float(value)
@@ -248,7 +248,7 @@ def allows_none(cls: type, name: str) -> bool:
     return name in _nullable(cls)
 
 
-def validate(config: Any) -> None:
+def validate(config: object) -> None:
     """Check and normalise every declared field of a config dataclass instance in place."""
     cls = type(config)
     for f in option_fields(cls):
@@ -267,7 +267,3 @@ def default_of(f: dataclasses.Field[Any]) -> Any:
     if f.default_factory is not MISSING:
         return f.default_factory()
     return MISSING
-
-
-def names(fields: Sequence[dataclasses.Field[Any]]) -> list[str]:
-    return [f.name for f in fields]

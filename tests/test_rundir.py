@@ -109,13 +109,27 @@ class _Payload:
         return (print, ("code ran while loading",))
 
 
-def test_loading_never_unpickles_code(tmp_path):
+def test_loading_never_unpickles_code(tmp_path, capsys):
     from balnmp_mil.models import build_model
 
     model = build_model("abmil", in_dim=8, n_classes=2, embed_dim=8, attention_dim=4)
     rundir.save_model(tmp_path, model)
     torch.save({"w": _Payload()}, tmp_path / rundir.MODEL_WEIGHTS)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(RunDirError, match="model.pt cannot be loaded") as info:
+        rundir.load_model(tmp_path)
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)  # refused, not run
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_damaged_run_files_are_messages(tmp_path):
+    from balnmp_mil.models import build_model
+
+    rundir.save_model(tmp_path, build_model("mean", in_dim=4, n_classes=2, embed_dim=4))
+    (tmp_path / rundir.MODEL_WEIGHTS).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(RunDirError, match="model.pt cannot be loaded.*damaged"):
+        rundir.load_model(tmp_path)
+    (tmp_path / rundir.MODEL_CONFIG).write_text('{"name": "mean", "in_')
+    with pytest.raises(RunDirError, match=r"cannot read .*model\.json.*damaged"):
         rundir.load_model(tmp_path)
 
 

@@ -1,15 +1,38 @@
-"""`balnmp-mil evaluate | predict | heatmap`: argument parsing only (see workflow_apply.py)."""
+"""`balnmp-mil evaluate | predict | heatmap`: argument parsing only (see balnmp_mil.workflow).
+
+Options that a run also has (`--ci`, `--n-bootstrap`, `--device`, `--on-missing`,
+`--allow-mixed`) come from their `TrainConfig` declarations; left out, the run's own value.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from balnmp_mil.cli.common import handle_input_errors
+from balnmp_mil.cli.options import option_of
+from balnmp_mil.workflow.config import TrainConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _PATH = click.Path(path_type=Path)
 _RUN = click.argument("run", type=_PATH)
+
+
+def _run_options(*names: str) -> Callable[[F], F]:
+    """The options `names` as `train` declares them; left out, the run's value is used
+    (the device: cuda when available)."""
+
+    def deco(func: F) -> F:
+        for name in reversed(names):
+            shown = "cuda when available" if name == "device" else "the run's"
+            func = option_of(TrainConfig, name, default_text=shown)(func)
+        return func
+
+    return deco
 
 
 @click.command("evaluate")
@@ -18,14 +41,11 @@ _RUN = click.argument("run", type=_PATH)
 @click.option("--labels", type=_PATH, help="Labels of the new patients (with --features).")
 @click.option("--clinical", type=_PATH, help="Clinical table of the new patients (clinical "
                                              "runs; default: the run's table).")
-@click.option("--ci", type=click.Choice(["bootstrap", "delong"]), help="AUC CI method.")
-@click.option("--n-bootstrap", type=int, help="Bootstrap resamples for the AUC CI.")
-@click.option("--device", help="torch device for new data [cuda when available].")
+@_run_options("ci", "n_bootstrap", "device", "on_missing", "allow_mixed")
 @click.option("--out", type=_PATH, help="Also write the metrics as JSON here.")
 @handle_input_errors
 def evaluate_cmd(run: Path, features: Path | None, labels: Path | None, clinical: Path | None,
-                 ci: str | None, n_bootstrap: int | None, device: str | None,
-                 out: Path | None) -> None:
+                 out: Path | None, device: str | None, **overrides: Any) -> None:
     """Recompute the metrics of the saved run RUN, or evaluate it on new data.
 
     Without --features: from RUN/predictions.csv (train/val/test at 0.5 and at the Youden
@@ -40,8 +60,7 @@ def evaluate_cmd(run: Path, features: Path | None, labels: Path | None, clinical
     if out is not None:
         check_output(out, [("RUN", run), ("--features", features), ("--labels", labels),
                            ("--clinical", clinical)], InputError)
-    result = evaluate_run(run, features, labels, clinical, device=device, ci=ci,
-                          n_bootstrap=n_bootstrap)
+    result = evaluate_run(run, features, labels, clinical, device=device, **overrides)
     click.echo(result.summary(), nl=False)
     if out is not None:
         write_json(out, result.metrics)
@@ -56,10 +75,10 @@ def evaluate_cmd(run: Path, features: Path | None, labels: Path | None, clinical
                                            "(patient_id, slide_id) and adds the true label.")
 @click.option("--clinical", type=_PATH, help="Clinical table (runs trained with clinical "
                                              "data; default: the run's table).")
-@click.option("--device", help="torch device [cuda when available].")
+@_run_options("device", "on_missing", "allow_mixed")
 @handle_input_errors
 def predict_cmd(run: Path, features: Path, out: Path, labels: Path | None,
-                clinical: Path | None, device: str | None) -> None:
+                clinical: Path | None, device: str | None, **overrides: Any) -> None:
     """Predict with the saved run RUN on the bags of FEATURES; write a CSV.
 
     Columns: patient_id, [label], prob_<class>..., prediction (class at threshold 0.5).
@@ -67,7 +86,8 @@ def predict_cmd(run: Path, features: Path, out: Path, labels: Path | None,
     """
     from balnmp_mil.workflow.apply import predict_run
 
-    frame = predict_run(run, features, out, labels=labels, clinical=clinical, device=device)
+    frame = predict_run(run, features, out, labels=labels, clinical=clinical, device=device,
+                        **overrides)
     click.echo(f"{len(frame)} patients -> {out}")
 
 
@@ -92,7 +112,7 @@ def heatmap_cmd(run: Path, slide: Path, out: Path, features: Path | None, patien
 
     The slide's bag is read from the run's feature store (or --features) by slide id (file
     name without extension); the top-k patches are shown as a gallery read from the slide.
-    Only this command opens slides (balnmp_cache.slides.base, imported on use).
+    Only this command opens slides (balnmp_cache.slides, imported on use).
     """
     from balnmp_mil.workflow.heatmap import heatmap_run
 

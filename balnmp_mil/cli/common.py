@@ -1,21 +1,57 @@
-"""Shared pieces of the `balnmp-mil` commands: input-error handling and option merging.
+"""What every `balnmp-mil` command shares: how errors and interruptions end the command.
 
-Bad input (a missing file or column, an unknown task/model, a patient missing from the store,
-an existing run directory, a bad config) exits with status 2 and a one-line message naming the
-file / column / patient; unexpected errors keep their traceback (status 1). Set
+Bad input is a `BalnmpError` (any `balnmp_mil.errors` class, the store's `StoreError`
+included) or an OS error the user can fix (a missing file or folder, no permission, a full
+disk or quota, a read-only file system) or an unreadable YAML file: it exits with status 2 and
+one line, `Error: <message>`, naming the file, column or patient and the command-line fix.
+Anything else is a bug and keeps its traceback (status 1). Ctrl-C exits with 130 and SIGTERM
+(what SLURM sends at the time limit) with 143, after a run's temporary folder is removed. Set
 `BALNMP_DEBUG=1` to see the traceback of input errors too.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import click
 import yaml
+
+from balnmp_cache.errors import BalnmpError
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "BadInput", "Terminated",
+           "command_line_wording", "handle_input_errors", "input_message"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+# OS errors a user causes and can fix, with what to do (the file comes from the error).
+USER_OS_ERRORS = {
+    errno.ENOENT: "no such file or directory",
+    errno.ENOTDIR: "a part of the path is not a directory",
+    errno.EISDIR: "is a directory; give a file",
+    errno.EEXIST: "already exists; choose another --out",
+    errno.EACCES: "permission denied; choose a path you may read and write",
+    errno.EPERM: "operation not permitted; choose a path you may read and write",
+    errno.EROFS: "read-only file system; choose a writable --out",
+    errno.ENOSPC: "no space left on the device; free some space or choose another --out",
+    errno.EDQUOT: "disk quota exceeded; free some space or choose another --out",
+    errno.ENAMETOOLONG: "file name too long; choose a shorter --out",
+}
+
+# balnmp_cache.store words its advice for Python callers; the command line's way to say it,
+# used when the running command has that flag (else the advice is dropped).
+STORE_ADVICE = (
+    (", or pass on_problem='warn' to skip them", "--on-missing",
+     ", or pass --on-missing warn to skip them"),
+    (" (pass allow_mixed=True to combine them anyway)", "--allow-mixed",
+     " (pass --allow-mixed to combine them anyway)"),
+)
 
 
 class BadInput(click.ClickException):
@@ -24,77 +60,55 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
-def input_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad user input (the store's StoreError when it exists)."""
-    types: list[type[BaseException]] = [ValueError, FileNotFoundError, FileExistsError,
-                                         NotADirectoryError, yaml.YAMLError]
-    try:
-        from balnmp_cache.store import StoreError
-
-        types.append(StoreError)
-    except ImportError:  # the store module is optional for the error mapping only
-        pass
-    return tuple(types)
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
 
 
-def handle_input_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn input errors raised by the workflow into `BadInput` (exit 2)."""
+def _flags(ctx: click.Context | None) -> set[str]:
+    if ctx is None:
+        return set()
+    return {opt for p in ctx.command.params for opt in getattr(p, "opts", [])}
+
+
+def command_line_wording(message: str, ctx: click.Context | None = None) -> str:
+    """`message` with the store's Python advice put the command line's way (see
+    `STORE_ADVICE`; dropped when the running command has no such flag)."""
+    flags = _flags(ctx or click.get_current_context(silent=True))
+    for python, flag, cli in STORE_ADVICE:
+        message = message.replace(python, cli if flag in flags else "")
+    return message
+
+
+def input_message(exc: BaseException, ctx: click.Context | None = None) -> str | None:
+    """The one-line message of an input error, or None when `exc` is not one (a bug)."""
+    if isinstance(exc, BalnmpError):
+        return command_line_wording(str(exc) or type(exc).__name__, ctx)
+    if isinstance(exc, yaml.YAMLError):
+        return f"cannot read YAML: {exc}"
+    if isinstance(exc, OSError) and exc.errno in USER_OS_ERRORS:
+        where = exc.filename or "a file"
+        return f"{where}: {USER_OS_ERRORS[exc.errno]}"
+    return None
+
+
+def handle_input_errors(func: F) -> F:
+    """Turn input errors raised by the command into `BadInput` (exit 2) and interruptions
+    into their exit statuses; anything else propagates with its traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except input_error_types() as exc:
-            if os.environ.get("BALNMP_DEBUG"):
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            click.echo("terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)",
+                       err=True)
+            raise click.exceptions.Exit(EXIT_TERMINATED if terminated
+                                        else EXIT_INTERRUPTED) from exc
+        except (BalnmpError, OSError, yaml.YAMLError) as exc:
+            message = input_message(exc, click.get_current_context(silent=True))
+            if message is None or os.environ.get("BALNMP_DEBUG"):
                 raise
-            message = str(exc) or type(exc).__name__
-            if isinstance(exc, FileNotFoundError) and exc.filename:
-                message = f"{exc.filename}: {exc.strerror or 'no such file or directory'}"
             raise BadInput(message) from exc
 
-    return wrapper
-
-
-def explicit_params(ctx: click.Context, names: list[str]) -> dict[str, Any]:
-    """Parameters the user actually gave on the command line (not defaults)."""
-    out = {}
-    for name in names:
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
-            out[name] = ctx.params[name]
-    return out
-
-
-def merge_config(ctx: click.Context, names: list[str], config: Path | None,
-                 renames: dict[str, str] | None = None) -> tuple[dict[str, Any], str]:
-    """Config file values (if any) overridden by options given on the command line."""
-    from balnmp_mil.workflow.rundir import read_config
-
-    data: dict[str, Any] = {}
-    source = "command line"
-    if config is not None:
-        data = read_config(config)
-        data.pop("meta", None)
-        source = f"config file {config}"
-    given = explicit_params(ctx, names)
-    for key, value in given.items():
-        data[(renames or {}).get(key, key)] = str(value) if isinstance(value, Path) else value
-    return data, source
-
-
-def parse_model_args(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """`--model-arg hidden=128 --model-arg dropout=0.25` -> {"hidden": 128, "dropout": 0.25}."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise BadInput(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. hidden=128")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def split_list(value: str | None) -> list[str] | None:
-    """'abmil, mean' -> ['abmil', 'mean']."""
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+    return cast(F, wrapper)

@@ -2,27 +2,63 @@
 
 The commands only parse arguments; the work is in `balnmp_mil.workflow` (usable as a library).
 Exit status: 0 ok, 1 unexpected failure, 2 bad usage or bad input (the message names the file,
-column or patient). A new command is a click command in one of this folder's modules, added to
-`COMMANDS` below.
+column or patient), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). A new command is a click command in one of this
+folder's modules, registered in `COMMANDS` below; a command's module is imported only when the
+command runs (or when help lists it), so `balnmp-mil pack` never loads torch.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
 import click
 
+from balnmp_cache._registry import Registry
 from balnmp_cache._version import __version__
-from balnmp_mil.cli.apply import evaluate_cmd, heatmap_cmd, predict_cmd
-from balnmp_mil.cli.store import inspect_cmd, pack_cmd
-from balnmp_mil.cli.train import cv_cmd, train_cmd
+from balnmp_mil.cli.common import Terminated
 
-COMMANDS = (train_cmd, cv_cmd, evaluate_cmd, predict_cmd, heatmap_cmd, pack_cmd, inspect_cmd)
+COMMANDS: Registry[click.Command] = Registry("command")
+for _name, _target in (
+    ("train", "balnmp_mil.cli.train:train_cmd"),
+    ("cv", "balnmp_mil.cli.train:cv_cmd"),
+    ("evaluate", "balnmp_mil.cli.apply:evaluate_cmd"),
+    ("predict", "balnmp_mil.cli.apply:predict_cmd"),
+    ("heatmap", "balnmp_mil.cli.apply:heatmap_cmd"),
+    ("pack", "balnmp_mil.cli.store:pack_cmd"),
+    ("inspect", "balnmp_mil.cli.store:inspect_cmd"),
+):
+    COMMANDS.register(_name, _target)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+class _Commands(click.Group):
+    """A group whose commands come from `COMMANDS`, imported on first use; SIGTERM unwinds
+    like Ctrl-C (temporary files removed) and exits with its own status."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return super().main(*args, **kwargs)
+        previous = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS.names())
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return COMMANDS.get(cmd_name) if cmd_name in COMMANDS else None
+
+
+@click.group(cls=_Commands,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="balnmp-mil")
 def main() -> None:
     """Attention-MIL on cached patch embeddings (stage 2 of balnmp)."""
-
-
-for _command in COMMANDS:
-    main.add_command(_command)

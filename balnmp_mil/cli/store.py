@@ -1,7 +1,7 @@
 """`balnmp-mil pack` and `balnmp-mil inspect`: cohort packs and a store summary.
 
-Registered by the main group (`cli.add_command(pack_cmd, "pack")`). Exit status: 0 all good,
-1 problems found (inspect), 2 bad input (message names the file).
+Registered in the main group's `COMMANDS`. Exit status: 0 all good, 1 problems found
+(inspect), 2 bad input (message names the file).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 from balnmp_cache.store import FeatureStore, SlideInfo, StoreError, load_bags
-from balnmp_mil.cli.common import BadInput
+from balnmp_mil.cli.common import command_line_wording, handle_input_errors
 
 
 def _size(path: Path) -> int:
@@ -31,16 +31,14 @@ def _size(path: Path) -> int:
               show_default=True, help="Pack container.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier pack (atomically); never "
                                                     "another file.")
+@handle_input_errors
 def pack_cmd(features: Path, out: Path, fmt: str, overwrite: bool) -> None:
     """Concatenate the per-slide files of FEATURES into one pack loadable in one read."""
     from balnmp_cache.store.pack import pack_store
 
-    try:
-        path = pack_store(features, out, format=fmt, overwrite=overwrite)
-        with FeatureStore(path) as pack:
-            infos = [pack.info(s) for s in pack.slide_ids]
-    except StoreError as e:
-        raise BadInput(str(e)) from e
+    path = pack_store(features, out, format=fmt, overwrite=overwrite)
+    with FeatureStore(path) as pack:
+        infos = [pack.info(s) for s in pack.slide_ids]
     n = sum(i.n_patches for i in infos)
     click.echo(f"packed {len(infos)} slides, {n} patches x {infos[0].feature_dim} "
                f"({infos[0].dtype}) -> {path} ({_size(path) / 1e6:.1f} MB)")
@@ -99,12 +97,10 @@ def _fmt(values: list[str]) -> str:
 @click.command("inspect")
 @click.argument("features", type=click.Path(path_type=Path))
 @click.option("--quick", is_flag=True, help="Metadata only: skip reading features (NaN/Inf).")
+@handle_input_errors
 def inspect_cmd(features: Path, quick: bool) -> None:
     """Summarise a feature store or pack: slides, patches, dim, encoder, µm/px, problems."""
-    try:
-        s = summarize(features, check_features=not quick)
-    except StoreError as e:
-        raise BadInput(str(e)) from e
+    s = summarize(features, check_features=not quick)
     n = np.asarray(s.patches, dtype=np.int64)
     click.echo(f"store:     {s.path} ({s.format})")
     click.echo(f"slides:    {s.n_slides}")
@@ -121,5 +117,5 @@ def inspect_cmd(features: Path, quick: bool) -> None:
         return
     click.echo(f"problems:  {len(s.problems)}")
     for p in s.problems:
-        click.echo(f"  - {p}")
+        click.echo(f"  - {command_line_wording(p)}")
     raise click.exceptions.Exit(1)

@@ -9,9 +9,10 @@ patch gallery.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,13 +30,21 @@ from balnmp_mil.workflow.steps import (
     positive_scores,
 )
 
+if TYPE_CHECKING:
+    from balnmp_mil.data.clinical import ClinicalEncoder
+    from balnmp_mil.data.cohort import Cohort
+    from balnmp_mil.evaluation.metrics import Report
 
-def run_config(run: rundir.Run) -> TrainConfig:
-    """The TrainConfig a run was made with (from its config.yaml)."""
-    return TrainConfig.from_dict(dict(run.config), source=f"{run.path / rundir.CONFIG}")
+
+def run_config(run: rundir.Run, **overrides: Any) -> TrainConfig:
+    """The TrainConfig a run was made with (from its config.yaml), with `overrides` (options
+    given to evaluate / predict; None keeps the run's value) applied and checked."""
+    cfg = TrainConfig.from_dict(dict(run.config), source=f"{run.path / rundir.CONFIG}")
+    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def clinical_matrix(encoder: Any, table: str | Path, patient_ids: list[str]) -> np.ndarray:
+def clinical_matrix(encoder: ClinicalEncoder, table: str | Path,
+                    patient_ids: list[str]) -> np.ndarray:
     """Encode the rows of `patient_ids` (in that order) from a clinical table file."""
     from balnmp_mil.data.clinical import patient_labels
     from balnmp_mil.data.labels import read_table
@@ -51,7 +60,7 @@ def clinical_matrix(encoder: Any, table: str | Path, patient_ids: list[str]) -> 
     return encoder.transform(df.iloc[[first[p] for p in patient_ids]])
 
 
-def apply_run(run: rundir.Run, cohort: Any, clinical: str | Path | None = None) -> np.ndarray:
+def apply_run(run: rundir.Run, cohort: Cohort, clinical: str | Path | None = None) -> np.ndarray:
     """Patient probabilities (n, C) of a saved run on a cohort (its clinical data encoded)."""
     from balnmp_mil.training.fit import predict
 
@@ -61,10 +70,12 @@ def apply_run(run: rundir.Run, cohort: Any, clinical: str | Path | None = None) 
             raise InputError(f"run {run.path} uses clinical data; pass --clinical TABLE")
         cohort = cohort.with_clinical(
             clinical_matrix(run.clinical_encoder, table, list(cohort.patient_ids)))
-    if run.model_config.get("kind") == CLINICAL_LOGREG:
+    if run.model is None or run.model_config.get("kind") == CLINICAL_LOGREG:
+        if cohort.clinical is None:
+            raise InputError(f"run {run.path} is a clinical-only model; pass --clinical TABLE")
         x = cohort.clinical.detach().cpu().numpy()
         return ClinicalLogReg.from_dict(run.model_config).predict_proba(x)
-    return np.asarray(predict(run.model, cohort))
+    return predict(run.model, cohort)
 
 
 def _check_features(path: str | Path) -> None:
@@ -72,30 +83,31 @@ def _check_features(path: str | Path) -> None:
         raise InputError(f"feature store {path} does not exist")
 
 
-def load_labelled(run: rundir.Run, features: str | Path, labels: str | Path,
-                  device: str) -> Any:
-    """A cohort of new labelled patients with the run's task and bag level."""
+def load_labelled(run: rundir.Run, cfg: TrainConfig, features: str | Path,
+                  labels: str | Path, device: str) -> Cohort:
+    """A cohort of new labelled patients with the run's task, bag level and store policy."""
     from balnmp_mil.data.cohort import load_cohort
 
     _check_features(features)
     if not Path(labels).is_file():
         raise InputError(f"labels file {labels} does not exist")
-    cfg = run_config(run)
     cohort = load_cohort(features, labels, task=cfg.task, bag_level=cfg.bag_level,
-                         device=device)
+                         device=device, on_missing=cfg.on_missing,
+                         allow_mixed=cfg.allow_mixed)
     if list(cohort.class_names) != run.class_names:
         raise InputError(f"labels {labels} give classes {cohort.class_names} but run "
                          f"{run.path} was trained on {run.class_names}")
     return cohort
 
 
-def load_unlabelled(run: rundir.Run, features: str | Path, device: str) -> Any:
+def load_unlabelled(run: rundir.Run, cfg: TrainConfig, features: str | Path,
+                    device: str) -> Cohort:
     """Every slide of a store as its own patient (labels unknown: set to 0, never reported)."""
     from balnmp_cache.store import load_bags
     from balnmp_mil.data.cohort import cohort_from_bags
 
     _check_features(features)
-    packed = load_bags(features)
+    packed = load_bags(features, on_problem=cfg.on_missing, allow_mixed=cfg.allow_mixed)
     offs = np.asarray(packed.offsets)
     feats = np.asarray(packed.features)
     bags = [feats[offs[i]:offs[i + 1]] for i in range(len(packed.slide_ids))]
@@ -108,7 +120,7 @@ def load_unlabelled(run: rundir.Run, features: str | Path, device: str) -> Any:
 class EvalResult:
     """Reports per part (train/val/test of the run, or `new` data) and the metrics dict."""
 
-    reports: dict[str, Any]
+    reports: dict[str, Report]
     metrics: dict[str, Any]
 
     def summary(self) -> str:
@@ -126,13 +138,11 @@ def evaluate_run(run_path: str | Path, features: str | Path | None = None,
                  device: str | None = None, **overrides: Any) -> EvalResult:
     """Recompute a run's metrics from predictions.csv, or evaluate it on new labelled data.
 
-    overrides: ci / n_bootstrap / seed for the AUC confidence interval.
+    overrides: run options to use instead of the run's (ci / n_bootstrap / seed for the AUC
+    confidence interval, on_missing / allow_mixed for new data); None keeps the run's.
     """
     run = rundir.load_run(run_path, device="cpu")
-    cfg = run_config(run)
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(cfg, key, value)
+    cfg = run_config(run, **overrides)
     names = run.class_names
     if features is None and labels is None:
         preds = pd.read_csv(run.path / rundir.PREDICTIONS, dtype={"patient_id": str})
@@ -147,7 +157,7 @@ def evaluate_run(run_path: str | Path, features: str | Path | None = None,
     dev = resolve_device(device)
     if run.model is not None:
         run.model.to(dev)
-    cohort = load_labelled(run, features, labels, dev)
+    cohort = load_labelled(run, cfg, features, labels, dev)
     probs = {"new": apply_run(run, cohort, clinical)}
     y = {"new": labels_numpy(cohort)}
     reports, metrics, _ = evaluate_parts(y, probs, names, cfg, youden_from=None)
@@ -165,20 +175,22 @@ def evaluate_run(run_path: str | Path, features: str | Path | None = None,
 
 def predict_run(run_path: str | Path, features: str | Path, out: str | Path,
                 labels: str | Path | None = None, clinical: str | Path | None = None,
-                device: str | None = None) -> pd.DataFrame:
+                device: str | None = None, **overrides: Any) -> pd.DataFrame:
     """Write patient probabilities of a saved run on FEATURES to `out` (CSV, atomically).
 
     Without labels every slide is its own patient; with a labels table (patient_id, slide_id)
-    slides are grouped by patient and the true label is added.
+    slides are grouped by patient and the true label is added. `overrides`: on_missing /
+    allow_mixed instead of the run's.
     """
     run = rundir.load_run(run_path, device="cpu")
+    cfg = run_config(run, **overrides)
     check_output(out, [("RUN", run_path), ("FEATURES", features), ("--labels", labels),
                        ("--clinical", clinical)], InputError)
     dev = resolve_device(device)
     if run.model is not None:
         run.model.to(dev)
-    cohort = (load_labelled(run, features, labels, dev) if labels is not None
-              else load_unlabelled(run, features, dev))
+    cohort = (load_labelled(run, cfg, features, labels, dev) if labels is not None
+              else load_unlabelled(run, cfg, features, dev))
     probs = apply_run(run, cohort, clinical)
     frame = pd.DataFrame({"patient_id": list(cohort.patient_ids)})
     if labels is not None:

@@ -1,60 +1,117 @@
-"""What defines a run: `TrainConfig` (one training run) and `CVConfig` (k-fold CV), their
-checks, and how they are read back from a run's `config.yaml` (unknown keys refused by name).
+"""What defines a run: `TrainConfig` (one training run) and `CVConfig` (k-fold CV).
+
+Each option is declared once, as a field with its help, default and allowed values
+(`balnmp_mil._options`): the `train`/`cv` click options, the keys of a run's `config.yaml`
+(unknown keys refused by name) and the Python keywords all derive from these fields. A
+`TrainConfig` is a `FitConfig` too, so every training option is a run option.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from balnmp_mil._options import (
+    Flag,
+    Interval,
+    ListOf,
+    Mapping,
+    OneOf,
+    Text,
+    option,
+    option_fields,
+    validate,
+)
+from balnmp_mil.data.clinical import VARIANTS
+from balnmp_mil.data.cohort import ON_MISSING
+from balnmp_mil.data.labels import TASKS
+from balnmp_mil.data.layout import BAG_LEVELS
 from balnmp_mil.errors import InputError
+from balnmp_mil.evaluation.metrics import CI_METHODS
+from balnmp_mil.models import MODELS
+from balnmp_mil.training.config import FitConfig
+
+__all__ = ["SETTINGS", "SPLIT_NAMES", "CVConfig", "TrainConfig", "check_inputs",
+           "fit_options", "resolve_device", "resolved_config", "run_fields"]
 
 SPLIT_NAMES = ("train", "val", "test")
-
-
-FIT_OPTIONS = ("epochs", "lr", "weight_decay", "bags_per_step", "instances_per_bag", "patience",
-               "monitor", "optimizer", "schedule")
-
-
 SETTINGS = ("image", "image+clinical", "clinical")
+FIT_FIELDS = tuple(f.name for f in dataclasses.fields(FitConfig))
+PATH_FIELDS = ("features", "labels", "clinical", "splits")
+
+C = TypeVar("C", bound="TrainConfig")
 
 
-@dataclass
-class TrainConfig:
+def parse_pair(pair: str) -> tuple[str, Any]:
+    """`"embed_dim=128"` -> `("embed_dim", 128)`; the value is read as YAML (`gated=false`)."""
+    import yaml
+
+    key, sep, value = pair.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"{pair!r}: expected KEY=VALUE, e.g. embed_dim=128")
+    return key.strip(), yaml.safe_load(value)
+
+
+@dataclass(kw_only=True)
+class TrainConfig(FitConfig):
     """Everything that defines a training run; saved as the run's `config.yaml`."""
 
-    features: str
-    labels: str
-    task: str | None = None
-    model: str = "abmil"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    clinical: str | None = None
-    clinical_variant: str = "full"
-    clinical_impute: bool = False
-    clinical_only: bool = False
-    seed: int = 0
-    epochs: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    bags_per_step: int | None = None
-    instances_per_bag: int | None = None
-    patience: int | None = None
-    monitor: str | None = None
-    optimizer: str | None = None
-    schedule: str | None = None
-    val: float = 0.15
-    test: float = 0.2
-    splits: str | None = None
-    bag_level: str = "patient"
-    on_missing: str = "error"
-    device: str | None = None
-    ci: str = "bootstrap"
-    n_bootstrap: int = 1000
+    features: str = option(check=Text(), argument=True, path=True,
+                           help="Feature store or pack (extract-features --out).")
+    labels: str = option(check=Text(), path=True, help=(
+        "Labels CSV/XLSX: patient_id (or BCNB `Patient ID`) and `label` or `ALN status`; "
+        "optional slide_id column."))
+    clinical: str | None = option(None, check=Text(), path=True,
+                                  help="Clinical table (BCNB columns); may be the labels file.")
+    clinical_variant: str = option("full", check=OneOf(VARIANTS), help=(
+        "Clinical encoding: full or the paper's 5 features (paper5)."))
+    clinical_impute: bool = option(False, check=Flag(), help=(
+        "Fill missing clinical values with training medians / modes instead of failing."))
+    clinical_columns: dict[str, str] = option(
+        check=Mapping(), factory=dict, flag="--clinical-column", multiple=True,
+        metavar="FIELD=COLUMN", parse=parse_pair, default_text="found by name",
+        help="Clinical table column of a field (repeatable), e.g. age='Patient age'.")
+    task: str | None = option(None, check=OneOf(TASKS), default_text="the `label` column as is",
+                              help="ALN task of the BALNMP paper.")
+    model: str = option("abmil", check=OneOf(MODELS), commands=("train",),
+                        help="Registered MIL model.")
+    model_kwargs: dict[str, Any] = option(
+        check=Mapping(), factory=dict, flag="--model-arg", multiple=True, metavar="KEY=VALUE",
+        parse=parse_pair, default_text="the model's",
+        help="Extra build_model argument (repeatable), e.g. embed_dim=128.")
+    clinical_only: bool = option(False, check=Flag(), commands=("train",), help=(
+        "Fit the clinical-only logistic-regression baseline instead of a MIL model."))
+    bag_level: str = option("patient", check=OneOf(BAG_LEVELS),
+                            help="One bag per patient or per slide.")
+    on_missing: str = option("error", check=OneOf(ON_MISSING, "--on-missing policy"), help=(
+        "Labelled slides absent from FEATURES: fail (error) or skip with a warning (warn)."))
+    allow_mixed: bool = option(False, check=Flag(), help=(
+        "Combine slides of different encoders, weights or µm/px in one cohort."))
+    val: float = option(0.15, check=Interval(float, 0, 1, closed="left"),
+                        help="Validation fraction of patients.")
+    test: float = option(0.2, check=Interval(float, 0, 1, closed="neither"),
+                         commands=("train",), help="Test fraction of patients.")
+    splits: str | None = option(None, check=Text(), path=True, commands=("train",), help=(
+        "Reuse a saved split (splits.json of an earlier run)."))
+    ci: str = option("bootstrap", check=OneOf(CI_METHODS), help="AUC CI method.")
+    n_bootstrap: int = option(1000, check=Interval(int, 1),
+                              help="Bootstrap resamples for the AUC CI.")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.clinical_only and self.clinical is None:
+            raise InputError("--clinical-only needs --clinical TABLE (the clinical data)")
+        if not self.val + self.test < 1:
+            raise InputError(
+                f"--val {self.val} and --test {self.test} must be fractions with val + test < 1"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as plain data, run options first, then the training options."""
+        data = dataclasses.asdict(self)
+        return {f.name: data[f.name] for f in run_fields(type(self))}
 
     def inputs(self) -> list[tuple[str, str | None]]:
         """The files and folders a run reads: its `--out` may not be, hold or lie inside one."""
@@ -62,52 +119,59 @@ class TrainConfig:
                 ("--clinical", self.clinical), ("--splits", self.splits)]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+    def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
         """Build from a mapping, rejecting unknown keys and missing required ones by name."""
-        return config_from_dict(cls, data, source)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names - {"meta"})
+        if unknown:
+            raise InputError(f"{source}: unknown option(s) {', '.join(unknown)}; valid options "
+                             f"are {', '.join(sorted(names))}")
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING and data.get(f.name) is None]
+        if required:
+            raise InputError(f"{source}: missing required option(s) {', '.join(required)}")
+        values = {k: v for k, v in data.items() if k in names}
+        for key in ("model_kwargs", "clinical_columns"):  # null in YAML: the default
+            if values.get(key, ...) is None:
+                del values[key]
+        try:
+            return cls(**values)
+        except InputError as exc:
+            if source == "command line":
+                raise
+            raise InputError(f"{source}: {exc}") from exc
 
 
-def config_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names - {"meta"})
-    if unknown:
-        raise InputError(
-            f"{source}: unknown option(s) {', '.join(unknown)}; valid options are "
-            f"{', '.join(sorted(names))}"
-        )
-    required = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
-        and data.get(f.name) is None
-    ]
-    if required:
-        raise InputError(f"{source}: missing required option(s) {', '.join(required)}")
-    values = {k: v for k, v in data.items() if k in names}
-    if values.get("model_kwargs") is None:
-        values.pop("model_kwargs", None)
-    elif not isinstance(values["model_kwargs"], dict):
-        raise InputError(f"{source}: model_kwargs must be a mapping of argument: value")
-    return cls(**values)
-
-
-@dataclass
+@dataclass(kw_only=True)
 class CVConfig(TrainConfig):
     """A TrainConfig plus the folds, the MIL models and the settings to compare."""
 
-    folds: int = 5
-    models: list[str] = field(default_factory=lambda: ["abmil"])
-    compare: list[str] | None = None  # None: all three with a clinical table, else image
+    folds: int = option(5, check=Interval(int, 2), help="Number of folds.")
+    models: list[str] = option(check=ListOf(OneOf(MODELS)), factory=lambda: ["abmil"],
+                               help="Comma-separated MIL models.")
+    compare: list[str] | None = option(
+        None, check=ListOf(OneOf(SETTINGS, "setting")),
+        default_text="all three with --clinical, else image",
+        help="Comma-separated settings among image, image+clinical, clinical.")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> CVConfig:
-        return config_from_dict(cls, data, source)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for setting in self.settings():
+            if "clinical" in setting and self.clinical is None:
+                raise InputError(f"--compare {setting} needs --clinical TABLE")
 
     def settings(self) -> list[str]:
         if self.compare is not None:
             return list(self.compare)
         return list(SETTINGS) if self.clinical is not None else ["image"]
+
+
+def run_fields(cls: type[TrainConfig]) -> list[dataclasses.Field[Any]]:
+    """A run config's declared fields: its own first (in declaration order), then FitConfig's."""
+    fields = option_fields(cls)
+    return ([f for f in fields if f.name not in FIT_FIELDS]
+            + [f for f in fields if f.name in FIT_FIELDS])
 
 
 def resolve_device(device: str | None) -> str:
@@ -123,56 +187,26 @@ def resolve_device(device: str | None) -> str:
     return str(device)
 
 
-def check_inputs(cfg: TrainConfig, need_model: bool = True) -> None:
-    """Check paths, task, model and options before any expensive work; errors say what to do."""
-    from balnmp_mil.data.labels import TASKS
-    from balnmp_mil.models import list_models
-
+def check_inputs(cfg: TrainConfig) -> None:
+    """Check the paths a run reads before any expensive work (the options checked themselves
+    when the config was made); errors say what to do."""
     if not Path(cfg.features).exists():
         raise InputError(f"feature store {cfg.features} does not exist; run extract-features first")
     for what, path in (("labels file", cfg.labels), ("clinical table", cfg.clinical),
                        ("splits file", cfg.splits)):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{what} {path} does not exist")
-    if cfg.task is not None and cfg.task not in TASKS:
-        raise InputError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)}")
-    if need_model and not cfg.clinical_only and cfg.model not in list_models():
-        raise InputError(f"unknown model {cfg.model!r}; choose one of {', '.join(list_models())}")
-    if cfg.clinical_only and cfg.clinical is None:
-        raise InputError("--clinical-only needs --clinical TABLE (the clinical data)")
-    if cfg.clinical_variant not in ("full", "paper5"):
-        raise InputError(f"unknown clinical variant {cfg.clinical_variant!r}; use full or paper5")
-    if cfg.on_missing not in ("error", "warn"):
-        raise InputError(f"unknown --on-missing {cfg.on_missing!r}; use error or warn")
-    if cfg.bag_level not in ("patient", "slide"):
-        raise InputError(f"unknown bag level {cfg.bag_level!r}; use patient or slide")
-    from balnmp_mil.training.fit import FitConfig
-
-    try:
-        FitConfig(**fit_options(cfg))
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"bad training option: {exc}") from exc
-    if not (0 <= cfg.val < 1 and 0 < cfg.test < 1 and cfg.val + cfg.test < 1):
-        raise InputError(
-            f"--val {cfg.val} and --test {cfg.test} must be fractions with val + test < 1"
-        )
 
 
 def fit_options(cfg: TrainConfig) -> dict[str, Any]:
-    """The FitConfig fields this run sets (None keeps FitConfig's default)."""
-    return {k: getattr(cfg, k) for k in FIT_OPTIONS if getattr(cfg, k) is not None}
+    """The FitConfig fields of a run config, as `fit` keywords."""
+    return {name: getattr(cfg, name) for name in FIT_FIELDS}
 
 
 def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The config as saved: absolute paths and the FitConfig defaults written out."""
-    from balnmp_mil.training.fit import FitConfig
-
+    """The config as saved in `config.yaml`: every option, with absolute paths."""
     data = cfg.to_dict()
-    for key in ("features", "labels", "clinical", "splits"):
-        if data[key] is not None:
+    for key in PATH_FIELDS:
+        if data.get(key) is not None:
             data[key] = str(Path(data[key]).resolve())
-    defaults = FitConfig()
-    for key in FIT_OPTIONS:
-        if data[key] is None:
-            data[key] = getattr(defaults, key)
     return data

@@ -13,22 +13,15 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from balnmp_cache._version import __version__
-from balnmp_mil.errors import InputError
 from balnmp_mil.evaluation.report import COLUMNS, cv_report, cv_table
 from balnmp_mil.workflow import rundir
-from balnmp_mil.workflow.config import (
-    SETTINGS,
-    CVConfig,
-    check_inputs,
-    resolve_device,
-    resolved_config,
-)
+from balnmp_mil.workflow.config import CVConfig, check_inputs, resolve_device, resolved_config
 from balnmp_mil.workflow.steps import (
     attach_clinical,
     clinical_only_fit,
@@ -37,6 +30,9 @@ from balnmp_mil.workflow.steps import (
     load_training_cohort,
     positive_scores,
 )
+
+if TYPE_CHECKING:
+    from balnmp_mil.data.cohort import Cohort
 
 
 @dataclass
@@ -52,27 +48,11 @@ class CVResult:
         return f"{self.table}\nrun: {self.path}  in {self.seconds:.1f} s"
 
 
-def _check_cv(cfg: CVConfig) -> None:
-    from balnmp_mil.models import list_models
-
-    check_inputs(cfg, need_model=False)
-    for name in cfg.models:
-        if name not in list_models():
-            raise InputError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
-    for setting in cfg.settings():
-        if setting not in SETTINGS:
-            raise InputError(f"unknown --compare setting {setting!r}; use {', '.join(SETTINGS)}")
-        if "clinical" in setting and cfg.clinical is None:
-            raise InputError(f"--compare {setting} needs --clinical TABLE")
-    if cfg.folds < 2:
-        raise InputError(f"--folds {cfg.folds}: need at least 2 folds")
-
-
-def _fold_settings(cfg: CVConfig, cohort: Any, idx: dict[str, np.ndarray], device: str
+def _fold_settings(cfg: CVConfig, cohort: Cohort, idx: dict[str, np.ndarray], device: str
                    ) -> dict[str, dict[str, np.ndarray]]:
     """Probabilities per part for every setting of one fold."""
     out: dict[str, dict[str, np.ndarray]] = {}
-    clinical_cohort = None
+    clinical_cohort = cohort  # with the fold's clinical encoding, when a setting uses it
     if any("clinical" in s for s in cfg.settings()):
         _, clinical_cohort = attach_clinical(cfg, cohort, idx["train"])
     for setting in cfg.settings():
@@ -90,11 +70,9 @@ def cv_run(cfg: CVConfig, out: str | Path, overwrite: bool = False) -> CVResult:
     """Run k-fold cross-validation and write the cv run directory (atomically)."""
     from balnmp_mil.data.splits import kfold_splits, save_splits
     from balnmp_mil.evaluation.metrics import evaluate
-    from balnmp_mil.evaluation.plots import plot_roc
-
     start = time.perf_counter()
     out = rundir.check_target(out, overwrite, cfg.inputs())
-    _check_cv(cfg)
+    check_inputs(cfg)
     device = resolve_device(cfg.device)
     cohort = load_training_cohort(cfg, device)
     y_all = labels_numpy(cohort)
@@ -126,7 +104,7 @@ def cv_run(cfg: CVConfig, out: str | Path, overwrite: bool = False) -> CVResult:
         pd.DataFrame([{k: r.get(k) for k in keys} for r in rows]).to_csv(tmp / "cv.csv",
                                                                         index=False)
         rundir.write_json(tmp / rundir.METRICS, _cv_metrics(rows, preds, cohort.class_names, cfg))
-        _plot_pooled(preds, cohort.class_names, tmp / rundir.ROC, cfg, plot_roc)
+        _plot_pooled(preds, cohort.class_names, tmp / rundir.ROC, cfg)
         (tmp / rundir.REPORT).write_text(cv_report(rows, saved))
     return CVResult(Path(out), rows, cv_table(rows), time.perf_counter() - start)
 
@@ -155,9 +133,10 @@ def _cv_metrics(rows: list[dict], preds: pd.DataFrame, class_names: list[str],
             "settings": settings, "per_fold": rows}
 
 
-def _plot_pooled(preds: pd.DataFrame, class_names: list[str], out: Path, cfg: CVConfig,
-                 plot_roc: Any) -> None:
+def _plot_pooled(preds: pd.DataFrame, class_names: list[str], out: Path, cfg: CVConfig) -> None:
     """ROC of the pooled out-of-fold test predictions, one curve per setting (binary)."""
+    from balnmp_mil.evaluation.plots import plot_roc
+
     if len(class_names) != 2:
         first = preds[preds["setting"] == preds["setting"].iloc[0]]
         curves = {f"{n} vs rest": ((first["label"] == c).astype(int).to_numpy(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from balnmp_cache.store._atomic import check_output
 from balnmp_mil.errors import InputError
 from balnmp_mil.workflow import rundir
 from balnmp_mil.workflow.apply import clinical_matrix
+
+if TYPE_CHECKING:
+    from balnmp_mil.models import MILModel
 
 GALLERY_PX = 256  # target side of a gallery patch, in pixels
 
@@ -37,7 +40,7 @@ class HeatmapResult:
         return f"{self.slide_id}: {self.n_patches} patches, {probs} -> {self.path}"
 
 
-def bag_attention(model: Any, features: np.ndarray, clinical: np.ndarray | None
+def bag_attention(model: MILModel, features: np.ndarray, clinical: np.ndarray | None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(attention (N,), class probabilities (C,)) of one bag through `model.forward_bag`."""
     import torch

@@ -18,12 +18,17 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from balnmp_cache.store._atomic import check_output, fsync_tree, publish, side_name
 from balnmp_mil.errors import RunDirError
+
+if TYPE_CHECKING:
+    from balnmp_mil.data.clinical import ClinicalEncoder
+    from balnmp_mil.data.splits import Split
+    from balnmp_mil.models import MILModel
 
 CONFIG = "config.yaml"
 MODEL_WEIGHTS = "model.pt"
@@ -64,6 +69,15 @@ def read_config(path: str | Path) -> dict[str, Any]:
             f"got {type(data).__name__}"
         )
     return data
+
+
+def read_json(path: Path) -> Any:
+    """A run's JSON file; a damaged one is a `RunDirError` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"cannot read {path} ({exc}); the run is damaged: train it again "
+                          "or restore it from a copy") from exc
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -164,7 +178,7 @@ def staged_run(target: str | Path, overwrite: bool = False,
 
 
 # --------------------------------------------------------------------------- model files
-def save_model(run_dir: Path, model: Any) -> None:
+def save_model(run_dir: Path, model: MILModel) -> None:
     """Save the state_dict (`model.pt`) and the JSON config that rebuilds the module."""
     import torch
 
@@ -173,8 +187,10 @@ def save_model(run_dir: Path, model: Any) -> None:
     write_json(Path(run_dir) / MODEL_CONFIG, dict(model.config))
 
 
-def load_model(run_dir: str | Path, device: str | None = None) -> Any:
+def load_model(run_dir: str | Path, device: str | None = None) -> MILModel:
     """Rebuild a run's model with `build_model(**model.json)` and load `model.pt` safely."""
+    import pickle
+
     import torch
 
     from balnmp_mil.models import build_model
@@ -184,10 +200,17 @@ def load_model(run_dir: str | Path, device: str | None = None) -> Any:
     for path in (cfg_path, weights):
         if not path.is_file():
             raise RunDirError(f"run {run_dir} has no {path.name}; is it a balnmp-mil run?")
-    config = json.loads(cfg_path.read_text())
+    config = read_json(cfg_path)
+    if not isinstance(config, dict) or "name" not in config:
+        raise RunDirError(f"{cfg_path} does not describe a model; the run is damaged")
     model = build_model(**config)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError) as exc:
+        raise RunDirError(f"{weights} cannot be loaded into the model of {cfg_path} ({exc}); "
+                          "the run is damaged: train it again or restore it from a copy"
+                          ) from exc
     if device is not None:
         model = model.to(device)
     return model.eval()
@@ -200,10 +223,10 @@ class Run:
 
     path: Path
     config: dict[str, Any]
-    model: Any
+    model: MILModel | None
     model_config: dict[str, Any]
-    clinical_encoder: Any | None
-    splits: Any | None
+    clinical_encoder: ClinicalEncoder | None
+    splits: Split | list[Split] | None
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -219,17 +242,21 @@ def load_run(path: str | Path, device: str | None = None) -> Run:
     if not (path / CONFIG).is_file():
         raise RunDirError(f"{path} has no {CONFIG}; is it a balnmp-mil run directory?")
     config = read_config(path / CONFIG)
-    model_config = json.loads((path / MODEL_CONFIG).read_text())
+    if not (path / MODEL_CONFIG).is_file():
+        raise RunDirError(f"run {path} has no {MODEL_CONFIG}; is it a balnmp-mil run?")
+    model_config = read_json(path / MODEL_CONFIG)
+    if not isinstance(model_config, dict):
+        raise RunDirError(f"{path / MODEL_CONFIG} does not describe a model; the run is damaged")
     model = None if model_config.get("kind") == "clinical_logreg" else load_model(path, device)
     encoder = None
     if (path / CLINICAL_ENCODER).is_file():
         from balnmp_mil.data.clinical import ClinicalEncoder
 
-        encoder = ClinicalEncoder.from_dict(json.loads((path / CLINICAL_ENCODER).read_text()))
+        encoder = ClinicalEncoder.from_dict(read_json(path / CLINICAL_ENCODER))
     splits = None
     if (path / SPLITS).is_file():
         from balnmp_mil.data.splits import load_splits
 
         splits = load_splits(path / SPLITS)
-    metrics = json.loads((path / METRICS).read_text()) if (path / METRICS).is_file() else {}
+    metrics = read_json(path / METRICS) if (path / METRICS).is_file() else {}
     return Run(path, config, model, model_config, encoder, splits, metrics)

@@ -4,15 +4,22 @@ predict, evaluate each part, and the clinical-only logistic regression (the pape
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from balnmp_mil.errors import InputError
+from balnmp_mil.errors import InputError, LabelError
 from balnmp_mil.workflow.config import SPLIT_NAMES, TrainConfig, fit_options
+
+if TYPE_CHECKING:
+    from balnmp_mil.data.clinical import ClinicalEncoder
+    from balnmp_mil.data.cohort import Cohort
+    from balnmp_mil.data.splits import Split
+    from balnmp_mil.evaluation.metrics import Report
+    from balnmp_mil.models import MILModel
+    from balnmp_mil.training.fit import FitResult
 
 CLINICAL_LOGREG = "clinical_logreg"
 
@@ -52,8 +59,8 @@ class ClinicalLogReg:
 
 
 def clinical_only_fit(
-    cohort: Any, idx: dict[str, np.ndarray], cfg: TrainConfig
-) -> tuple[dict[str, Any], dict[str, np.ndarray], list[dict], None]:
+    cohort: Cohort, idx: dict[str, np.ndarray], cfg: TrainConfig
+) -> tuple[dict[str, Any], dict[str, np.ndarray], list[dict[str, Any]], None]:
     """Fit EVAL's clinical baseline on train; (model.json dict, probs per part, history, None)."""
     from balnmp_mil.training.baseline import fit_clinical_baseline
 
@@ -68,31 +75,28 @@ def clinical_only_fit(
     return model.to_dict(), probs, [], None
 
 
-def load_training_cohort(cfg: TrainConfig, device: str) -> Any:
-    """`load_cohort` with the run's labels, clinical table, task and bag level.
+def load_training_cohort(cfg: TrainConfig, device: str) -> Cohort:
+    """`load_cohort` with the run's labels, clinical table, task, bag level and store policy.
 
     Label-table errors are prefixed with the labels file, so the message names it.
     """
     from balnmp_mil.data.cohort import load_cohort
-    from balnmp_mil.data.labels import LabelError
 
     try:
         return load_cohort(
             cfg.features, cfg.labels, clinical=cfg.clinical, task=cfg.task,
             bag_level=cfg.bag_level, device=device, on_missing=cfg.on_missing,
+            allow_mixed=cfg.allow_mixed,
         )
     except LabelError as exc:
         raise InputError(f"labels file {cfg.labels}: {exc}") from exc
-    except ValueError as exc:
-        text = str(exc).replace("pass on_missing='warn'", "pass --on-missing warn")
-        raise InputError(text) from exc
 
 
-def labels_numpy(cohort: Any) -> np.ndarray:
+def labels_numpy(cohort: Cohort) -> np.ndarray:
     return cohort.labels.detach().cpu().numpy().astype(np.int64)
 
 
-def make_split(cfg: TrainConfig, cohort: Any) -> Any:
+def make_split(cfg: TrainConfig, cohort: Cohort) -> Split:
     """The saved split (`--splits`) checked against the cohort, or a new stratified one."""
     from balnmp_mil.data.splits import Split, load_splits, stratified_split
 
@@ -113,21 +117,23 @@ def make_split(cfg: TrainConfig, cohort: Any) -> Any:
     return split
 
 
-def split_indices(cohort: Any, split: Any) -> dict[str, np.ndarray]:
+def split_indices(cohort: Cohort, split: Split) -> dict[str, np.ndarray]:
     """Patient indices of each non-empty part of the split, in the split's order."""
     return {part: rows for part, rows in split.indices(cohort.patient_ids).items() if len(rows)}
 
 
-def attach_clinical(cfg: TrainConfig, cohort: Any, train_idx: np.ndarray) -> tuple[Any, Any]:
+def attach_clinical(cfg: TrainConfig, cohort: Cohort, train_idx: np.ndarray
+                    ) -> tuple[ClinicalEncoder | None, Cohort]:
     """Fit the clinical encoder on the training patients only; return (encoder, cohort)."""
-    if cfg.clinical is None:
+    table = cohort.clinical_table
+    if cfg.clinical is None or table is None:
         return None, cohort
     from balnmp_mil.data.clinical import ClinicalEncoder, ClinicalError
 
-    table = cohort.clinical_table
     train_ids = [cohort.patient_ids[i] for i in train_idx]
     try:
-        encoder = ClinicalEncoder(variant=cfg.clinical_variant, impute=cfg.clinical_impute)
+        encoder = ClinicalEncoder(variant=cfg.clinical_variant, impute=cfg.clinical_impute,
+                                  columns=cfg.clinical_columns)
         encoder.fit(table.loc[train_ids])
         matrix = encoder.transform(table.loc[list(cohort.patient_ids)])
     except ClinicalError as exc:
@@ -143,11 +149,11 @@ def positive_scores(probs: np.ndarray) -> np.ndarray:
 def evaluate_parts(
     y: dict[str, np.ndarray], probs: dict[str, np.ndarray], class_names: list[str],
     cfg: TrainConfig, youden_from: str | None = "val",
-) -> tuple[dict[str, Any], dict[str, Any], float | None]:
+) -> tuple[dict[str, Report], dict[str, Any], float | None]:
     """Reports per split at 0.5 and (binary) at the Youden threshold of `youden_from`."""
     from balnmp_mil.evaluation.metrics import evaluate, youden_threshold
 
-    def ev(part: str, threshold: float) -> Any:
+    def ev(part: str, threshold: float) -> Report:
         return evaluate(y[part], positive_scores(probs[part]), threshold=threshold, ci=cfg.ci,
                         n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, class_names=class_names)
 
@@ -166,7 +172,7 @@ def evaluate_parts(
 
 
 def predictions_frame(
-    cohort: Any, idx: dict[str, np.ndarray], probs: dict[str, np.ndarray], class_names: list[str]
+    cohort: Cohort, idx: dict[str, np.ndarray], probs: dict[str, np.ndarray], class_names: list[str]
 ) -> pd.DataFrame:
     """predictions.csv rows: patient_id, split, label, prob_<class>..."""
     labels = labels_numpy(cohort)
@@ -195,8 +201,8 @@ def roc_curves(y: dict[str, np.ndarray], probs: dict[str, np.ndarray],
 
 
 def fit_and_predict(
-    cfg: TrainConfig, cohort: Any, idx: dict[str, np.ndarray], device: str
-) -> tuple[Any, Any, dict[str, np.ndarray]]:
+    cfg: TrainConfig, cohort: Cohort, idx: dict[str, np.ndarray], device: str
+) -> tuple[MILModel, FitResult, dict[str, np.ndarray]]:
     """Build the configured model, fit on train (early stopping on val), predict every part."""
     from balnmp_mil.models import build_model
     from balnmp_mil.training.fit import fit, predict
@@ -205,8 +211,7 @@ def fit_and_predict(
     model = build_model(cfg.model, in_dim=cohort.feature_dim, n_classes=cohort.n_classes,
                         clinical_dim=clinical_dim, seed=cfg.seed, **cfg.model_kwargs)
     val = cohort.subset(idx["val"]) if "val" in idx else None
-    result = fit(model, cohort.subset(idx["train"]), val=val, seed=cfg.seed, device=device,
-                 progress=sys.stderr.isatty(), **fit_options(cfg))
-    probs = {part: np.asarray(predict(result.model, cohort.subset(rows)))
-             for part, rows in idx.items()}
+    result = fit(model, cohort.subset(idx["train"]), val=val,
+                 **{**fit_options(cfg), "device": device})
+    probs = {part: predict(result.model, cohort.subset(rows)) for part, rows in idx.items()}
     return result.model, result, probs

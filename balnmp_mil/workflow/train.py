@@ -28,6 +28,7 @@ from balnmp_mil.workflow.config import (
 )
 from balnmp_mil.workflow.steps import (
     attach_clinical,
+    clinical_only_fit,
     evaluate_parts,
     fit_and_predict,
     labels_numpy,
@@ -90,8 +91,6 @@ def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False) -> Run
         if encoder is not None:
             rundir.write_json(tmp / rundir.CLINICAL_ENCODER, encoder.to_dict())
         if cfg.clinical_only:
-            from balnmp_mil.workflow.cv import clinical_only_fit
-
             coef, probs, history, best_epoch = clinical_only_fit(cohort, idx, cfg)
             rundir.write_json(tmp / rundir.MODEL_CONFIG, coef)
         else:
