@@ -10,6 +10,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -275,7 +276,7 @@ def load_cohort(
     request = _Request(table, label_df, clinical, bag_level, dev, dtype, on_missing, allow_mixed)
     if isinstance(store_or_pack, (PackedBags, FeatureStore)):
         return _from_store(store_or_pack, request)
-    with FeatureStore(store_or_pack) as store:
+    with FeatureStore(Path(store_or_pack)) as store:
         return _from_store(store, request)
 
 
@@ -329,7 +330,8 @@ def _assemble(packed: PackedBags | LoadedBags, present: list[str], request: _Req
     bags = BAG_LEVELS.get(request.bag_level)(loaded, slide_patients, patients, slide_offsets)
     plabels = request.table.patient_labels()
     clinical = request.label_df if request.clinical is True else request.clinical
-    clinical_table = None if clinical is None else patient_rows(clinical, patients)
+    clinical_table = (None if clinical is None or isinstance(clinical, bool)
+                      else patient_rows(clinical, patients))
     dev = request.device
     return Cohort(
         features=features,

@@ -86,7 +86,7 @@ class LabelTable:
         return dict(zip(self.frame["patient_id"], self.frame["label"].astype(int), strict=True))
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a CSV/TSV/XLSX table; errors name the file."""
     path = Path(path)
     if not path.is_file():

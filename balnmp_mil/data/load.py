@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from balnmp_cache.store import FeatureStore
 
 __all__ = ["LoadedBags", "load_chunked", "CHUNK_ELEMENTS"]
 
@@ -41,7 +44,7 @@ def _chunks(sizes: list[int], dim: int) -> list[tuple[int, int]]:
     return out
 
 
-def load_chunked(store: Any, slide_ids: list[str], on_problem: str, allow_mixed: bool,
+def load_chunked(store: FeatureStore, slide_ids: list[str], on_problem: str, allow_mixed: bool,
                  dtype: torch.dtype, device: torch.device) -> LoadedBags:
     """Load ``slide_ids`` from ``store`` in bounded chunks; the whole cohort is checked first
     by the store's own rule (`check_cohort`: one dimension, encoder, weights, µm/px)."""

@@ -19,6 +19,9 @@ from balnmp_mil.errors import SplitError
 
 FORMAT = "balnmp-splits"
 
+Ids = Sequence[str] | Sequence[int]
+Labels = Sequence[int] | np.ndarray  # a torch tensor works too (read through .detach())
+
 
 @dataclass
 class Split:
@@ -59,7 +62,7 @@ class Split:
         return {k: np.array([pos[p] for p in v], dtype=np.int64) for k, v in self.parts().items()}
 
 
-def _check_inputs(patient_ids: Sequence, labels: Sequence) -> tuple[list[str], np.ndarray]:
+def _check_inputs(patient_ids: Ids, labels: Labels) -> tuple[list[str], np.ndarray]:
     pids = [str(p).strip() for p in patient_ids]
     y = np.asarray(labels.detach().cpu().numpy() if hasattr(labels, "detach") else labels)
     y = y.ravel()
@@ -99,7 +102,7 @@ def _check_frac(name: str, value: float) -> None:
         raise SplitError(f"{name} fraction must be in [0, 1), got {value}")
 
 
-def stratified_split(patient_ids: Sequence, labels: Sequence, val: float = 0.15,
+def stratified_split(patient_ids: Ids, labels: Labels, val: float = 0.15,
                      test: float = 0.2, seed: int = 0) -> Split:
     """One stratified split; `val` and `test` are fractions of all patients.
 
@@ -119,7 +122,7 @@ def stratified_split(patient_ids: Sequence, labels: Sequence, val: float = 0.15,
     return Split(train=train_ids, val=val_ids, test=test_ids)
 
 
-def kfold_splits(patient_ids: Sequence, labels: Sequence, k: int = 5, val: float = 0.15,
+def kfold_splits(patient_ids: Ids, labels: Labels, k: int = 5, val: float = 0.15,
                  seed: int = 0) -> list[Split]:
     """k stratified folds: fold i is the test set of split i; `val` (a fraction of the
     remaining training patients) is carved from the training folds, stratified.
@@ -151,7 +154,7 @@ def save_splits(splits: Split | Sequence[Split], path: str | Path) -> Path:
     """Write one split or a list (k-fold) as JSON, atomically (temp file + rename)."""
     path = Path(path)
     single = isinstance(splits, Split)
-    items = [splits] if single else list(splits)
+    items = [splits] if isinstance(splits, Split) else list(splits)
     doc = {"format": FORMAT, "version": 1, "kind": "single" if single else "folds",
            "splits": [s.to_dict() for s in items]}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -153,7 +154,19 @@ def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den else NAN
 
 
-def threshold_metrics(y_true, scores, threshold: float = 0.5) -> dict[str, float]:
+class ThresholdMetrics(TypedDict):
+    """What `threshold_metrics` returns (the ratios are NaN when undefined)."""
+
+    accuracy: float
+    sensitivity: float
+    specificity: float
+    ppv: float
+    npv: float
+    f1: float
+    confusion: list[list[int]]
+
+
+def threshold_metrics(y_true, scores, threshold: float = 0.5) -> ThresholdMetrics:
     """Accuracy, sensitivity, specificity, PPV, NPV, F1 and the confusion matrix.
 
     Binary: positive when score >= threshold. Multi-class: prediction = argmax, and
@@ -173,10 +186,11 @@ def threshold_metrics(y_true, scores, threshold: float = 0.5) -> dict[str, float
         per.append({"sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
                     "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn),
                     "f1": _ratio(2 * tp, 2 * tp + fp + fn)})
-    out = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
-    out["accuracy"] = _ratio(np.trace(conf), conf.sum())
-    out["confusion"] = conf.tolist()
-    return out
+    mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+    return ThresholdMetrics(accuracy=_ratio(np.trace(conf), conf.sum()),
+                            sensitivity=mean["sensitivity"], specificity=mean["specificity"],
+                            ppv=mean["ppv"], npv=mean["npv"], f1=mean["f1"],
+                            confusion=conf.tolist())
 
 
 def evaluate(y_true, scores, threshold: float = 0.5, ci: str = "bootstrap",

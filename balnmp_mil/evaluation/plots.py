@@ -199,7 +199,8 @@ def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.nd
         ax.text(x, y, str(rank), color="white", fontsize=7, va="bottom", fontweight="bold")
     cbar = fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02)
     cbar.set_label(ATTENTION_LABEL)
-    cbar.solids.set_alpha(1.0)  # the legend of the colours, not of the blend
+    if cbar.solids is not None:
+        cbar.solids.set_alpha(1.0)  # the legend of the colours, not of the blend
     if mpp:
         _scale_bar(ax, w, h, mpp * downsample)
     ax.set_axis_off()

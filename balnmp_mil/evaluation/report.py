@@ -10,9 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from balnmp_mil.evaluation.metrics import Report
+
+    ReportLike = Report | Mapping[str, Any]  # a Report or its to_dict() (metrics.json)
 
 # (column header, Report field); order is the paper's.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -25,13 +30,13 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _get(report: Any, key: str) -> Any:
+def _get(report: ReportLike | None, key: str) -> Any:
     if isinstance(report, Mapping):
         return report.get(key)
     return getattr(report, key, None)
 
 
-def fmt(value: Any, digits: int = 3) -> str:
+def fmt(value: float | None, digits: int = 3) -> str:
     """A number with fixed digits; missing or NaN values show as an em dash."""
     if value is None:
         return "—"
@@ -39,7 +44,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     return "—" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def fmt_auc(report: Any) -> str:
+def fmt_auc(report: ReportLike) -> str:
     """`0.812 [0.701, 0.905]`: AUC with its 95 % confidence interval."""
     auc, ci = _get(report, "auc"), _get(report, "auc_ci")
     if ci is None or len(ci) != 2:
@@ -53,7 +58,7 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def metrics_table(reports: Mapping[str, Any], first: str = "Split") -> str:
+def metrics_table(reports: Mapping[str, ReportLike], first: str = "Split") -> str:
     """One row per entry (split or model): n, AUC [95 % CI], ACC, SENS, SPEC, PPV, NPV, F1."""
     header = [first, "n (pos)", "AUC [95% CI]", *(name for name, _ in COLUMNS)]
     rows = []
@@ -71,7 +76,7 @@ def confusion_table(confusion: Sequence[Sequence[int]], class_names: Sequence[st
     return _markdown(header, rows)
 
 
-def mean_sd(values: Sequence[float]) -> str:
+def mean_sd(values: Sequence[float | None]) -> str:
     """`0.812 ± 0.034` over folds (sample sd; NaN folds ignored, count shown if any)."""
     arr = np.asarray([v for v in values if v is not None], dtype=float)
     arr = arr[~np.isnan(arr)]

@@ -106,6 +106,8 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
     (one bag, the reference); ``forward``/``forward_bag`` standardise inputs first."""
 
     name: ClassVar[str] = ""
+    input_mean: torch.Tensor  # buffers (see __init__), declared for the type checker
+    input_std: torch.Tensor
     # The vectorised sweep may batch fits of this model with torch.func.vmap (models whose
     # forward pads to data-dependent shapes, like TransMIL's square token grid, cannot).
     vmappable: ClassVar[bool] = True

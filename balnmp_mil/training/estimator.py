@@ -13,6 +13,7 @@ from dataclasses import fields
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.validation import check_is_fitted
@@ -34,6 +35,7 @@ NOT_PARAMETERS = {
 }
 FIT_PARAMETERS = [f.name for f in fields(FitConfig) if f.name not in NOT_PARAMETERS]
 _D = FitConfig()  # the declared defaults
+Bags = Sequence[ArrayLike] | np.ndarray  # (n_i, D) arrays, or one (B, n, D) array
 
 
 class MILClassifier(ClassifierMixin, BaseEstimator):
@@ -75,7 +77,7 @@ class MILClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.progress = progress
 
-    def _check_bags(self, X: Any, reset: bool) -> list[np.ndarray]:
+    def _check_bags(self, X: Bags, reset: bool) -> list[np.ndarray]:
         if isinstance(X, np.ndarray) and X.ndim == 3:
             X = list(X)
         if not isinstance(X, (list, tuple)) or not X:
@@ -97,7 +99,7 @@ class MILClassifier(ClassifierMixin, BaseEstimator):
                              f"with {self.n_features_in_}")
         return bags
 
-    def fit(self, X: Any, y: Any) -> MILClassifier:
+    def fit(self, X: Bags, y: ArrayLike) -> MILClassifier:
         """Train on bags `X` with one label per bag `y`."""
         bags = self._check_bags(X, reset=True)
         y = np.asarray(y)
@@ -116,12 +118,12 @@ class MILClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = result.history
         return self
 
-    def predict_proba(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: Bags) -> np.ndarray:
         """Class probabilities (n_bags, n_classes), columns ordered as `classes_`."""
         cohort = self._unlabelled(X)[1]
         return predict(self.model_, cohort)
 
-    def _unlabelled(self, X: Any) -> tuple[list[np.ndarray], Cohort]:
+    def _unlabelled(self, X: Bags) -> tuple[list[np.ndarray], Cohort]:
         """The checked bags of `X` and a cohort of them (labels unused) for the fitted model."""
         check_is_fitted(self, "model_")
         bags = self._check_bags(X, reset=False)
@@ -129,12 +131,12 @@ class MILClassifier(ClassifierMixin, BaseEstimator):
                                   class_names=[str(c) for c in self.classes_])
         return bags, cohort
 
-    def predict(self, X: Any) -> np.ndarray:
+    def predict(self, X: Bags) -> np.ndarray:
         """Most probable class of each bag."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
-    def attention(self, X: Any) -> list[np.ndarray]:
+    def attention(self, X: Bags) -> list[np.ndarray]:
         """Per-instance attention of each bag (for models that have attention)."""
         bags, cohort = self._unlabelled(X)
         _, att = predict(self.model_, cohort, return_attention=True)

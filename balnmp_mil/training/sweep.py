@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from balnmp_mil.training.fit import FitResult, class_weight_vector, fit, lr_at
 from balnmp_mil.training.inference import auc_score, autocast, merge_bags
 from balnmp_mil.training.monitor import EarlyStopping, choose_monitor
 from balnmp_mil.training.optim import OPTIMIZERS
-from balnmp_mil.training.plan import batch_rows, epoch_plan
+from balnmp_mil.training.plan import EpochPlan, batch_rows, epoch_plan
 from balnmp_mil.training.stacked_optim import StackedOptimizer
 
 __all__ = ["SweepSpec", "SweepResult", "sweep"]
@@ -56,6 +56,31 @@ class SweepResult:
     seconds: float
 
 
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # global bag ids, cohort rows, offsets
+
+
+class PatientSplit(Protocol):
+    """A split by patient ids (`balnmp_mil.data.splits.Split`, or anything shaped like it)."""
+
+    train: Sequence[str]
+    val: Sequence[str]
+
+
+# (train patient indices, val patient indices or None), or a split by patient ids
+SplitLike = tuple[Sequence[int] | np.ndarray, Sequence[int] | np.ndarray | None] | PatientSplit
+
+
+class _Padded(NamedTuple):
+    """M models' batches padded to one shape, stacked on a leading model axis."""
+
+    x: torch.Tensor
+    ids: torch.Tensor
+    offsets: torch.Tensor
+    labels: torch.Tensor  # -1 for padding bags
+    clinical: torch.Tensor | None
+    n_bags: int
+
+
 @dataclass
 class _Part:
     """One model's view of the cohort: bags (global ids) of a split part, packed row map."""
@@ -68,7 +93,7 @@ class _Part:
     labels: torch.Tensor  # per patient of the part
 
 
-def _part(cohort: Cohort, idx: Any) -> _Part:
+def _part(cohort: Cohort, idx: np.ndarray) -> _Part:
     idx_t, keep, new_patient = cohort.bag_selection(idx)
     offs = cohort.offsets.cpu()
     counts = (offs[1:] - offs[:-1])[keep]
@@ -82,23 +107,34 @@ def _part(cohort: Cohort, idx: Any) -> _Part:
     )
 
 
-def _split_indices(cohort: Cohort, split: Any) -> tuple[np.ndarray, np.ndarray | None]:
+def _eval_batch(part: _Part, chunk: int) -> Batch | None:
+    """The `chunk`-th run of `EVAL_BAGS` validation bags of one model (None past its end)."""
+    sel = torch.arange(chunk * EVAL_BAGS, min((chunk + 1) * EVAL_BAGS, part.bags.numel()))
+    if sel.numel() == 0:
+        return None
+    starts, ends = part.offsets[:-1][sel], part.offsets[1:][sel]
+    rows = gather_ranges(starts, ends - starts)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(ends - starts, 0)])
+    return part.bags[sel], part.rows[rows], offsets
+
+
+def _split_indices(cohort: Cohort, split: SplitLike) -> tuple[np.ndarray, np.ndarray | None]:
     """(train, val) patient indices from an index pair or an object with .train/.val ids."""
-    if hasattr(split, "train"):
-        pos = {p: i for i, p in enumerate(cohort.patient_ids)}
-        missing = [p for p in list(split.train) + list(split.val or []) if p not in pos]
-        if missing:
-            raise SplitError(f"split names patients not in the cohort: {missing[:10]}")
-        val = [pos[p] for p in split.val] if split.val else None
-        return np.array([pos[p] for p in split.train]), None if val is None else np.array(val)
-    train, val = split
-    return np.asarray(train), None if val is None else np.asarray(val)
+    if isinstance(split, (tuple, list)):
+        train_idx, val_idx = split
+        return np.asarray(train_idx), None if val_idx is None else np.asarray(val_idx)
+    pos = {p: i for i, p in enumerate(cohort.patient_ids)}
+    missing = [p for p in list(split.train) + list(split.val or []) if p not in pos]
+    if missing:
+        raise SplitError(f"split names patients not in the cohort: {missing[:10]}")
+    val = [pos[p] for p in split.val] if split.val else None
+    return np.array([pos[p] for p in split.train]), None if val is None else np.array(val)
 
 
 def sweep(
     model_name: str,
     cohort: Cohort,
-    splits: Sequence[Any],
+    splits: Sequence[SplitLike],
     seeds: Sequence[int] = (0,),
     lrs: Sequence[float] = (2e-4,),
     model_kwargs: dict[str, Any] | None = None,
@@ -157,8 +193,8 @@ class _VectorisedSweep:
                 m.set_input_stats(cohort.features, part.rows.to(self.device))
         self.params, self.buffers = stack_module_state(models)
         self.params = {k: v.detach() for k, v in self.params.items()}
-        self.val = [None if parts[s.split][1] is None else _part(cohort, parts[s.split][1])
-                    for s in specs]
+        vals = [parts[s.split][1] for s in specs]
+        self.val = [None if v is None else _part(cohort, v) for v in vals]
         self.clin = cohort.bag_clinical()
         n_cls = cohort.n_classes
         weights = [class_weight_vector(c.class_weights, p.bag_labels, n_cls)
@@ -169,8 +205,7 @@ class _VectorisedSweep:
                                     self.params)
 
     # -- padded, vmapped forward -----------------------------------------------------
-    def _pad(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]
-             ) -> tuple[torch.Tensor, ...]:
+    def _pad(self, batches: Sequence[Batch | None]) -> _Padded:
         """Per-model (global bag ids, cohort rows, offsets) -> stacked padded inputs.
 
         Padding instances go to one extra bag and padding bags get label -1 (ignored)."""
@@ -196,9 +231,10 @@ class _VectorisedSweep:
         x = x.view(len(batches), p_max, -1)
         bag_ids_t = torch.stack(bag_ids).to(dev)
         clin = None if self.clin is None else self.clin[bag_ids_t]
-        return (x, torch.stack(ids).to(dev), torch.stack(offs).to(dev), torch.stack(ys).to(dev), clin, n_bags)
+        return _Padded(x, torch.stack(ids).to(dev), torch.stack(offs).to(dev),
+                       torch.stack(ys).to(dev), clin, n_bags)
 
-    def _loss_fn(self, n_bags: int):
+    def _loss_fn(self, n_bags: int) -> Callable[..., torch.Tensor]:
         base = self.base
 
         def loss(params, buffers, x, ids, offs, y, clin, cw):
@@ -213,7 +249,8 @@ class _VectorisedSweep:
 
         return loss
 
-    def _logits(self, x, ids, offs, clin, n_bags):
+    def _logits(self, x: torch.Tensor, ids: torch.Tensor, offs: torch.Tensor,
+                clin: torch.Tensor | None, n_bags: int) -> torch.Tensor:
         base = self.base
 
         def f(params, buffers, x, ids, offs, clin):
@@ -260,14 +297,14 @@ class _VectorisedSweep:
                     active[m] = False
         return self._results(histories, stops, best_params)
 
-    def _train_epoch(self, plans: list[Any], lrs: list[float], active: list[bool]
+    def _train_epoch(self, plans: list[EpochPlan | None], lrs: list[float], active: list[bool]
                      ) -> list[float]:
         self.base.train()
         totals = torch.zeros(len(plans), dtype=torch.float64, device=self.device)
         n_steps = max(len(p.batches) for p in plans if p is not None)
         lr_t = torch.tensor(lrs, dtype=torch.float64)
         for step in range(n_steps):
-            batches = []
+            batches: list[Batch | None] = []
             for m, plan in enumerate(plans):
                 if plan is None or step >= len(plan.batches):
                     batches.append(None)
@@ -298,17 +335,7 @@ class _VectorisedSweep:
         n_chunks = max([math.ceil(p.bags.numel() / EVAL_BAGS) for p in parts if p] + [0])
         logits: list[list[torch.Tensor]] = [[] for _ in parts]
         for j in range(n_chunks):
-            batches = []
-            for p in parts:
-                sel = None if p is None else torch.arange(
-                    j * EVAL_BAGS, min((j + 1) * EVAL_BAGS, p.bags.numel()))
-                if sel is None or sel.numel() == 0:
-                    batches.append(None)
-                    continue
-                starts, ends = p.offsets[:-1][sel], p.offsets[1:][sel]
-                rows = gather_ranges(starts, ends - starts)
-                o = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(ends - starts, 0)])
-                batches.append((p.bags[sel], p.rows[rows], o))
+            batches = [None if p is None else _eval_batch(p, j) for p in parts]
             x, ids, offs, _, clin, n_bags = self._pad(batches)
             with autocast(self.device, self.cfgs[0].amp):
                 out = self._logits(x, ids, offs, clin, n_bags)
