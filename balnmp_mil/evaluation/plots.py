@@ -172,18 +172,10 @@ def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.nd
     if thumb.ndim != 3 or downsample <= 0:
         raise EvaluationError(f"thumbnail must be (h, w, 3) and downsample > 0; got {thumb.shape}, "
                               f"{downsample}")
-    h, w = thumb.shape[:2]
-    span = att.max() - att.min() if att.size else 0.0
-    rel = (att - att.min()) / span if span > 0 else np.ones_like(att)
-    heat = np.full((h, w), np.nan)
-    side = max(1, int(round(patch_size_level0 / downsample)))
-    tl = np.floor(coords / downsample).astype(np.int64)
-    for (x, y), v in zip(tl, rel):  # patches may overlap: keep the highest attention
-        region = heat[max(y, 0):y + side, max(x, 0):x + side]
-        np.fmax(region, v, out=region)
+    tiles = _AttentionTiles(att, coords, patch_size_level0, downsample, thumb.shape[:2])
     k = int(min(top_k, att.size))
     top = np.argsort(-att, kind="mergesort")[:k]
-
+    h, w = thumb.shape[:2]
     main_h = min(9.0, max(2.5, 6.8 * h / max(w, 1)) + 0.5)  # follow the slide's aspect
     gallery_h = 8.0 / max(k, 4) + 0.4 if k else 0.0
     fig = Figure(figsize=(8, main_h + gallery_h))
@@ -191,11 +183,11 @@ def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.nd
                             height_ratios=[main_h, gallery_h] if k else [1])
     ax = fig.add_subplot(grid[0, :])
     ax.imshow(thumb)
-    im = ax.imshow(np.ma.masked_invalid(heat), cmap="jet", alpha=alpha, vmin=0, vmax=1,
+    im = ax.imshow(np.ma.masked_invalid(tiles.heat), cmap="jet", alpha=alpha, vmin=0, vmax=1,
                    interpolation="nearest")
     for rank, i in enumerate(top, 1):
-        x, y = tl[i]
-        ax.add_patch(Rectangle((x, y), side, side, fill=False, ec="white", lw=1.2))
+        x, y = tiles.corners[i]
+        ax.add_patch(Rectangle((x, y), tiles.side, tiles.side, fill=False, ec="white", lw=1.2))
         ax.text(x, y, str(rank), color="white", fontsize=7, va="bottom", fontweight="bold")
     cbar = fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02)
     cbar.set_label(ATTENTION_LABEL)
@@ -206,18 +198,39 @@ def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.nd
     ax.set_axis_off()
     ax.set_title(title or f"Attention over {att.size} patches (top {k} boxed)", fontsize=10)
     for rank, i in enumerate(top):
+        img = (np.asarray(patches[rank]) if patches is not None and rank < len(patches)
+               else tiles.crop(thumb, i))
         gax = fig.add_subplot(grid[1, rank])
-        if patches is not None and rank < len(patches):
-            img = np.asarray(patches[rank])
-        else:
-            x, y = tl[i]
-            img = thumb[max(y, 0):y + side, max(x, 0):x + side]
         gax.imshow(img)
-        gax.set_title(f"#{rank + 1} att {rel[i]:.2f}", fontsize=7)
+        gax.set_title(f"#{rank + 1} att {tiles.relative[i]:.2f}", fontsize=7)
         gax.set_xticks([])
         gax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+class _AttentionTiles:
+    """Patches on the thumbnail: corners and side in thumbnail px, attention min-max scaled
+    within the slide, and the heat image (NaN off tissue; overlaps keep the highest)."""
+
+    def __init__(self, att: np.ndarray, coords: np.ndarray, patch_size_level0: float,
+                 downsample: float, shape: tuple[int, ...]) -> None:
+        span = att.max() - att.min() if att.size else 0.0
+        self.relative = (att - att.min()) / span if span > 0 else np.ones_like(att)
+        self.side = max(1, int(round(patch_size_level0 / downsample)))
+        self.corners = np.floor(coords / downsample).astype(np.int64)
+        self.heat = np.full(shape, np.nan)
+        for i, v in enumerate(self.relative):
+            region = self._region(self.heat, i)
+            np.fmax(region, v, out=region)
+
+    def _region(self, image: np.ndarray, i: int) -> np.ndarray:
+        x, y = self.corners[i]
+        return image[max(y, 0):y + self.side, max(x, 0):x + self.side]
+
+    def crop(self, thumb: np.ndarray, i: int) -> np.ndarray:
+        """Patch `i` cut from the thumbnail (the gallery without full-resolution patches)."""
+        return self._region(thumb, i)
 
 
 def plot_training_curves(history: Sequence[Mapping[str, float]], out: str | Path,
