@@ -1,9 +1,9 @@
 """Segment (per-bag) reductions over packed instances.
 
 A packed batch stores the instances of B bags back to back in one (P, ...) tensor; bag b owns
-rows ``offsets[b]:offsets[b+1]``. These helpers reduce within each bag without padding and are
-written with scatter/index ops only, so they also run under ``torch.func.vmap`` when given a
-precomputed :class:`Segments` (the vectorised sweep relies on that).
+rows `offsets[b]:offsets[b+1]`. These helpers reduce within each bag without padding and are
+written with scatter/index ops only, so they also run under `torch.func.vmap` when given a
+precomputed `Segments` (the vectorised sweep relies on that).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ __all__ = [
 
 
 def segment_ids(offsets: torch.Tensor, n: int) -> torch.Tensor:
-    """Bag index of each of the ``n`` packed instances, shape (n,) int64."""
+    """Bag index of each of the `n` packed instances, shape (n,) int64."""
     counts = offsets[1:] - offsets[:-1]
     bags = torch.arange(counts.numel(), device=offsets.device)
     return torch.repeat_interleave(bags, counts, output_size=n)
@@ -35,7 +35,7 @@ def segment_ids(offsets: torch.Tensor, n: int) -> torch.Tensor:
 
 @dataclass
 class Segments:
-    """Precomputed bag layout of a packed batch: ``ids`` (P,), ``offsets`` (B+1,), ``n_bags``."""
+    """Precomputed bag layout of a packed batch: `ids` (P,), `offsets` (B+1,), `n_bags`."""
 
     ids: torch.Tensor
     offsets: torch.Tensor
@@ -47,7 +47,7 @@ class Segments:
 
 
 def as_segments(offsets: torch.Tensor | Segments, n: int) -> Segments:
-    """Turn ``offsets`` into a :class:`Segments` for ``n`` instances (no-op for Segments)."""
+    """Turn `offsets` into a `Segments` for `n` instances (no-op for Segments)."""
     if isinstance(offsets, Segments):
         return offsets
     return Segments(segment_ids(offsets, n), offsets, offsets.numel() - 1)
@@ -58,23 +58,23 @@ def _expand(ids: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def segment_sum(x: torch.Tensor, offsets: torch.Tensor | Segments) -> torch.Tensor:
-    """Sum of ``x`` (P, ...) within each bag -> (B, ...)."""
+    """Sum of `x` (P, ...) within each bag -> (B, ...)."""
     seg = as_segments(offsets, x.shape[0])
     out = x.new_zeros((seg.n_bags, *x.shape[1:]))
     return out.index_add(0, seg.ids, x)
 
 
 def segment_mean(x: torch.Tensor, offsets: torch.Tensor | Segments) -> torch.Tensor:
-    """Mean of ``x`` within each bag (empty bags give zeros) -> (B, ...)."""
+    """Mean of `x` within each bag (empty bags give zeros) -> (B, ...)."""
     seg = as_segments(offsets, x.shape[0])
     counts = seg.counts.clamp(min=1).to(x.dtype)
     return segment_sum(x, seg) / counts.view(-1, *([1] * (x.dim() - 1)))
 
 
 def segment_max(x: torch.Tensor, offsets: torch.Tensor | Segments) -> torch.Tensor:
-    """Elementwise max of ``x`` (P, ...) within each bag -> (B, ...); empty bags give 0.
+    """Elementwise max of `x` (P, ...) within each bag -> (B, ...); empty bags give 0.
 
-    Gradients flow to the maximal entries (shared evenly between exact ties, like ``amax``).
+    Gradients flow to the maximal entries (shared evenly between exact ties, like `amax`).
     """
     seg = as_segments(offsets, x.shape[0])
     out = x.new_zeros((seg.n_bags, *x.shape[1:]))
@@ -82,7 +82,7 @@ def segment_max(x: torch.Tensor, offsets: torch.Tensor | Segments) -> torch.Tens
 
 
 def segment_softmax(scores: torch.Tensor, offsets: torch.Tensor | Segments) -> torch.Tensor:
-    """Softmax of ``scores`` (P,) or (P, K) within each bag (each column separately).
+    """Softmax of `scores` (P,) or (P, K) within each bag (each column separately).
 
     Numerically stable: the per-bag maximum is subtracted before exponentiating.
     """
@@ -94,7 +94,7 @@ def segment_softmax(scores: torch.Tensor, offsets: torch.Tensor | Segments) -> t
 
 
 def segment_argmax(x: torch.Tensor, offsets: torch.Tensor | Segments) -> torch.Tensor:
-    """Packed row index of the first maximum of ``x`` (P, ...) within each bag -> (B, ...).
+    """Packed row index of the first maximum of `x` (P, ...) within each bag -> (B, ...).
 
     Empty bags get index 0 (callers must mask them).
     """
@@ -119,7 +119,7 @@ def segment_rank(scores: torch.Tensor, offsets: torch.Tensor | Segments) -> torc
 
 
 def gather_ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Concatenated ``arange(s, s+c)`` for every (start, count): the rows of selected bags."""
+    """Concatenated `arange(s, s+c)` for every (start, count): the rows of selected bags."""
     total = int(counts.sum())
     excl = torch.cumsum(counts, 0) - counts
     rep_start = torch.repeat_interleave(starts - excl, counts, output_size=total)

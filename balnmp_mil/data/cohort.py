@@ -34,10 +34,10 @@ Indices = Sequence[int] | np.ndarray | torch.Tensor
 
 @dataclass
 class Cohort:
-    """Packed bags of one cohort. Bag b owns ``features[offsets[b]:offsets[b+1]]``.
+    """Packed bags of one cohort. Bag b owns `features[offsets[b]:offsets[b+1]]`.
 
-    ``bag_level="patient"``: one bag per patient (their slides concatenated); ``"slide"``: one
-    bag per slide, ``bag_patient`` maps bags to patients. ``slides``/``slide_offsets`` locate
+    `bag_level="patient"`: one bag per patient (their slides concatenated); `"slide"`: one
+    bag per slide, `bag_patient` maps bags to patients. `slides`/`slide_offsets` locate
     each slide's rows (for heatmaps) whatever the bag level.
     """
 
@@ -93,7 +93,7 @@ class Cohort:
         return None if self.clinical is None else self.clinical.index_select(0, self.bag_patient)
 
     def subset(self, indices: Indices) -> Cohort:
-        """The given patients (indices into ``patient_ids``) with all their bags, repacked."""
+        """The given patients (indices into `patient_ids`) with all their bags, repacked."""
         idx, keep, bag_new_patient = self.bag_selection(indices)
         offs = self.offsets.cpu()
         starts, counts = offs[:-1][keep], (offs[1:] - offs[:-1])[keep]
@@ -123,8 +123,8 @@ class Cohort:
         )
 
     def bag_selection(self, indices: Indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For patients ``indices``: (patient idx, their bags in subset order, each kept bag's
-        new patient index), all CPU int64. ``subset`` packs bags in exactly this order."""
+        """For patients `indices`: (patient idx, their bags in subset order, each kept bag's
+        new patient index), all CPU int64. `subset` packs bags in exactly this order."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1))
         if idx.numel() and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"patient index out of range [0, {len(self)})")
@@ -139,7 +139,7 @@ class Cohort:
         return idx, keep, bag_new_patient[keep]
 
     def _subset_slides(self, rows: torch.Tensor) -> tuple[list[str], np.ndarray | None]:
-        """Slide bookkeeping after selecting packed ``rows`` (whole slides, in order)."""
+        """Slide bookkeeping after selecting packed `rows` (whole slides, in order)."""
         if self.slide_offsets is None or not self.slides:
             return [], None
         so = torch.as_tensor(self.slide_offsets)
@@ -159,7 +159,7 @@ class Cohort:
         return replace(self, clinical=mat.to(self.features.device))
 
     def to(self, device: str | torch.device) -> Cohort:
-        """A copy with all tensors on ``device``."""
+        """A copy with all tensors on `device`."""
         dev = torch.device(device)
         return replace(
             self,

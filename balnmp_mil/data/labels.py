@@ -1,6 +1,6 @@
 """Label tables: read CSV/XLSX, find id/label columns, map BCNB ALN status to the paper's tasks.
 
-Ids are always ``str`` (BCNB's integer patient ids become ``"1"``, ``"2"``, ...).
+Ids are always `str` (BCNB's integer patient ids become `"1"`, `"2"`, ...).
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ for _task in (
 class LabelTable:
     """Resolved labels: one row per (patient, slide) or per patient.
 
-    ``frame`` has columns ``patient_id`` (str), ``slide_id`` (str, or None when the table has
-    no slide column: the slide id is then the patient id) and ``label`` (int in [0, C)).
+    `frame` has columns `patient_id` (str), `slide_id` (str, or None when the table has
+    no slide column: the slide id is then the patient id) and `label` (int in [0, C)).
     """
 
     frame: pd.DataFrame
@@ -107,9 +107,9 @@ def _norm(name: object) -> str:
 
 
 def find_column(df: pd.DataFrame, *names: str, required: bool = True) -> str | None:
-    """Actual name of the first column matching one of ``names``, ignoring case/space/punctuation.
+    """Actual name of the first column matching one of `names`, ignoring case/space/punctuation.
 
-    Raises :class:`LabelError` listing the available columns when none matches and ``required``.
+    Raises `LabelError` listing the available columns when none matches and `required`.
     """
     lookup = {_norm(c): c for c in df.columns}
     for name in names:

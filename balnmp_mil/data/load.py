@@ -1,6 +1,6 @@
 """Chunked loading of a feature store into one preallocated tensor.
 
-``load_bags`` returns the whole cohort as one numpy array in the store's dtype (float16 by
+`load_bags` returns the whole cohort as one numpy array in the store's dtype (float16 by
 default); converting that to float32 holds both at once (1.5x the float32 bytes). Loading a few
 hundred MB of slides at a time into a preallocated tensor keeps the peak near 1x.
 """
@@ -24,7 +24,7 @@ CHUNK_ELEMENTS = 1 << 26  # features per load_bags call (128 MiB of float16)
 
 @dataclass
 class LoadedBags:
-    """PackedBags with ``features`` already a tensor of the requested dtype/device."""
+    """PackedBags with `features` already a tensor of the requested dtype/device."""
 
     features: torch.Tensor
     coords: np.ndarray
@@ -46,7 +46,7 @@ def _chunks(sizes: list[int], dim: int) -> list[tuple[int, int]]:
 
 def load_chunked(store: FeatureStore, slide_ids: list[str], on_problem: str, allow_mixed: bool,
                  dtype: torch.dtype, device: torch.device) -> LoadedBags:
-    """Load ``slide_ids`` from ``store`` in bounded chunks; the whole cohort is checked first
+    """Load `slide_ids` from `store` in bounded chunks; the whole cohort is checked first
     by the store's own rule (`check_cohort`: one dimension, encoder, weights, µm/px)."""
     from balnmp_cache.store import StoreError, check_cohort, load_bags
 

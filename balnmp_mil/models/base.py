@@ -1,8 +1,8 @@
 """The common MIL model interface (`MILModel`) and the layers every model shares.
 
-Every model has two forwards: :meth:`MILModel.forward` over many packed bags at once (segment
-ops, no padding) and :meth:`MILModel.forward_bag`, a plain one-bag reference the tests compare
-against. Models always return C logits; clinical vectors (``clinical_dim > 0``) are joined to
+Every model has two forwards: `MILModel.forward` over many packed bags at once (segment
+ops, no padding) and `MILModel.forward_bag`, a plain one-bag reference the tests compare
+against. Models always return C logits; clinical vectors (`clinical_dim > 0`) are joined to
 the pooled bag embedding before the classifier.
 """
 
@@ -31,14 +31,14 @@ class MILOutput:
 
 
 class Dropout(nn.Module):
-    """Inverted dropout (like ``nn.Dropout``) with a cheaper mask on CPU.
+    """Inverted dropout (like `nn.Dropout`) with a cheaper mask on CPU.
 
-    ``nn.Dropout`` on CPU draws one Bernoulli sample per element, which took ~15 % of a MIL
+    `nn.Dropout` on CPU draws one Bernoulli sample per element, which took ~15 % of a MIL
     training step. Here each 64-bit random draw yields four 16-bit uniforms, and an element is
-    kept when its uniform is at or above ``round(p * 65536)`` (so ``p`` is used to the nearest
+    kept when its uniform is at or above `round(p * 65536)` (so `p` is used to the nearest
     1/65536; the kept values are scaled by the inverse of the exact keep rate). Masks come from
     the global torch stream, so seeded runs repeat exactly. On other devices it is
-    ``F.dropout`` (a fused kernel there).
+    `F.dropout` (a fused kernel there).
     """
 
     _LEVELS = 1 << 16
@@ -102,8 +102,8 @@ class ClassifierHead(nn.Module):
 
 
 class MILModel(nn.Module, metaclass=abc.ABCMeta):
-    """Base class: subclasses implement ``forward_packed`` (many bags) and ``forward_one``
-    (one bag, the reference); ``forward``/``forward_bag`` standardise inputs first."""
+    """Base class: subclasses implement `forward_packed` (many bags) and `forward_one`
+    (one bag, the reference); `forward`/`forward_bag` standardise inputs first."""
 
     name: ClassVar[str] = ""
     input_mean: torch.Tensor  # buffers (see __init__), declared for the type checker
@@ -127,10 +127,10 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
     def set_input_stats(
         self, features: torch.Tensor, rows: torch.Tensor | None = None, chunk: int = 8192
     ) -> None:
-        """Standardise inputs with the per-feature mean and std of ``features`` (P, D) (or of
-        its ``rows``), the training instances: random-init or un-normalised embeddings often
+        """Standardise inputs with the per-feature mean and std of `features` (P, D) (or of
+        its `rows`), the training instances: random-init or un-normalised embeddings often
         differ by large per-feature offsets and tiny spreads, which makes attention MIL train
-        very slowly. Computed ``chunk`` rows at a time (float32 chunks merged in float64), so a
+        very slowly. Computed `chunk` rows at a time (float32 chunks merged in float64), so a
         float16 cohort is never converted whole."""
         n = features.shape[0] if rows is None else rows.numel()
         if n == 0:
@@ -156,7 +156,7 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
 
     @property
     def config(self) -> dict[str, Any]:
-        """JSON-able; ``build_model(**model.config)`` rebuilds the architecture."""
+        """JSON-able; `build_model(**model.config)` rebuilds the architecture."""
         return {
             "name": self.name,
             "in_dim": self.in_dim,
@@ -172,7 +172,7 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
         clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:
-        """Packed forward: ``features`` (P, D), bag ``offsets`` (B+1,), clinical (B, K)."""
+        """Packed forward: `features` (P, D), bag `offsets` (B+1,), clinical (B, K)."""
         seg = as_segments(offsets, features.shape[0])
         return self.forward_packed(self.standardize_inputs(features), seg, clinical, labels)
 
@@ -181,14 +181,14 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
         self, x: torch.Tensor, seg: Segments, clinical: torch.Tensor | None,
         labels: torch.Tensor | None,
     ) -> MILOutput:
-        """Forward of many bags packed end to end (``seg`` describes them); logits (B, C)."""
+        """Forward of many bags packed end to end (`seg` describes them); logits (B, C)."""
 
     def forward_bag(
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:
-        """Reference forward of one bag ``x`` (N, D); logits (1, C). Same input
-        standardisation as ``forward``; the model itself is ``forward_one``."""
+        """Reference forward of one bag `x` (N, D); logits (1, C). Same input
+        standardisation as `forward`; the model itself is `forward_one`."""
         return self.forward_one(self.standardize_inputs(x), clinical, labels)
 
     @abc.abstractmethod
@@ -196,4 +196,4 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
         self, x: torch.Tensor, clinical: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MILOutput:
-        """Plain per-bag implementation on already standardised ``x`` (N, D)."""
+        """Plain per-bag implementation on already standardised `x` (N, D)."""

@@ -17,9 +17,9 @@ __all__ = ["CLAMSB"]
 
 @register_model("clam_sb")
 class CLAMSB(AttentionMIL):
-    """Single-branch CLAM. ``aux_loss`` = ``instance_weight`` x the mean over labelled bags of
+    """Single-branch CLAM. `aux_loss` = `instance_weight` x the mean over labelled bags of
     the instance loss: for the bag's own class, the top-k attended instances are pseudo-labelled
-    positive and the bottom-k negative (k = min(k_sample, n // 2)); with ``subtyping`` the top-k
+    positive and the bottom-k negative (k = min(k_sample, n // 2)); with `subtyping` the top-k
     are also negatives for every other class. Bags labelled < 0 are ignored."""
 
     def __init__(

@@ -21,7 +21,7 @@ class DSMIL(MILModel):
     """Dual-stream MIL. Stream 1: instance classifier, max over instances per class. Stream 2:
     queries q(x), attention = softmax over the bag of <q(x_i), q(x_critical,c)> / sqrt(d), bag
     embedding per class = sum_i A_ic v(x_i), fcc over the C embeddings (the original Conv1d is
-    this Linear). ``logits`` are stream 2; ``aux_loss`` = ``max_weight`` x CE of stream 1."""
+    this Linear). `logits` are stream 2; `aux_loss` = `max_weight` x CE of stream 1."""
 
     def __init__(
         self, in_dim: int, n_classes: int, clinical_dim: int = 0, query_dim: int = 128,

@@ -28,7 +28,7 @@ __all__ = ["TransMIL"]
 class SelfAttention(nn.Module):
     """Pre-norm multi-head self-attention with residual; returns the class-token attention.
 
-    The attention itself is ``F.scaled_dot_product_attention`` (fused kernels: no (L, L)
+    The attention itself is `F.scaled_dot_product_attention` (fused kernels: no (L, L)
     weight matrix kept for backward; 1.5-3x faster than the explicit softmax on CPU for
     160-1,000-token bags); the [CLS] row of the weights, which heatmaps need, is computed
     on its own from the same scores.

@@ -1,8 +1,8 @@
-"""Train M models at once (splits x seeds x learning rates), vectorised with ``torch.func``.
+"""Train M models at once (splits x seeds x learning rates), vectorised with `torch.func`.
 
-Each model sees exactly the batches :func:`balnmp_mil.training.fit.fit` would give it (same seeded
+Each model sees exactly the batches `balnmp_mil.training.fit.fit` would give it (same seeded
 generator, same epoch plan); the M batches of a step are padded to one shape and run through
-``vmap(grad(functional_call))`` over the stacked parameters, and Adam/AdamW/SGD are applied to
+`vmap(grad(functional_call))` over the stacked parameters, and Adam/AdamW/SGD are applied to
 the stacked tensors with per-model learning rates. Results equal M separate fits up to float
 rounding, except for dropout, which draws from vmap's own stream (set dropout=0 for equality).
 Models whose class says `vmappable = False` (TransMIL) fall back to sequential fits.
@@ -48,7 +48,7 @@ class SweepSpec:
 
 @dataclass
 class SweepResult:
-    """One FitResult per spec, in the order of ``specs`` (splits, then seeds, then lrs)."""
+    """One FitResult per spec, in the order of `specs` (splits, then seeds, then lrs)."""
 
     specs: list[SweepSpec]
     results: list[FitResult]
