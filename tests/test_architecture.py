@@ -25,7 +25,7 @@ MAX_LINES = 400
 MODULES = sorted(p.relative_to(ROOT).as_posix() for package in ("balnmp_cache", "balnmp_mil")
                  for p in (ROOT / package).rglob("*.py"))  # fmt: skip
 # Over the limit today; being split (issue 13). Strict: the mark must go once it is split.
-BEING_SPLIT = {"balnmp_mil/data/cohort.py"}
+BEING_SPLIT: set[str] = set()
 
 
 def test_import_contracts_are_kept() -> None:

@@ -15,13 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from _data import fast_args, make_tiny_cohort
 from click.testing import CliRunner
 
 from balnmp_mil.cli.common import STORE_ADVICE, Terminated
 from balnmp_mil.cli.group import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _run_helpers import fast_args, make_tiny_cohort  # noqa: E402
 
 
 def invoke(*args: object):

@@ -7,19 +7,16 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from _data import fast_args, make_tiny_cohort
 from click.testing import CliRunner
 
 from balnmp_mil.cli.group import main
 from balnmp_mil.training.config import FitConfig
 from balnmp_mil.workflow.config import CVConfig, TrainConfig
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _run_helpers import fast_args, make_tiny_cohort  # noqa: E402
 
 FIT_FIELDS = [f.name for f in dataclasses.fields(FitConfig)]
 
