@@ -7,51 +7,40 @@ Variants: "full" (z-scored age, tumour size, Ki67; one-hot tumour type, molecula
 HER2 expression, surgical, histological grading; ER/PR/HER2 positive flags) and "paper5"
 (the BALNMP paper's five: z-scored age and size, ER/PR/HER2 negative flags).
 Missing values and categories unseen in training raise `ClinicalError` naming the patient and
-column, unless `impute=True` (`--clinical-impute`): numeric -> training median, categorical and ER/PR/HER2 -> most
-frequent training value, unseen category -> all-zeros one-hot.
+column, unless `impute=True` (`--clinical-impute`): numeric -> training median, categorical
+and ER/PR/HER2 -> most frequent training value, unseen category -> all-zeros one-hot. How each
+kind of field is read, summarised and encoded is one registered `Kind` class (`KINDS`).
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from balnmp_cache._registry import Registry
+from balnmp_mil.data.clinical_fields import (  # re-exported: their home before the split
+    FIELDS,
+    KINDS,
+    Field,
+    Kind,
+    is_missing,
+    normalize_name,
+    parse_category,
+    parse_numeric,
+    parse_status,
+    patient_labels,
+    resolve_columns,
+)
 from balnmp_mil.errors import ClinicalError
 
+__all__ = ["FIELDS", "FORMAT", "KINDS", "VARIANTS", "ClinicalEncoder", "ClinicalError", "Field",
+           "Kind", "Variant", "is_missing", "normalize_name", "parse_category", "parse_numeric",
+           "parse_status", "patient_labels", "resolve_columns"]
+
 FORMAT = "balnmp-clinical-encoder"
-_MISSING = {"", "na", "n/a", "nan", "none", "null"}
-_STATUS = {"positive": 1, "pos": 1, "+": 1, "1": 1, "yes": 1, "true": 1,
-           "negative": 0, "neg": 0, "-": 0, "0": 0, "no": 0, "false": 0}
-
-
-@dataclass(frozen=True)
-class Field:
-    """One clinical variable: how it is encoded and the column names it may appear under."""
-
-    kind: str  # "numeric" | "categorical" | "status"
-    aliases: tuple[str, ...]
-
-
-FIELDS: dict[str, Field] = {
-    "age": Field("numeric", ("Age(years)", "age", "age years")),
-    "tumour_size": Field("numeric", ("Tumour Size(cm)", "tumour size", "size(cm)", "size")),
-    "ki67": Field("numeric", ("Ki67", "ki-67", "ki67(%)")),
-    "tumour_type": Field("categorical", ("Tumour Type", "histological type")),
-    "molecular_subtype": Field("categorical", ("Molecular subtype", "subtype")),
-    "her2_expression": Field("categorical", ("HER2 Expression", "her2 ihc")),
-    "surgical": Field("categorical", ("Surgical", "surgery", "surgical procedure")),
-    "grading": Field("categorical", ("Histological grading", "histological grade", "grade")),
-    "er": Field("status", ("ER", "er status")),
-    "pr": Field("status", ("PR", "pr status")),
-    "her2": Field("status", ("HER2", "her2 status")),
-}
-PATIENT_ALIASES = ("Patient ID", "patient", "case id")
 
 
 @dataclass(frozen=True)
@@ -69,85 +58,6 @@ VARIANTS.register("full", Variant(("age", "tumour_size", "ki67", "tumour_type",
 VARIANTS.register("paper5", Variant(("age", "tumour_size", "er", "pr", "her2"), "negative"))
 
 
-def normalize_name(name: object) -> str:
-    """Lower-case, 'tumor' -> 'tumour', keep letters and digits only."""
-    return re.sub(r"[^a-z0-9]", "", str(name).lower().replace("tumor", "tumour"))
-
-
-def resolve_columns(df: pd.DataFrame, fields=None, columns: dict[str, str] | None = None,
-                    required: bool = True) -> dict[str, str]:
-    """Map field keys to the table's column names (explicit `columns` mapping wins)."""
-    fields = tuple(FIELDS) if fields is None else tuple(fields)
-    columns = dict(columns or {})
-    by_norm = {normalize_name(c): c for c in df.columns}
-    out: dict[str, str] = {}
-    for key in fields:
-        if key in columns:
-            if columns[key] not in df.columns:
-                raise ClinicalError(f"column {columns[key]!r} (mapped to {key!r}) is not in the "
-                                    f"clinical table; its columns are {list(df.columns)}")
-            out[key] = columns[key]
-            continue
-        for alias in (key, *FIELDS[key].aliases):
-            if normalize_name(alias) in by_norm:
-                out[key] = by_norm[normalize_name(alias)]
-                break
-        else:
-            if required:
-                raise ClinicalError(
-                    f"the clinical table has no column for {key!r} (looked for "
-                    f"{list(FIELDS[key].aliases)}); its columns are {list(df.columns)}. Name it "
-                    f"with --clinical-column {key}=COLUMN or choose another --clinical-variant")
-    return out
-
-
-def patient_labels(df: pd.DataFrame, columns: dict[str, str] | None = None) -> list[str]:
-    """Patient id of each row (as str): a patient-id column if present, else the index."""
-    col = (columns or {}).get("patient_id")
-    if col is None:
-        by_norm = {normalize_name(c): c for c in df.columns}
-        col = next((by_norm[normalize_name(a)] for a in ("patient_id", *PATIENT_ALIASES)
-                    if normalize_name(a) in by_norm), None)
-    values = df[col] if col is not None else df.index
-    return [_id_str(v) for v in values]
-
-
-def _id_str(v: object) -> str:
-    if isinstance(v, float | np.floating) and float(v).is_integer():
-        return str(int(v))
-    return str(v).strip()
-
-
-def is_missing(value: object) -> bool:
-    if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
-        return True
-    return isinstance(value, str) and value.strip().lower() in _MISSING
-
-
-def parse_numeric(value: object) -> float:
-    """Float from a number or a string like ' 3.5 ', '30%' (ValueError when impossible)."""
-    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
-        return float(value)
-    return float(str(value).strip().rstrip("%").strip())
-
-
-def parse_category(value: object) -> str:
-    """Canonical category key: whitespace-collapsed lower case; 2.0 -> '2'."""
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
-    return " ".join(str(value).split()).lower()
-
-
-def parse_status(value: object) -> int | None:
-    """1 for Positive, 0 for Negative, None when missing (ValueError for anything else)."""
-    if is_missing(value):
-        return None
-    key = parse_category(value)
-    if key not in _STATUS:
-        raise ValueError(f"{value!r} is not Positive/Negative")
-    return _STATUS[key]
-
-
 class ClinicalEncoder:
     """Clinical table -> float32 matrix; `fit` on training rows, `transform` any rows."""
 
@@ -158,11 +68,12 @@ class ClinicalEncoder:
         unknown = set(columns or {}) - set(FIELDS) - {"patient_id"}
         if unknown:
             raise ClinicalError(f"unknown clinical field(s) {sorted(unknown)} in the column "
-                                f"mapping; fields are {sorted(FIELDS)} and 'patient_id'")
+                                f"mapping (--clinical-column FIELD=COLUMN); fields are "
+                                f"{', '.join(FIELDS)} and patient_id")
         self.variant = variant
         self.impute = bool(impute)
         self.columns = dict(columns or {})
-        self.stats_: dict[str, dict] | None = None
+        self.stats_: dict[str, dict[str, Any]] | None = None
 
     # ---- fitting -------------------------------------------------------------------------
     def _values(self, df: pd.DataFrame) -> tuple[list[str], dict[str, str], dict[str, list]]:
@@ -178,9 +89,9 @@ class ClinicalEncoder:
         if not pids:
             raise ClinicalError("cannot fit the clinical encoder on an empty table")
         problems: list[str] = []
-        stats: dict[str, dict] = {}
+        stats: dict[str, dict[str, Any]] = {}
         for key, raw in values.items():
-            kind = FIELDS[key].kind
+            kind = KINDS.get(FIELDS[key].kind)
             parsed = [self._parse(kind, v, pid, cols[key], problems) for pid, v in zip(pids, raw)]
             present = [p for p in parsed if p is not None]
             if not self.impute:
@@ -190,35 +101,21 @@ class ClinicalEncoder:
             if not present:
                 problems.append(f"column {cols[key]!r}: no usable value in the training rows")
                 continue
-            if kind == "numeric":
-                arr = np.asarray(present, dtype=np.float64)
-                sd = float(arr.std())
-                stats[key] = {"mean": float(arr.mean()), "std": sd if sd > 0 else 1.0,
-                              "median": float(np.median(arr))}
-            else:
-                counts = Counter(present)
-                most = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[0][0]
-                stats[key] = {"most_frequent": most}
-                if kind == "categorical":
-                    stats[key]["categories"] = sorted(counts)
+            stats[key] = kind.statistics(present)
         _raise(problems, "fitting", self.impute)
         self.stats_ = stats
         return self
 
     @staticmethod
-    def _parse(kind: str, value: object, pid: str, col: str, problems: list[str]):
+    def _parse(kind: type[Kind], value: object, pid: str, col: str,
+               problems: list[str]) -> object:
         if is_missing(value):
             return None
         try:
-            if kind == "numeric":
-                out = parse_numeric(value)
-                if not math.isfinite(out):
-                    raise ValueError("not finite")
-                return out
-            return parse_status(value) if kind == "status" else parse_category(value)
+            return kind.parse(value)
         except ValueError:
-            want = {"numeric": "a number", "status": "Positive or Negative"}.get(kind, "")
-            problems.append(f"patient {pid}, column {col!r}: cannot read {value!r} as {want}")
+            problems.append(f"patient {pid}, column {col!r}: cannot read {value!r} as "
+                            f"{kind.want}")
             return None
 
     # ---- transforming --------------------------------------------------------------------
@@ -226,7 +123,7 @@ class ClinicalEncoder:
     def fitted(self) -> bool:
         return self.stats_ is not None
 
-    def _check_fitted(self) -> dict[str, dict]:
+    def _check_fitted(self) -> dict[str, dict[str, Any]]:
         if self.stats_ is None:
             raise ClinicalError("the clinical encoder is not fitted: call fit(training rows) "
                                 "first")
@@ -239,13 +136,7 @@ class ClinicalEncoder:
         flag = VARIANTS.get(self.variant).status_flag
         names: list[str] = []
         for key in VARIANTS.get(self.variant).fields:
-            kind = FIELDS[key].kind
-            if kind == "numeric":
-                names.append(f"{key} (z)")
-            elif kind == "status":
-                names.append(f"{key}_{flag}")
-            else:
-                names += [f"{key}={c}" for c in stats[key]["categories"]]
+            names += KINDS.get(FIELDS[key].kind).names(key, stats[key], flag)
         return names
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
@@ -256,27 +147,14 @@ class ClinicalEncoder:
         problems: list[str] = []
         blocks = []
         for key in VARIANTS.get(self.variant).fields:
-            kind, st, col = FIELDS[key].kind, stats[key], cols[key]
+            kind, st, col = KINDS.get(FIELDS[key].kind), stats[key], cols[key]
             parsed = [self._parse(kind, v, pid, col, problems) for pid, v in zip(pids, values[key])]
-            if kind == "numeric":
-                x = np.array([st["median"] if p is None else p for p in parsed], dtype=np.float64)
-                blocks.append(((x - st["mean"]) / st["std"])[:, None])
-            elif kind == "status":
-                x = np.array([st["most_frequent"] if p is None else p for p in parsed], float)
-                blocks.append((x if flag_positive else 1.0 - x)[:, None])
-            else:
-                cats = st["categories"]
-                index = {c: i for i, c in enumerate(cats)}
-                onehot = np.zeros((len(pids), len(cats)))
-                for row, (pid, p) in enumerate(zip(pids, parsed)):
-                    p = st["most_frequent"] if p is None else p
-                    if p in index:
-                        onehot[row, index[p]] = 1.0
-                    elif not self.impute:
-                        problems.append(f"patient {pid}, column {col!r}: category {p!r} was not "
-                                        f"seen in the training rows (known: {cats})")
-                blocks.append(onehot)
+            block, unseen = kind.encode(parsed, st, flag_positive)
+            blocks.append(block)
             if not self.impute:
+                problems += [f"patient {pids[row]}, column {col!r}: category {p!r} was not seen "
+                             f"in the training rows (known: {st['categories']})"
+                             for row, p in unseen]
                 problems += [f"patient {pid}, column {col!r}: missing value"
                              for pid, p, v in zip(pids, parsed, values[key])
                              if p is None and is_missing(v)]

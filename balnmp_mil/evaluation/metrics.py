@@ -286,7 +286,7 @@ def clinical_subgroups(table, age_cutoff: float = 50.0) -> dict[str, np.ndarray]
     Age <= cutoff / > cutoff and ER, PR, HER2 positive / negative, for whichever of these
     columns the table has (found like ClinicalEncoder does). Missing values fall in no group.
     """
-    from balnmp_mil.data.clinical import parse_status, resolve_columns
+    from balnmp_mil.data.clinical_fields import parse_status, resolve_columns
 
     cols = resolve_columns(table, required=False)
     groups: dict[str, np.ndarray] = {}

@@ -46,7 +46,7 @@ def run_config(run: rundir.Run, **overrides: Any) -> TrainConfig:
 def clinical_matrix(encoder: ClinicalEncoder, table: str | Path,
                     patient_ids: list[str]) -> np.ndarray:
     """Encode the rows of `patient_ids` (in that order) from a clinical table file."""
-    from balnmp_mil.data.clinical import patient_labels
+    from balnmp_mil.data.clinical_fields import patient_labels
     from balnmp_mil.data.labels import read_table
 
     df = read_table(table)
