@@ -85,7 +85,7 @@ class TrainConfig(FitConfig):
         "Fit the clinical-only logistic-regression baseline instead of a MIL model."))
     bag_level: str = option("patient", check=OneOf(BAG_LEVELS),
                             help="One bag per patient or per slide.")
-    on_missing: str = option("error", check=OneOf(ON_MISSING, "--on-missing policy"), help=(
+    on_missing: str = option("error", check=OneOf(ON_MISSING, "policy"), help=(
         "Labelled slides absent from FEATURES: fail (error) or skip with a warning (warn)."))
     allow_mixed: bool = option(False, check=Flag(), help=(
         "Combine slides of different encoders, weights or µm/px in one cohort."))
