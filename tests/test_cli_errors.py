@@ -167,3 +167,26 @@ def test_sigterm_removes_the_staged_run_and_exits_143(cohort, tmp_path):
     assert proc.returncode == 143, output
     assert "terminated (SIGTERM)" in output and "Traceback" not in output
     assert _left(tmp_path) == []
+
+
+@pytest.fixture(params=["16k", "48k", "96k"])
+def full_disk(request, tmp_path):
+    """A tiny tmpfs (needs root) that fills up at some point of writing a run: its config, its
+    model, its pictures, depending on the size."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.faults_slow
+def test_a_full_disk_is_a_message_and_leaves_nothing(cohort, full_disk):
+    res = _train(cohort, full_disk / "run")
+    assert res.exit_code == 2, res.output
+    assert f"{full_disk / 'run'}: no space left on the device" in res.output, res.output
+    assert "Traceback" not in res.output
+    assert _left(full_disk) == []

@@ -160,7 +160,8 @@ def staged_run(target: str | Path, overwrite: bool = False,
                inputs: Iterable[tuple[str, str | Path | None]] = ()) -> Iterator[Path]:
     """Yield an empty temporary directory beside `target`; on success rename it into place.
 
-    On any exception the temporary directory is removed and `target` is left untouched.
+    On any exception the temporary directory is removed and `target` is left untouched; an OS
+    error that names no file (a write into a full disk) is given `target` as its file.
     """
     inputs = list(inputs)
     target = check_target(target, overwrite, inputs)
@@ -172,6 +173,11 @@ def staged_run(target: str | Path, overwrite: bool = False,
         check_target(target, overwrite, inputs)  # someone may have created it meanwhile
         fsync_tree(staged)
         publish(staged, target)
+    except OSError as exc:
+        shutil.rmtree(staged, ignore_errors=True)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        raise
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -183,7 +189,8 @@ def save_model(run_dir: Path, model: MILModel) -> None:
     import torch
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, Path(run_dir) / MODEL_WEIGHTS)
+    with open(Path(run_dir) / MODEL_WEIGHTS, "wb") as f:  # a file object: a full disk is an
+        torch.save(state, f)                             # OSError, not torch's RuntimeError
     write_json(Path(run_dir) / MODEL_CONFIG, dict(model.config))
 
 
