@@ -86,8 +86,8 @@ def input_message(exc: BaseException, ctx: click.Context | None = None) -> str |
     if isinstance(exc, yaml.YAMLError):
         return f"cannot read YAML: {exc}"
     if isinstance(exc, OSError) and exc.errno in USER_OS_ERRORS:
-        where = exc.filename or "a file"
-        return f"{where}: {USER_OS_ERRORS[exc.errno]}"
+        what = USER_OS_ERRORS[exc.errno]
+        return f"{exc.filename}: {what}" if exc.filename else what
     return None
 
 
