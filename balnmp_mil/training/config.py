@@ -21,7 +21,7 @@ __all__ = ["ClassWeights", "FitConfig"]
 
 
 class ClassWeights(Check):
-    """"balanced", None, or one non-negative weight per class."""
+    """Class weights: "balanced", None, or one non-negative weight per class."""
 
     def convert(self, value: object, name: str, flag: str) -> object:
         if value == "balanced":
