@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from balnmp_cache.errors import ExtractError
 from balnmp_cache.extract.locks import try_lock
 from balnmp_cache.store._atomic import publish, side_name
 
@@ -59,7 +60,7 @@ def read_manifest(out: str | Path) -> dict[str, SlideResult]:
                     stage=rec.get("stage") or "",
                 )
             except (KeyError, ValueError) as exc:
-                raise ValueError(
+                raise ExtractError(
                     f"{path} has a malformed row {rec!r} ({exc}); fix or delete the file "
                     "(it is rebuilt as slides are processed)"
                 ) from exc

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from balnmp_cache.encoders.base import Encoder
+from balnmp_cache.errors import OptionError
 
 PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
@@ -67,7 +68,7 @@ class EncoderRunner:
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = precision or default_precision(self.device)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+            raise OptionError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         self.amp_dtype = PRECISIONS[self.precision]
         self.out_dtype = out_dtype
         self.channels_last = channels_last

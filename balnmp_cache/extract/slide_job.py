@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from balnmp_cache.encoders.base import Encoder
+from balnmp_cache.errors import AnnotationError
 from balnmp_cache.extract.locks import holder, try_lock
 from balnmp_cache.extract.manifest import SlideResult
 from balnmp_cache.extract.pipeline import EncoderRunner, PipelineError, encode_patches
@@ -173,14 +174,14 @@ class SlideJob:
                 if o.annotations is not None:
                     ann = find_annotation(o.annotations, sid)
                     if ann is None and not o.allow_unannotated:
-                        raise FileNotFoundError(
+                        raise AnnotationError(
                             f"no annotation {o.annotations}/{sid}.json or .geojson; add it, or "
                             "pass --allow-unannotated to tile all tissue of such slides"
                         )
                     if ann is not None:
                         ann = load_annotations(ann)
                         if ann.is_empty and not o.allow_unannotated:
-                            raise ValueError(
+                            raise AnnotationError(
                                 f"annotation {ann.source} holds no tumour region (no positive "
                                 "polygon); fix it, or pass --allow-unannotated to tile all "
                                 "tissue of such slides"

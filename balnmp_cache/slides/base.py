@@ -141,7 +141,7 @@ class Slide(abc.ABC):
         size = _check_size(self.path, size)
         locs = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
         if batch_size < 1:
-            raise ValueError(f"{self.path}: batch_size must be >= 1, got {batch_size}")
+            raise SlideError(self.path, f"batch_size must be >= 1, got {batch_size}")
         workers = default_workers() if num_workers is None else max(int(num_workers), 0)
         return self._read_batches(locs, level, size, batch_size, workers)
 
@@ -158,7 +158,7 @@ class Slide(abc.ABC):
         """
         self._check_open()
         if max_size < 1:
-            raise ValueError(f"{self.path}: thumbnail max_size must be >= 1, got {max_size}")
+            raise SlideError(self.path, f"thumbnail max_size must be >= 1, got {max_size}")
         w0, h0 = self.dimensions
         level = self.get_best_level_for_downsample(max(max(w0, h0) / max_size, 1.0))
         lw, lh = self.level_dimensions[level]

@@ -18,6 +18,8 @@ import types
 from collections.abc import Mapping
 from pathlib import Path
 
+from balnmp_cache.errors import OptionError
+
 __all__ = [
     "PLAUSIBLE_MPP",
     "aperio_mpp",
@@ -129,7 +131,7 @@ def load_mpp_overrides(csv_path: str | os.PathLike[str]) -> dict[str, float]:
             reader = csv.DictReader(fh)
             columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
             if "slide_id" not in columns or "mpp" not in columns:
-                raise ValueError(
+                raise OptionError(
                     f"{path}: needs columns 'slide_id' and 'mpp' (found {reader.fieldnames})"
                 )
             out: dict[str, float] = {}
@@ -139,19 +141,19 @@ def load_mpp_overrides(csv_path: str | os.PathLike[str]) -> dict[str, float]:
                 if not slide_id:
                     continue
                 if value is None or not value > 0 or not math.isfinite(value):
-                    raise ValueError(
+                    raise OptionError(
                         f"{path} line {row_no}: mpp for slide {slide_id!r} must be a positive "
                         f"number, got {row[columns['mpp']]!r}"
                     )
                 if slide_id in out and out[slide_id] != value:
-                    raise ValueError(
+                    raise OptionError(
                         f"{path} line {row_no}: slide {slide_id!r} is listed twice with "
                         f"different mpp ({out[slide_id]} and {value})"
                     )
                 out[slide_id] = value
             return out
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read the mpp overrides CSV: {exc}") from exc
+        raise OptionError(f"{path}: cannot read the mpp overrides CSV: {exc}") from exc
 
 
 def _cached_table(path: Path) -> Mapping[str, float]:
@@ -179,7 +181,7 @@ def resolve_override(
     (keyed by slide id, or by file name as a fallback); None when the user gave none."""
     if mpp is not None:
         if not (mpp > 0 and math.isfinite(mpp)):
-            raise ValueError(f"{path}: mpp must be a positive number, got {mpp!r}")
+            raise OptionError(f"{path}: mpp must be a positive number, got {mpp!r}")
         return float(mpp)
     if overrides is None:
         return None

@@ -189,7 +189,7 @@ class PatchFolderSlide(Slide):
         """A mosaic of downscaled patches (never composes the full-size slide)."""
         self._check_open()
         if max_size < 1:
-            raise ValueError(f"{self.path}: thumbnail max_size must be >= 1, got {max_size}")
+            raise SlideError(self.path, f"thumbnail max_size must be >= 1, got {max_size}")
         w0, h0 = self.dimensions
         scale = min(1.0, max_size / max(w0, h0))
         tw, th = max(1, round(w0 * scale)), max(1, round(h0 * scale))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from balnmp_cache.errors import OptionError
+
 __all__ = [
     "ALN_STATUSES",
     "CLINICAL_COLUMNS",
@@ -51,7 +53,7 @@ def assign_aln_status(
     """Exactly ``round(positive_fraction * n)`` N+ patients, split between N+(1-2) (the
     larger half) and N+(>2), in random order; small cohorts still get every class."""
     if not 0 <= positive_fraction <= 1:
-        raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+        raise OptionError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
     n_pos = int(round(positive_fraction * n))
     n_heavy = n_pos // 2
     statuses = ["N0"] * (n - n_pos) + ["N+(1-2)"] * (n_pos - n_heavy) + ["N+(>2)"] * n_heavy
@@ -114,9 +116,9 @@ def make_clinical_table(
     """One BCNB-style row per patient (``Patient ID`` integers 1..N unless given)."""
     ids = patient_ids if patient_ids is not None else list(range(1, len(statuses) + 1))
     if len(ids) != len(statuses):
-        raise ValueError(f"{len(ids)} patient ids for {len(statuses)} ALN statuses")
+        raise OptionError(f"{len(ids)} patient ids for {len(statuses)} ALN statuses")
     bad = sorted(set(statuses) - set(ALN_STATUSES))
     if bad:
-        raise ValueError(f"unknown ALN status {bad}; expected one of {ALN_STATUSES}")
+        raise OptionError(f"unknown ALN status {bad}; expected one of {ALN_STATUSES}")
     rows = [_patient_row(rng, int(pid), st) for pid, st in zip(ids, statuses)]
     return pd.DataFrame(rows, columns=list(CLINICAL_COLUMNS))

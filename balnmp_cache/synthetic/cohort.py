@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from balnmp_cache.errors import OptionError
 from balnmp_cache.synthetic.clinical import assign_aln_status, make_clinical_table
 from balnmp_cache.synthetic.geometry import (
     cell_fractions,
@@ -89,17 +90,17 @@ class CohortConfig:
     def __post_init__(self) -> None:
         scale = RENDER_MPP / self.mpp if self.mpp > 0 else 0.0
         if scale < 1 or abs(scale - round(scale)) > 1e-9:
-            raise ValueError(f"mpp must be {RENDER_MPP} divided by an integer, got {self.mpp}")
+            raise OptionError(f"mpp must be {RENDER_MPP} divided by an integer, got {self.mpp}")
         if self.n_patients < 1:
-            raise ValueError(f"n_patients must be >= 1, got {self.n_patients}")
+            raise OptionError(f"n_patients must be >= 1, got {self.n_patients}")
         if min(self.width, self.height) < 64:
-            raise ValueError(
+            raise OptionError(
                 f"slides must be at least 64 px per side, got {self.width}x{self.height}"
             )
         if self.compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)}")
+            raise OptionError(f"compression must be one of {sorted(COMPRESSIONS)}")
         if self.patch_um / RENDER_MPP < 8:
-            raise ValueError(f"patch_um must be >= {8 * RENDER_MPP} µm, got {self.patch_um}")
+            raise OptionError(f"patch_um must be >= {8 * RENDER_MPP} µm, got {self.patch_um}")
 
     @property
     def scale(self) -> int:

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from balnmp_cache.errors import OptionError
+
 __all__ = ["COMPRESSIONS", "downsample_mean", "write_pyramidal_tiff"]
 
 APERIO_HEADER = "Aperio Image Library v12.0.15"
@@ -118,29 +120,29 @@ def write_pyramidal_tiff(
     path = Path(path)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
+        raise OptionError(
             f"{path}: image must be (H, W, 3) uint8, got shape {image.shape} {image.dtype}"
         )
     codec = COMPRESSIONS.get(compression)
     if codec is None:
-        raise ValueError(
+        raise OptionError(
             f"{path}: unknown compression {compression!r}; choose one of {sorted(COMPRESSIONS)}"
         )
     if tile < 16 or tile % 16:
-        raise ValueError(f"{path}: tile must be a positive multiple of 16, got {tile}")
+        raise OptionError(f"{path}: tile must be a positive multiple of 16, got {tile}")
     if levels < 1:
-        raise ValueError(f"{path}: levels must be >= 1, got {levels}")
+        raise OptionError(f"{path}: levels must be >= 1, got {levels}")
     if mpp is not None and not mpp > 0:
-        raise ValueError(f"{path}: mpp must be positive or None, got {mpp}")
+        raise OptionError(f"{path}: mpp must be positive or None, got {mpp}")
     height, width = image.shape[:2]
     if min(height, width) >> (levels - 1) < 1:
-        raise ValueError(
+        raise OptionError(
             f"{path}: a {width}x{height} image cannot hold {levels} levels; use fewer levels"
         )
     if app_mag is None and mpp is not None:
         app_mag = round(10.0 / mpp, 3)
     if not 1 <= quality <= 100:
-        raise ValueError(f"{path}: JPEG quality must be in 1..100, got {quality}")
+        raise OptionError(f"{path}: JPEG quality must be in 1..100, got {quality}")
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

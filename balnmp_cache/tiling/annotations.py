@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from balnmp_cache.errors import AnnotationError
+from balnmp_cache.errors import AnnotationError, OptionError
 from balnmp_cache.tiling.polygons import even_odd_contains, even_odd_raster, ring_self_intersects
 
 __all__ = [
@@ -125,7 +125,7 @@ def load_annotations(path: str | Path, *, on_invalid: str = "repair") -> Annotat
     Features). A blank file gives empty Annotations. ``on_invalid``: "repair" (warn, fill
     self-intersecting polygons even-odd, drop degenerate ones) or "error"."""
     if on_invalid not in ("repair", "error"):
-        raise ValueError(f"on_invalid must be 'repair' or 'error', not {on_invalid!r}")
+        raise OptionError(f"on_invalid must be 'repair' or 'error', not {on_invalid!r}")
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")

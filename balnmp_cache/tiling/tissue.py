@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from balnmp_cache.errors import OptionError, TilingError
+
 __all__ = ["PRESETS", "TissueParams", "gpu_available", "tissue_mask"]
 
 
@@ -68,8 +70,8 @@ def get_params(tissue: str | TissueParams) -> TissueParams:
     try:
         return PRESETS[tissue]
     except KeyError:
-        raise ValueError(
-            f"unknown tissue preset {tissue!r}; choose one of {sorted(PRESETS)}"
+        raise OptionError(
+            f"unknown tissue preset {tissue!r} (--tissue); choose one of {', '.join(PRESETS)}"
         ) from None
 
 
@@ -116,7 +118,7 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if gpu_available() else "cpu"
     if device not in _BACKENDS:
-        raise ValueError(f"tissue_mask device must be 'auto', 'cpu' or 'cuda', not {device!r}")
+        raise OptionError(f"tissue_mask device must be 'auto', 'cpu' or 'cuda', not {device!r}")
     return device
 
 
@@ -271,9 +273,9 @@ def tissue_mask(
     params = get_params(params)
     arr = rgb if hasattr(rgb, "__cuda_array_interface__") else np.asarray(rgb)
     if arr.ndim != 3 or arr.shape[2] < 3:
-        raise ValueError(f"tissue_mask needs an (H, W, 3) RGB image, got shape {arr.shape}")
+        raise TilingError(f"tissue_mask needs an (H, W, 3) RGB image, got shape {arr.shape}")
     if arr.dtype != np.uint8:
-        raise ValueError(f"tissue_mask needs a uint8 image, got {arr.dtype}")
+        raise TilingError(f"tissue_mask needs a uint8 image, got {arr.dtype}")
     mpp = float(mpp) if mpp else params.mask_mpp
     resolved = _resolve_device(device)
     if resolved == "cpu" and hasattr(arr, "get"):
