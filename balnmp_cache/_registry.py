@@ -65,6 +65,12 @@ class Registry(Generic[T]):
                                 "to override it")
         self._entries[name] = target
 
+    def unregister(self, name: str) -> None:
+        """Remove the entry `name` (a plugin withdrawn at run time, or a test's stand-in)."""
+        if name not in self._entries:
+            raise RegistryError(self.unknown(name))
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         """The entry for `name` (a lazy string is imported now, once)."""
         try:

@@ -69,6 +69,15 @@ def read_manifest(out: str | Path) -> dict[str, SlideResult]:
 
 def _write(path: Path, rows: Iterable[SlideResult]) -> None:
     tmp = side_name(path, "tmp")
+    try:
+        _write_rows(tmp, rows)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no temp file behind
+        raise
+    publish(tmp, path)
+
+
+def _write_rows(tmp: Path, rows: Iterable[SlideResult]) -> None:
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -80,7 +89,6 @@ def _write(path: Path, rows: Iterable[SlideResult]) -> None:
             writer.writerow(rec)
         f.flush()
         os.fsync(f.fileno())
-    publish(tmp, path)
 
 
 def update_manifest(out: str | Path, rows: Iterable[SlideResult], timeout: float = 120.0) -> None:

@@ -22,12 +22,7 @@ import torch.nn.functional as F
 
 from balnmp_cache.encoders.base import Encoder
 from balnmp_cache.errors import OptionError
-
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
+from balnmp_cache.extract.options import PRECISIONS
 
 _DONE = object()
 
@@ -68,8 +63,10 @@ class EncoderRunner:
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = precision or default_precision(self.device)
         if self.precision not in PRECISIONS:
-            raise OptionError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        self.amp_dtype = PRECISIONS[self.precision]
+            raise OptionError(f"--precision {self.precision!r}: must be one of "
+                              f"{', '.join(PRECISIONS)}")
+        amp = PRECISIONS[self.precision]
+        self.amp_dtype: torch.dtype | None = None if amp is None else getattr(torch, amp)
         self.out_dtype = out_dtype
         self.channels_last = channels_last
         fmt = torch.channels_last if channels_last else torch.contiguous_format

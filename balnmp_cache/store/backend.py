@@ -89,6 +89,11 @@ def register_backend(name: str, backend: str | type[StoreBackend], replace: bool
     BACKENDS.register(name, backend, replace=replace)
 
 
+def writable_formats() -> list[str]:
+    """Formats whose backend can write slides (`writable`): the `--format` choices."""
+    return [name for name, cls in BACKENDS.items() if cls.writable]
+
+
 def backend_class(name: str) -> type[StoreBackend]:
     """The backend class of a registered format (imports it on first use)."""
     if name not in BACKENDS:

@@ -123,10 +123,14 @@ class ZarrWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:  # a failed commit (disk full) leaves no temp file behind
+            self.abort()
+            raise
 
 
 class ZarrBackend(StoreBackend):
