@@ -8,10 +8,10 @@ docs/architecture.md): `slides`, `tiling`, `encoders` -> `store` -> `extract` ->
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from balnmp_cache import _compat
+from balnmp_cache._registry import resolve
 from balnmp_cache._version import __version__
 
 _compat.install()
@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'balnmp_cache' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return resolve(f"{module}:{name}")
 
 
 def __dir__() -> list[str]:

@@ -49,8 +49,10 @@ class EncoderEntry:
 
 
 ENCODERS: Registry[EncoderEntry] = Registry("encoder", "--encoder")
-# Prefix families: `<prefix>:<model>` names any model of a library (e.g. "timm:vit_small...").
-PREFIXES: dict[str, Callable[[str, str | Path, int], Encoder]] = {}
+# Prefix families: `<prefix>:<model>` names any model of a library (e.g. "timm:vit_small...");
+# an entry builds `(model, weights, seed) -> Encoder`.
+PREFIXES: Registry[Callable[[str, str | Path, int], Encoder]] = Registry("encoder family",
+                                                                         "--encoder")
 
 
 def list_encoders() -> list[str]:
@@ -77,7 +79,7 @@ def build_encoder(
     check_weights(weights)
     prefix, sep, model = name.partition(":")
     if sep and prefix in PREFIXES:
-        enc = PREFIXES[prefix](model, weights, seed)
+        enc = PREFIXES.get(prefix)(model, weights, seed)
     else:
         entry = _entry(name)
         if flatten and not entry.flattenable:

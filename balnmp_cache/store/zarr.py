@@ -27,6 +27,7 @@ from zarr.core.buffer import default_buffer_prototype
 from balnmp_cache.errors import StoreError
 from balnmp_cache.store._atomic import fsync_tree, publish
 from balnmp_cache.store.backend import StoreBackend
+from balnmp_cache.store.pack_index import INDEX_ARRAYS, make_index
 from balnmp_cache.store.types import (
     COORDS_ATTRS,
     SlideInfo,
@@ -238,14 +239,10 @@ class ZarrPackReader:
     """Reads a Zarr pack group."""
 
     def __init__(self, path: Path) -> None:
-        from balnmp_cache.store.pack import make_index
-
         self.path = path
         try:
             g = zarr.open_group(path, mode="r")
             self.features, self.coords = g["features"], g["coords"]
-            from balnmp_cache.store.pack import INDEX_ARRAYS
-
             arrays = {n: g[n][:] for n in INDEX_ARRAYS if n in g}
             for name in (n for n, required in INDEX_ARRAYS.items() if required):
                 if name not in arrays:
