@@ -71,7 +71,7 @@ class Interval(Constraint):
         integral = self.kind is int
         if isinstance(value, bool) or not isinstance(value, Integral if integral else Real):
             return f"must be {'an integer' if integral else 'a number'}{self._bounds()}"
-        number = float(value)  # type: ignore[arg-type]  # Real/Integral: float() works
+        number = float(value)
         if not math.isfinite(number):
             return "must be a finite number"
         low_ok = self.low is None or number > self.low or (
@@ -130,7 +130,7 @@ def _live_choice(constraint: OneOf) -> click.ParamType:
     """A `click.Choice` whose choices are read from `constraint` each time click needs them."""
     import click
 
-    class LiveChoice(click.Choice):  # type: ignore[type-arg]  # generic only in newer click
+    class LiveChoice(click.Choice):
         @property  # type: ignore[override]  # a live view instead of a frozen tuple
         def choices(self) -> Sequence[str]:
             return tuple(constraint.values)

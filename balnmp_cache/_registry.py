@@ -80,7 +80,7 @@ class Registry(Generic[T]):
         if isinstance(target, str):
             target = resolve(target)
             self._entries[name] = target
-        return target  # type: ignore[return-value]
+        return target
 
     def unknown(self, name: object) -> str:
         """The message for a name nobody registered: what was asked, what exists, where."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,6 +20,9 @@ from balnmp_cache._options import click_options
 from balnmp_cache._version import __version__
 from balnmp_cache.errors import BalnmpError
 from balnmp_cache.extract.options import ExtractOptions
+
+if TYPE_CHECKING:
+    from balnmp_cache.extract.job import ExtractSummary
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -68,7 +71,7 @@ def main(slides: tuple[Path, ...], out: Path, **options: Any) -> None:
         sys.exit(EXIT_FAILED)
 
 
-def _run(slides: list[Path], out: Path, options: dict[str, Any]) -> Any:
+def _run(slides: list[Path], out: Path, options: dict[str, Any]) -> ExtractSummary:
     """Check the options and run the job, mapping user errors to messages and exit statuses."""
     from balnmp_cache.extract.job import run_extraction
     from balnmp_cache.extract.slide_job import SlideFailure

@@ -70,7 +70,7 @@ class EncoderRunner:
         self.out_dtype = out_dtype
         self.channels_last = channels_last
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.module = encoder.module.to(self.device, memory_format=fmt).eval()
+        self.module = encoder.module.to(self.device).to(memory_format=fmt).eval()
         std = torch.tensor(encoder.std, dtype=torch.float32, device=self.device)
         mean = torch.tensor(encoder.mean, dtype=torch.float32, device=self.device)
         self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
@@ -196,7 +196,7 @@ class _Pipeline:
             self.sink.append(feats.numpy(), self.coords[offset : offset + n])
             offset += n
 
-    def encode(self, batch: np.ndarray) -> tuple[torch.Tensor, Any]:
+    def encode(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """One batch through the encoder; on CUDA the features come back to pinned host
         memory asynchronously, with the event the writer waits on."""
         try:

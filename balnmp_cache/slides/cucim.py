@@ -118,7 +118,7 @@ class CuCIMSlide(Slide):
     @classmethod
     def open(cls, info: SourceInfo, mpp: float | None) -> CuCIMSlide:
         with _native():
-            from cucim import CuImage
+            from cucim.clara import CuImage
 
             image = CuImage(str(info.path))
         device = "cuda" if cuda_available() else "cpu"

@@ -185,9 +185,10 @@ def resolve_override(
         return float(mpp)
     if overrides is None:
         return None
-    table = overrides
     if isinstance(overrides, str | os.PathLike):
         table = _cached_table(Path(overrides))
+    else:
+        table = overrides
     for key in (slide_id, path.name):
         if key in table:
             return float(table[key])

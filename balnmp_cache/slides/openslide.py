@@ -92,5 +92,5 @@ class OpenSlideSlide(Slide):
     def _close(self) -> None:
         handle = getattr(self, "_handle", None)
         if handle is not None:
-            handle.close()  # type: ignore[attr-defined]
+            handle.close()
             self._handle = None

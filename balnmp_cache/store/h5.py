@@ -303,7 +303,7 @@ class H5Backend(StoreBackend):
     def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
         read_file_into(self.file(slide_id), features, coords)
 
-    def writer(self, slide_id: str, feature_dim: int, dtype: Any, attrs: dict,
+    def writer(self, slide_id: str, feature_dim: int, dtype: np.dtype, attrs: dict,
                coords_attrs: dict) -> H5Writer:  # fmt: skip
         missing = [k for k in COORDS_ATTRS if k not in coords_attrs and k in attrs]
         cattrs = {**{k: attrs[k] for k in missing}, **coords_attrs}

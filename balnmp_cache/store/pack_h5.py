@@ -59,7 +59,7 @@ class H5PackReader:
                             ds.read_direct(out, source_sel=np.s_[a:b], dest_sel=np.s_[da:db])
                     continue
                 row = out.itemsize * int(np.prod(out.shape[1:]))
-                buf = memoryview(out.reshape(-1).view(np.uint8))
+                buf = out.reshape(-1).view(np.uint8).data  # a memoryview of `out`
                 for a, _b, da, db in runs:
                     for start in range(da * row, db * row, PREAD_BLOCK):
                         end = min(start + PREAD_BLOCK, db * row)

@@ -63,6 +63,14 @@ def _fail(where: Path, e: Exception) -> StoreError:
                       "corrupted or truncated - remove it and extract the slide again")
 
 
+def array_of(group: zarr.Group, name: str) -> zarr.Array:
+    """`group[name]`, which must be an array (a group in its place is damage)."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{name!r} is a group, not an array")  # callers name the store
+    return node
+
+
 def read_array_into(arr: zarr.Array, a: int, b: int, out: np.ndarray) -> None:
     """Decode rows a:b of a zarr array directly into `out` (no intermediate copy)."""
     buf = default_buffer_prototype().nd_buffer.from_numpy_array(out)
@@ -168,7 +176,7 @@ class ZarrBackend(StoreBackend):
         where = self.path / slide_id
         g = self._group(slide_id)
         try:
-            feats, coords = g["features"], g["coords"]
+            feats, coords = array_of(g, "features"), array_of(g, "coords")
             attrs = with_known(dict(g.attrs))
             cattrs = dict(coords.attrs)
         except ZARR_ERRORS as e:
@@ -183,12 +191,12 @@ class ZarrBackend(StoreBackend):
     def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
         g = self._group(slide_id)
         try:
-            read_array_into(g["features"], 0, features.shape[0], features)
-            read_array_into(g["coords"], 0, coords.shape[0], coords)
+            read_array_into(array_of(g, "features"), 0, features.shape[0], features)
+            read_array_into(array_of(g, "coords"), 0, coords.shape[0], coords)
         except ZARR_ERRORS as e:
             raise _fail(self.path / slide_id, e) from e
 
-    def writer(self, slide_id: str, feature_dim: int, dtype: Any, attrs: dict,
+    def writer(self, slide_id: str, feature_dim: int, dtype: np.dtype, attrs: dict,
                coords_attrs: dict) -> ZarrWriter:  # fmt: skip
         missing = {k: attrs[k] for k in COORDS_ATTRS if k not in coords_attrs and k in attrs}
         return ZarrWriter(self.path, slide_id, feature_dim, dtype, attrs,
@@ -242,8 +250,8 @@ class ZarrPackReader:
         self.path = path
         try:
             g = zarr.open_group(path, mode="r")
-            self.features, self.coords = g["features"], g["coords"]
-            arrays = {n: g[n][:] for n in INDEX_ARRAYS if n in g}
+            self.features, self.coords = array_of(g, "features"), array_of(g, "coords")
+            arrays = {n: array_of(g, n)[:] for n in INDEX_ARRAYS if n in g}
             for name in (n for n, required in INDEX_ARRAYS.items() if required):
                 if name not in arrays:
                     raise StoreError(f"{path}: not a pack (no {name!r} array); make one with "

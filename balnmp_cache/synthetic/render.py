@@ -229,7 +229,7 @@ def stain_lut(stain: Stain) -> np.ndarray:
     zero = np.zeros(shape, np.float32)
     displaced = 1.0 - 0.6 * np.minimum(hn, 1.0)
     # (eosin, haematoxylin, grey OD) per region
-    regions = [
+    regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
         (zero, zero, 0.012 * t),
         (stain.stroma_eosin * (1 + t) * displaced, hn, zero),
         (stain.tumour_eosin * (1 + 0.5 * t) * displaced, stain.tumour_haematoxylin + hn, zero),

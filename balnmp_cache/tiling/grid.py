@@ -12,7 +12,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -26,6 +26,9 @@ from balnmp_cache.tiling.tissue import (
     thumbnail_size,
     tissue_mask,
 )
+
+if TYPE_CHECKING:
+    from balnmp_cache.slides.base import Slide
 
 __all__ = ["PatchGrid", "ReadPlan", "TilingError", "plan_read", "tile_slide"]
 
@@ -72,12 +75,12 @@ class PatchGrid:
         return int(len(self.coords))
 
 
-def _slide_name(slide: Any) -> str:
+def _slide_name(slide: Slide) -> str:
     return f"slide '{getattr(slide, 'slide_id', '?')}' ({getattr(slide, 'path', '?')})"
 
 
 def plan_read(
-    slide: Any, patch_size: int = 256, mpp: float | None = 0.5, level: int | None = None
+    slide: Slide, patch_size: int = 256, mpp: float | None = 0.5, level: int | None = None
 ) -> ReadPlan:
     """Pick the pyramid level and read size for ``patch_size`` px at ``mpp`` µm/px.
 
@@ -90,9 +93,12 @@ def plan_read(
     slide_mpp = float(slide.mpp) if slide.mpp else None
     fixed = getattr(slide, "fixed_coords", None)
     if fixed is not None:
-        ps0 = int(slide.fixed_patch_size)
-        scale = ps0 / patch_size
-        return ReadPlan(0, ps0, patch_size, ps0, slide_mpp * scale if slide_mpp else None,
+        if slide.fixed_patch_size is None:
+            raise TilingError(f"{_slide_name(slide)} lists patch positions but no patch size")
+        fixed_size = int(slide.fixed_patch_size)
+        scale = fixed_size / patch_size
+        return ReadPlan(0, fixed_size, patch_size, fixed_size,
+                        slide_mpp * scale if slide_mpp else None,
                         slide_mpp, 1.0, scale)
     if level is None and mpp is None:
         level = 0
@@ -123,7 +129,7 @@ def plan_read(
                     downsamples[best], scale)
 
 
-def _plan_at_level(slide: Any, patch_size: int, level: int, slide_mpp: float | None) -> ReadPlan:
+def _plan_at_level(slide: Slide, patch_size: int, level: int, slide_mpp: float | None) -> ReadPlan:
     if not 0 <= level < slide.level_count:
         raise TilingError(
             f"{_slide_name(slide)} has levels 0..{slide.level_count - 1}; level {level} "
@@ -171,16 +177,16 @@ def box_fractions(mask: np.ndarray, boxes: np.ndarray, ds: float) -> np.ndarray:
 
 
 def slide_tissue_mask(
-    slide: Any, params: TissueParams, patch_size_level0: float
+    slide: Slide, params: TissueParams, patch_size_level0: float
 ) -> tuple[np.ndarray, float]:
     """Tissue mask on a thumbnail resized to exactly ceil(W/ds) x ceil(H/ds); returns
     (mask, ds) where mask pixel (r, c) covers level-0 [c*ds, (c+1)*ds) x [r*ds, (r+1)*ds)."""
-    dims = tuple(int(d) for d in slide.dimensions)
+    dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))
     ds = mask_downsample_for(dims, slide.mpp, patch_size_level0, params)
     tw, th = max(1, math.ceil(dims[0] / ds)), max(1, math.ceil(dims[1] / ds))
     thumb = np.asarray(slide.thumbnail(thumbnail_size(dims, ds)))[..., :3]
     if thumb.shape[:2] != (th, tw):
-        thumb = np.asarray(Image.fromarray(thumb).resize((tw, th), Image.BILINEAR))
+        thumb = np.asarray(Image.fromarray(thumb).resize((tw, th), Image.Resampling.BILINEAR))
     mask_mpp = slide.mpp * ds if slide.mpp else None
     return tissue_mask(thumb, params, mpp=mask_mpp), ds
 
@@ -192,7 +198,7 @@ def _as_annotations(annotations: str | Path | Annotations | None) -> Annotations
 
 
 def tile_slide(
-    slide: Any,
+    slide: Slide,
     patch_size: int = 256,
     mpp: float | None = 0.5,
     annotations: str | Path | Annotations | None = None,
