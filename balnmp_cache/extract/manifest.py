@@ -25,8 +25,8 @@ COLUMNS = ("id", "path", "status", "n_patches", "seconds", "error", "stage")
 @dataclass
 class SlideResult:
     """One slide's outcome, as extraction returns it and as manifest.csv records it (the
-    csv's ``id`` column is ``slide_id``). ``status`` is "done", "empty", "failed" or
-    "skipped"; ``stage`` names where a failure happened."""
+    csv's `id` column is `slide_id`). `status` is "done", "empty", "failed" or
+    "skipped"; `stage` names where a failure happened."""
 
     slide_id: str
     path: str

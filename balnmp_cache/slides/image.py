@@ -2,7 +2,7 @@
 
 The BCNB whole-slide images are large JPEGs (some beyond Pillow's decompression-bomb
 limit); they are decoded once, on first read, into one level. Thumbnails of JPEGs use
-libjpeg's DCT scaling (Pillow ``draft``) and never decode the full image. TIFFs that no slide
+libjpeg's DCT scaling (Pillow `draft`) and never decode the full image. TIFFs that no slide
 reader takes (strips, zstd, webp, JPEG 2000, ...) are read lazily, tile by tile, through
 tifffile, with their pyramid pages as levels.
 """
@@ -174,7 +174,7 @@ class ImageSlide(Slide):
         self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
     ) -> Iterator[np.ndarray]:
         """A decoded JPEG/PNG is in memory: copy slices straight into each batch, the batch
-        split across ``workers`` threads (numpy releases the GIL for the copies, and the
+        split across `workers` threads (numpy releases the GIL for the copies, and the
         first touch of a fresh batch's pages is the cost that parallelises). Lazily decoded
         TIFFs decode tile by tile in the base class's thread pool."""
         if self._arrays is not None:
@@ -248,7 +248,7 @@ def decode_image(path: Path, jpeg: bool, unlimited: bool = False) -> np.ndarray:
     """Decode a whole image file. JPEGs go through libjpeg-turbo (imagecodecs) straight into
     one numpy array: half the peak memory of Pillow's image-then-copy, faster, and the GIL is
     released so threads decode in parallel. Other formats (and unusual JPEGs) use Pillow;
-    ``unlimited`` lifts Pillow's decompression-bomb limit for this one file."""
+    `unlimited` lifts Pillow's decompression-bomb limit for this one file."""
     if jpeg:
         decoded = _turbo_jpeg(path)
         if decoded is not None:

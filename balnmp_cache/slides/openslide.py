@@ -1,6 +1,6 @@
 """OpenSlide backend: everything OpenSlide 4 reads (SVS, NDPI, MRXS, SCN, DICOM WSI, Ventana,
 generic tiled TIFF, ...). Batched reads go through a thread pool: OpenSlide handles are
-thread-safe for ``read_region`` and release the GIL while decoding.
+thread-safe for `read_region` and release the GIL while decoding.
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ class FeatureStore:
         return Bag(info.slide_id, features, coords, info.attrs, info.coords_attrs)
 
     def attrs(self, slide_id: str) -> dict:
-        """Root attributes of one slide (no feature read); unknown DESIGN.md names are None."""
+        """Root attributes of one slide (no feature read); names of docs/format.md that the
+        slide lacks are None."""
         return self.info(slide_id).attrs
 
     def is_complete(self, slide_id: str) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 
 from balnmp_cache.errors import StoreError
 
-# Root attributes every slide written by balnmp carries (DESIGN.md). Missing ones read as None.
+# Root attributes every slide written by balnmp carries (docs/format.md). Missing ones read as None.
 KNOWN_ATTRS = (
     "slide_id", "source_path", "encoder", "weights", "feature_dim", "patch_size",
     "patch_size_level0", "target_mpp", "slide_mpp", "level", "tissue", "annotations",
@@ -104,8 +104,9 @@ def plain(value: Any) -> Any:
 
 
 def with_known(attrs: dict) -> dict:
-    """Fill the DESIGN.md attribute names that are absent with None (HDF5 has no null: a None
-    value is written as an absent attribute). Other values, "" included, read back as is."""
+    """Fill the attribute names of docs/format.md that are absent with None (HDF5 has no
+    null: a None value is written as an absent attribute). Other values, "" included, read
+    back as is."""
     out = {k: None for k in KNOWN_ATTRS}
     out.update(attrs)
     return out

@@ -2,7 +2,7 @@
 
 Layout (LocalStore directory, see docs/format.md):
     <store>.zarr/zarr.json                 root group, attribute balnmp_store = 1
-    <store>.zarr/<slide_id>/zarr.json      slide group; attributes = the DESIGN.md attributes
+    <store>.zarr/<slide_id>/zarr.json      slide group; attributes: those of docs/format.md
     <store>.zarr/<slide_id>/features/      (N, D) float16 | float32, zstd, row chunks
     <store>.zarr/<slide_id>/coords/        (N, 2) int64; attributes = the coords attributes
 Parallel writers on distinct slides are safe: each builds its group in a hidden directory

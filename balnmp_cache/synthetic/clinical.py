@@ -1,6 +1,6 @@
 """BCNB-style clinical table for the synthetic cohort.
 
-Columns and value sets follow the BCNB ``patient-clinical-data.xlsx``. The clinical
+Columns and value sets follow the BCNB `patient-clinical-data.xlsx`. The clinical
 variables carry a deliberately weak signal about ALN status (N+ tumours are a little larger,
 more often grade 3 and HER2-positive, patients slightly younger): enough for a clinical
 baseline to beat chance, not enough to match the image signal.
@@ -50,7 +50,7 @@ CLINICAL_COLUMNS = (
 def assign_aln_status(
     rng: np.random.Generator, n: int, positive_fraction: float = 0.4
 ) -> list[str]:
-    """Exactly ``round(positive_fraction * n)`` N+ patients, split between N+(1-2) (the
+    """Exactly `round(positive_fraction * n)` N+ patients, split between N+(1-2) (the
     larger half) and N+(>2), in random order; small cohorts still get every class."""
     if not 0 <= positive_fraction <= 1:
         raise OptionError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
@@ -113,7 +113,7 @@ def _patient_row(rng: np.random.Generator, pid: int, status: str) -> dict[str, o
 def make_clinical_table(
     rng: np.random.Generator, statuses: list[str], patient_ids: list[int] | None = None
 ) -> pd.DataFrame:
-    """One BCNB-style row per patient (``Patient ID`` integers 1..N unless given)."""
+    """One BCNB-style row per patient (`Patient ID` integers 1..N unless given)."""
     ids = patient_ids if patient_ids is not None else list(range(1, len(statuses) + 1))
     if len(ids) != len(statuses):
         raise OptionError(f"{len(ids)} patient ids for {len(statuses)} ALN statuses")

@@ -1,8 +1,8 @@
 """Synthetic BALNMP-style demo cohort: H&E-like biopsy slides, tumour annotations, clinical
 table and the ground truth of the planted signal.
 
-``make_demo_cohort(out, n_patients=60, seed=0)`` or
-``python -m balnmp_cache.synthetic --out DIR --patients N --seed S`` writes::
+`make_demo_cohort(out, n_patients=60, seed=0)` or
+`python -m balnmp_cache.synthetic --out DIR --patients N --seed S` writes:
 
     out/slides/<pid>.svs          tiled pyramidal JPEG TIFF, Aperio-style (MPP, AppMag)
     out/annotations/<pid>.json    BALNMP JSON, tumour polygon in level-0 px
@@ -68,10 +68,10 @@ DECOY_PROBABILITY = 0.2  # chance that an N0 slide has one weakly abnormal cell
 class CohortConfig:
     """Size and format options of a synthetic cohort (all lengths at 0.5 µm/px).
 
-    ``mpp`` is the written level-0 resolution: 0.5 (AppMag 20) or 0.25 (AppMag 40: the same
+    `mpp` is the written level-0 resolution: 0.5 (AppMag 20) or 0.25 (AppMag 40: the same
     physical content with twice the pixels per side; nearest-neighbour upsampled, so the
-    40x slide's level 1 equals the 20x level 0 up to JPEG). ``patch_um`` is the side of a
-    signal cell (112 µm = a 224 px patch at 0.5 µm/px); ``tumour_patches`` the tumour
+    40x slide's level 1 equals the 20x level 0 up to JPEG). `patch_um` is the side of a
+    signal cell (112 µm = a 224 px patch at 0.5 µm/px); `tumour_patches` the tumour
     area range in such cells (shrunk when the slide is too small).
     """
 
@@ -116,8 +116,8 @@ class CohortConfig:
 
 @dataclass
 class DemoCohort:
-    """What :func:`make_demo_cohort` wrote; ``patients`` is the clinical table plus
-    ``patient_id`` (str), ``slide_path``, ``annotation_path`` and ``signal_fraction``."""
+    """What `make_demo_cohort` wrote; `patients` is the clinical table plus
+    `patient_id` (str), `slide_path`, `annotation_path` and `signal_fraction`."""
 
     root: Path
     slides_dir: Path
@@ -227,7 +227,7 @@ def _config_record(cfg: CohortConfig) -> dict[str, Any]:
 
 
 def _prepare_output(root: Path, cfg: CohortConfig, overwrite: bool) -> bool:
-    """Check ``root``; return True when it already holds this exact cohort (reuse it)."""
+    """Check `root`; return True when it already holds this exact cohort (reuse it)."""
     truth_path = root / "truth.json"
     if not root.exists() or not any(root.iterdir()):
         return False

@@ -184,7 +184,7 @@ def tissue_core_mask(
 
 
 def polygon_mask(vertices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Rasterise a polygon given as (x, y) vertices into a boolean mask of ``shape``."""
+    """Rasterise a polygon given as (x, y) vertices into a boolean mask of `shape`."""
     canvas = Image.new("1", (shape[1], shape[0]), 0)
     ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in vertices], fill=1)
     return np.asarray(canvas, dtype=bool)
@@ -197,7 +197,7 @@ def polygon_area(vertices: np.ndarray) -> float:
 
 
 def cell_fractions(mask: np.ndarray, cell: int) -> np.ndarray:
-    """Fraction of each ``cell`` x ``cell`` grid cell (origin 0, 0) covered by ``mask``."""
+    """Fraction of each `cell` x `cell` grid cell (origin 0, 0) covered by `mask`."""
     h, w = mask.shape
     rows, cols = -(-h // cell), -(-w // cell)
     padded = np.zeros((rows * cell, cols * cell), dtype=np.uint8)
@@ -211,10 +211,10 @@ def choose_signal_cells(
     fraction: float,
     cluster_size: tuple[int, int] = (2, 4),
 ) -> list[tuple[int, int]]:
-    """Pick about ``fraction`` of the candidate cells (bool grid) in small connected clusters.
+    """Pick about `fraction` of the candidate cells (bool grid) in small connected clusters.
 
     Clusters keep several neighbouring patches abnormal, so the signal survives a patch
-    grid that is not aligned with the cells. At least one cell when ``fraction`` > 0.
+    grid that is not aligned with the cells. At least one cell when `fraction` > 0.
     """
     cand = {(int(r), int(c)) for r, c in zip(*np.nonzero(candidates))}
     if not cand or fraction <= 0:

@@ -1,7 +1,7 @@
 """H&E-like rendering of a core-needle biopsy, vectorised (numpy/scipy, no per-pixel loops).
 
 Colour follows a Beer-Lambert stain model: per-pixel haematoxylin and eosin concentrations
-times stain vectors give an optical density, ``rgb = 255 * 10**-OD``. Nuclei are ellipses
+times stain vectors give an optical density, `rgb = 255 * 10**-OD`. Nuclei are ellipses
 stamped into a haematoxylin map all at once (one (n, k, k) array per batch). Sizes are in
 µm and converted with the rendering resolution, so tiny test slides keep realistic nuclei.
 """
@@ -57,7 +57,7 @@ NUCLEUS_STYLES: dict[str, NucleusStyle] = {
 def signal_style(strength: float, base: NucleusStyle | None = None) -> NucleusStyle:
     """Interpolate from ordinary tumour nuclei (0) to full signal nuclei (1).
 
-    ``base`` is this slide's tumour style; its density is scaled by the signal/tumour
+    `base` is this slide's tumour style; its density is scaled by the signal/tumour
     density ratio, so the contrast is relative to the patient's own tumour.
     """
     ref, sig = NUCLEUS_STYLES["tumour"], NUCLEUS_STYLES["signal"]
@@ -113,7 +113,7 @@ def random_stain(rng: np.random.Generator) -> Stain:
 
 
 def _sample_points(rng: np.random.Generator, mask: np.ndarray, per_px: float) -> np.ndarray:
-    """Poisson points (y, x) with intensity ``per_px`` inside ``mask`` (rejection sampling)."""
+    """Poisson points (y, x) with intensity `per_px` inside `mask` (rejection sampling)."""
     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     if rows.size == 0:
         return np.empty((0, 2))

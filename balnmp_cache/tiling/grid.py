@@ -3,7 +3,7 @@
 Positions are laid out in physical units (µm) from the slide's top-left corner, so the same
 tissue scanned at 40x and at 20x gives patches at the same places. Each patch is read at the
 best pyramid level (the coarsest one not coarser than the target, with a small tolerance)
-with ``read_size`` px and resized to ``patch_size`` by the encoder pipeline when they differ.
+with `read_size` px and resized to `patch_size` by the encoder pipeline when they differ.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ LEVEL_TOLERANCE = 0.025
 
 @dataclass(frozen=True)
 class ReadPlan:
-    """How to read one patch: ``read_size`` px at ``level``, resized to ``patch_size``."""
+    """How to read one patch: `read_size` px at `level`, resized to `patch_size`."""
 
     level: int
     read_size: int
@@ -57,7 +57,7 @@ class ReadPlan:
 
 @dataclass
 class PatchGrid:
-    """Kept patches of one slide: top-left level-0 ``coords`` (N, 2) int64 and their tissue
+    """Kept patches of one slide: top-left level-0 `coords` (N, 2) int64 and their tissue
     (or tumour-and-tissue) fraction; the mask they were chosen on is kept for QC."""
 
     coords: np.ndarray
@@ -82,10 +82,10 @@ def _slide_name(slide: Slide) -> str:
 def plan_read(
     slide: Slide, patch_size: int = 256, mpp: float | None = 0.5, level: int | None = None
 ) -> ReadPlan:
-    """Pick the pyramid level and read size for ``patch_size`` px at ``mpp`` µm/px.
+    """Pick the pyramid level and read size for `patch_size` px at `mpp` µm/px.
 
-    ``level`` given: read ``patch_size`` px at that level as is (no µm/px needed).
-    ``mpp=None`` and no level: level 0, native resolution.
+    `level` given: read `patch_size` px at that level as is (no µm/px needed).
+    `mpp=None` and no level: level 0, native resolution.
     """
     if int(patch_size) < 1:
         raise TilingError(f"patch_size must be a positive number of pixels, got {patch_size}")
@@ -141,7 +141,7 @@ def _plan_at_level(slide: Slide, patch_size: int, level: int, slide_mpp: float |
 
 
 def grid_positions(dims: tuple[int, int], stride0: float) -> np.ndarray:
-    """All top-left positions ``round(i * stride0)`` inside the slide, (N, 2) int64 (x, y)."""
+    """All top-left positions `round(i * stride0)` inside the slide, (N, 2) int64 (x, y)."""
     w, h = int(dims[0]), int(dims[1])
     xs = np.round(np.arange(math.ceil(w / stride0)) * stride0).astype(np.int64)
     ys = np.round(np.arange(math.ceil(h / stride0)) * stride0).astype(np.int64)
@@ -150,7 +150,7 @@ def grid_positions(dims: tuple[int, int], stride0: float) -> np.ndarray:
 
 
 def box_fractions(mask: np.ndarray, boxes: np.ndarray, ds: float) -> np.ndarray:
-    """Fraction of each level-0 box (x0, y0, x1, y1) covered by ``mask`` (a pixel covers
+    """Fraction of each level-0 box (x0, y0, x1, y1) covered by `mask` (a pixel covers
     [c*ds, (c+1)*ds)); exact for partial pixels, area outside the mask counts as empty."""
     h, w = mask.shape
     integral = np.zeros((h + 1, w + 1), dtype=np.float64)
@@ -207,9 +207,9 @@ def tile_slide(
     overlap: int = 0,
     tissue: str | TissueParams = "biopsy",
 ) -> PatchGrid:
-    """Patches of ``patch_size`` px at ``mpp`` µm/px whose tissue fraction is at least
-    ``min_tissue`` (and > 0); with ``annotations`` the fraction counts only tissue inside the
-    tumour (positive minus negative regions). ``overlap`` is in output px. Patch-folder
+    """Patches of `patch_size` px at `mpp` µm/px whose tissue fraction is at least
+    `min_tissue` (and > 0); with `annotations` the fraction counts only tissue inside the
+    tumour (positive minus negative regions). `overlap` is in output px. Patch-folder
     slides return their own coordinates unchanged."""
     if not 0.0 <= float(min_tissue) <= 1.0:
         raise TilingError(f"min_tissue must be within [0, 1], got {min_tissue}")

@@ -85,7 +85,7 @@ def _draw_patches(ax: Axes, grid: PatchGrid, scale: float, display_per_px: float
 
 
 def save_qc(slide: Slide, grid: PatchGrid, out_png: str | Path, max_size: int = 1200) -> Path:
-    """Write the QC picture of ``grid`` on ``slide`` to ``out_png`` (atomically); returns it."""
+    """Write the QC picture of `grid` on `slide` to `out_png` (atomically); returns it."""
     out_png = Path(out_png)
     thumb = np.asarray(slide.thumbnail(max_size))[..., :3]
     w0 = slide.dimensions[0]

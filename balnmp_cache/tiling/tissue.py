@@ -182,7 +182,7 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def _dilate(be: _ArrayBackend, mask: Any, radius: int) -> Any:
-    """Dilation by a disk of ``radius`` px (all pixels within that Euclidean distance). Large
+    """Dilation by a disk of `radius` px (all pixels within that Euclidean distance). Large
     radii use an exact distance transform: O(pixels) instead of O(pixels * r^2)."""
     if radius <= 0 or not bool(mask.any()):
         return mask
@@ -215,7 +215,7 @@ _MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 
 
 
 def _median(be: _ArrayBackend, img: Any, size: int) -> Any:
-    """Median over ``size`` x ``size`` windows, edges replicated (scipy's mode="nearest").
+    """Median over `size` x `size` windows, edges replicated (scipy's mode="nearest").
     Edge-preserving and exact, so CPU and GPU agree; 3 x 3 (the presets at their mask
     resolution) runs as a sorting network, several times faster than a rank filter."""
     if size <= 1:
@@ -271,8 +271,8 @@ def tissue_mask(
 ) -> np.ndarray:
     """Boolean tissue mask of an RGB thumbnail (H, W, 3) uint8.
 
-    ``mpp`` is the thumbnail's µm/px (defaults to ``params.mask_mpp``) and converts the
-    µm sizes of ``params`` to pixels. ``device``: "auto" (CUDA when CuPy sees a device),
+    `mpp` is the thumbnail's µm/px (defaults to `params.mask_mpp`) and converts the
+    µm sizes of `params` to pixels. `device`: "auto" (CUDA when CuPy sees a device),
     "cpu" or "cuda"; both give the same mask.
     """
     params = get_params(params)
@@ -340,8 +340,8 @@ def mask_downsample_for(
     patch_size_level0: float,
     params: TissueParams,
 ) -> float:
-    """Level-0 px per mask px: ``params.mask_mpp`` when µm/px is known, but at least 8 mask
-    px per patch side and never a mask side above ``params.max_mask_side``."""
+    """Level-0 px per mask px: `params.mask_mpp` when µm/px is known, but at least 8 mask
+    px per patch side and never a mask side above `params.max_mask_side`."""
     finest = max(dims) / params.max_mask_side
     per_patch = patch_size_level0 / 8.0
     wanted = params.mask_mpp / slide_mpp if slide_mpp else patch_size_level0 / 16.0
