@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +191,13 @@ def test_path_and_alternatives(tmp_path: Path) -> None:
     live = OneOf(lambda: names)
     names.append("b")
     assert live.check("b") is None and live.click_type().convert("b", None, None) == "b"
+
+
+def test_help_builds_its_choices_without_torch_or_matplotlib() -> None:
+    """The options and their registry choices are read without loading the encoder stack."""
+    code = ("import sys; from click.testing import CliRunner; from balnmp_cache.cli import main;"
+            "assert CliRunner().invoke(main, ['--help']).exit_code == 0;"
+            "bad = [m for m in ('torch', 'matplotlib', 'balnmp_cache.extract.job') "
+            "if m in sys.modules]; assert not bad, bad")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
