@@ -118,7 +118,8 @@ class CuCIMSlide(Slide):
     @classmethod
     def open(cls, info: SourceInfo, mpp: float | None) -> CuCIMSlide:
         with _native():
-            from cucim.clara import CuImage
+            # cucim's stub does not re-export CuImage; without cucim installed it is untyped
+            from cucim import CuImage  # type: ignore[attr-defined, unused-ignore]
 
             image = CuImage(str(info.path))
         device = "cuda" if cuda_available() else "cpu"
