@@ -102,7 +102,7 @@ def update_manifest(out: str | Path, rows: Iterable[SlideResult], timeout: float
     deadline = time.monotonic() + timeout
     while (lock := try_lock(lock_path, stale_after=timeout, heartbeat_s=0)) is None:
         if time.monotonic() > deadline:
-            raise TimeoutError(
+            raise ExtractError(
                 f"could not lock {path} for {timeout:.0f} s; if no job is running, delete "
                 f"{lock_path}"
             )
