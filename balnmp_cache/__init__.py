@@ -8,10 +8,10 @@ docs/architecture.md): `slides`, `tiling`, `encoders` -> `store` -> `extract` ->
 
 # No `from __future__ import annotations` here: it would bind a package attribute named
 # `annotations` that shadows the old `balnmp_cache.annotations` module path.
-import importlib
 from typing import Any
 
 from balnmp_cache import _compat
+from balnmp_cache._registry import resolve
 from balnmp_cache._version import __version__
 
 _compat.install()
@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'balnmp_cache' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return resolve(f"{module}:{name}")
 
 
 def __dir__() -> list[str]:

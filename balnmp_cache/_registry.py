@@ -65,6 +65,12 @@ class Registry(Generic[T]):
                                 "to override it")
         self._entries[name] = target
 
+    def unregister(self, name: str) -> None:
+        """Remove the entry `name` (a plugin withdrawn at run time, or a test's stand-in)."""
+        if name not in self._entries:
+            raise RegistryError(self.unknown(name))
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         """The entry for `name` (a lazy string is imported now, once)."""
         try:
@@ -74,7 +80,7 @@ class Registry(Generic[T]):
         if isinstance(target, str):
             target = resolve(target)
             self._entries[name] = target
-        return target  # type: ignore[return-value]
+        return target
 
     def unknown(self, name: object) -> str:
         """The message for a name nobody registered: what was asked, what exists, where."""

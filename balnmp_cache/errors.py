@@ -16,6 +16,7 @@ __all__ = [
     "EncoderError",
     "ExtractError",
     "MissingSlideError",
+    "OptionError",
     "RegistryError",
     "SlideError",
     "StoreError",
@@ -25,6 +26,11 @@ __all__ = [
 
 class BalnmpError(ValueError):
     """Bad input or bad usage: the message says what is wrong and how to fix it."""
+
+
+class OptionError(BalnmpError):
+    """A value an option (or keyword) may not take: out of range, not one of its choices, or
+    an option file (such as `--mpp-overrides`) that cannot be used."""
 
 
 class RegistryError(BalnmpError):

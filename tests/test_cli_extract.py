@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,69 @@ def test_folder_without_slides_exits_2(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     res = _run(fast_cli_args(tmp_path / "empty", tmp_path / "out"))
     assert res.exit_code == 2 and "no slides found" in res.output
+
+
+def _raising(exc: BaseException):  # noqa: ANN202
+    def run(*args: object, **kwargs: object) -> None:
+        raise exc
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "exc,code,needle",
+    [
+        (KeyboardInterrupt(), 130, "interrupted: slides finished so far are kept"),
+        (OSError(errno.ENOSPC, "No space left on device", "/x/1.h5"), 2, "/x/1.h5: the disk is full"),
+        (OSError(errno.EROFS, "Read-only file system"), 2, "read-only: choose a writable --out"),
+        (PermissionError(errno.EACCES, "Permission denied", "/x"), 2, "/x: permission denied"),
+    ],
+)
+def test_interrupts_and_user_os_errors_have_their_own_status(
+    cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException, code: int,  # noqa: ANN001
+    needle: str,
+) -> None:
+    """Ctrl-C is not "some slides failed" (1); a full disk or an unwritable --out is a message."""
+    monkeypatch.setattr("balnmp_cache.extract.job.run_extraction", _raising(exc))
+    res = CliRunner().invoke(main, fast_cli_args(cohort.slides_dir, tmp_path / "out"))
+    assert res.exit_code == code, res.output
+    assert needle in res.output and "Traceback" not in res.output
+
+
+def test_a_bug_keeps_its_traceback(cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr("balnmp_cache.extract.job.run_extraction", _raising(RuntimeError("bug")))
+    res = CliRunner().invoke(main, fast_cli_args(cohort.slides_dir, tmp_path / "out"))
+    assert res.exit_code == 1 and isinstance(res.exception, RuntimeError)
+    with pytest.raises(RuntimeError, match="bug"):  # not turned into a usage message
+        _run(fast_cli_args(cohort.slides_dir, tmp_path / "out"))
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):  # noqa: ANN201
+    """A 96 KiB tmpfs: room for the manifest and locks, not for a slide's features."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("fmt,name", [("h5", "features"), ("zarr", "features.zarr")])
+def test_a_full_disk_stops_the_job_with_a_message(cohort, tiny_tmpfs: Path, fmt: str,  # noqa: ANN001
+                                                  name: str) -> None:  # fmt: skip
+    """Disk full is not the slide's fault: not "slide failed" (1) for every slide, nor a
+    traceback, nor (HDF5) a segfault at exit, but a message and exit 2; nothing left behind."""
+    out = tiny_tmpfs / name
+    (tiny_tmpfs / "filler").write_bytes(b"x" * (64 << 10))  # leave ~32 KiB
+    args = [*fast_cli_args(cohort.slides_dir, out, cohort.annotations_dir), "--encoder",
+            "resnet50", "--dtype", "float32", "--format", fmt]  # 2,048-d: ~8 KiB per patch
+    proc = subprocess.run([sys.executable, "-m", "balnmp_cache.cli", *args], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "the disk is full" in proc.stderr and "Traceback" not in proc.stderr
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # no half-written slide

@@ -110,17 +110,14 @@ def test_slurm_array_variables_pick_the_shard(cohort, tmp_path: Path, monkeypatc
 
 def test_one_worker_per_device_shares_the_slides(cohort, tmp_path: Path) -> None:  # noqa: ANN001
     """`--devices` path with two CPU workers (spawned processes, as on a multi-GPU node)."""
-    from balnmp_cache.extract.run import ModelSpec
-    from balnmp_cache.extract.slide_job import SlideOptions
+    from balnmp_cache.extract.options import ExtractOptions
+    from balnmp_cache.extract.slide_job import JobSpec
     from balnmp_cache.extract.workers import run_on_devices
 
     out = tmp_path / "out"
-    opts = SlideOptions(out=out, mpp=1.0, patch_size=32, annotations=cohort.annotations_dir,
-                        batch_size=4)  # fmt: skip
-    model = ModelSpec("resnet18", "none", input_size=32)
+    spec = JobSpec(out, ExtractOptions(annotations=cohort.annotations_dir, **FAST))
     slides = sorted(cohort.slides_dir.glob("*.svs"))
-    results = run_on_devices(slides, opts, model, ["cpu", "cpu"], skip_errors=False,
-                             progress=False)  # fmt: skip
+    results = run_on_devices(slides, spec, ["cpu", "cpu"])
     assert [(r.slide_id, r.status) for r in results] == [("1", "done"), ("2", "done"), ("3", "done")]
     assert FeatureStore(out).slide_ids == ["1", "2", "3"]
     assert sorted(read_manifest(out)) == ["1", "2", "3"]

@@ -12,7 +12,7 @@ from _data import write_store
 from click.testing import CliRunner
 
 from balnmp_cache.store import FeatureStore, StoreError, load_bags
-from balnmp_cache.store.pack import pack_store
+from balnmp_cache.store.pack import PACK_READERS, PACK_SINKS, pack_store
 from balnmp_mil.cli.store import inspect_cmd, pack_cmd
 
 
@@ -22,10 +22,17 @@ def cohort(tmp_path):
     return tmp_path / "f", written
 
 
-@pytest.mark.parametrize("fmt,name", [("h5", "pack.h5"), ("zarr", "pack.zarr")])
-def test_pack_equals_per_slide_load(tmp_path, cohort, fmt, name):
+def test_pack_formats_are_one_registry_with_a_reader_per_sink(tmp_path, cohort):
+    assert PACK_SINKS.names() == PACK_READERS.names() == ["h5", "zarr"]
+    with pytest.raises(StoreError, match=r"unknown pack format 'csv' \(--format\); choose one "
+                                         "of h5, zarr"):
+        pack_store(cohort[0], tmp_path / "x.csv", format="csv")
+
+
+@pytest.mark.parametrize("fmt", PACK_SINKS.names())  # every registered pack format
+def test_pack_equals_per_slide_load(tmp_path, cohort, fmt):
     store, _ = cohort
-    out = pack_store(store, tmp_path / name, format=fmt)
+    out = pack_store(store, tmp_path / f"pack.{fmt}", format=fmt)
     a, b = load_bags(store), load_bags(out)
     assert FeatureStore(out).format == "pack"
     assert b.slide_ids == a.slide_ids and b.features.dtype == np.float16

@@ -17,7 +17,7 @@ from balnmp_cache._registry import Registry
 from balnmp_cache.errors import EncoderError
 
 __all__ = ["ENCODERS", "IMAGENET_MEAN", "IMAGENET_STD", "Encoder", "EncoderEntry",
-           "build_encoder", "list_encoders"]
+           "build_encoder", "check_encoder_name", "check_weights", "list_encoders"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,8 +49,10 @@ class EncoderEntry:
 
 
 ENCODERS: Registry[EncoderEntry] = Registry("encoder", "--encoder")
-# Prefix families: `<prefix>:<model>` names any model of a library (e.g. "timm:vit_small...").
-PREFIXES: dict[str, Callable[[str, str | Path, int], Encoder]] = {}
+# Prefix families: `<prefix>:<model>` names any model of a library (e.g. "timm:vit_small...");
+# an entry builds `(model, weights, seed) -> Encoder`.
+PREFIXES: Registry[Callable[[str, str | Path, int], Encoder]] = Registry("encoder family",
+                                                                         "--encoder")
 
 
 def list_encoders() -> list[str]:
@@ -74,9 +76,10 @@ def build_encoder(
     works; CLAM, for one, feeds 256 px patches to ResNet50 unresized).
     """
     weights = "none" if weights is None else weights
+    check_weights(weights)
     prefix, sep, model = name.partition(":")
     if sep and prefix in PREFIXES:
-        enc = PREFIXES[prefix](model, weights, seed)
+        enc = PREFIXES.get(prefix)(model, weights, seed)
     else:
         entry = _entry(name)
         if flatten and not entry.flattenable:
@@ -94,8 +97,22 @@ def build_encoder(
     return enc
 
 
-def _entry(name: str) -> EncoderEntry:
-    if name not in ENCODERS:
+def check_encoder_name(name: str) -> None:
+    """A registered encoder or `<prefix>:<model>` of a registered family (else `EncoderError`);
+    whether the family knows the model is found out when it is built."""
+    prefix, sep, _ = name.partition(":")
+    if name not in ENCODERS and not (sep and prefix in PREFIXES):
         hint = "".join(f" or '{p}:<model name>'" for p in PREFIXES)
         raise EncoderError(ENCODERS.unknown(name) + hint)
+
+
+def check_weights(weights: str | Path) -> None:
+    """`imagenet`, `none` or an existing checkpoint file (else `EncoderError`)."""
+    if str(weights) not in ("imagenet", "none") and not Path(weights).is_file():
+        raise EncoderError(f"--weights {str(weights)!r} is neither 'imagenet', 'none' nor an "
+                           "existing checkpoint file")
+
+
+def _entry(name: str) -> EncoderEntry:
+    check_encoder_name(name)
     return ENCODERS.get(name)

@@ -62,9 +62,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, ignore_prefixes: Iterabl
     """
     path = Path(path)
     if not path.is_file():
-        raise EncoderError(
-            f"weights {str(path)!r} is neither 'imagenet', 'none' nor an existing checkpoint file"
-        )
+        raise EncoderError(f"checkpoint {path}: no such file; pass --weights PATH to an existing "
+                           "checkpoint, or --weights imagenet / none")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors come in many types; all mean "refused"

@@ -55,4 +55,4 @@ def build_timm(model_name: str, weights: str | Path, seed: int) -> Encoder:
     )
 
 
-PREFIXES["timm"] = build_timm
+PREFIXES.register("timm", build_timm)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from balnmp_cache.errors import EncoderError
 __all__ = ["register_torchvision"]
 
 Adapter = Callable[[nn.Module, bool], int]
+M = TypeVar("M", bound=nn.Module)
 
 
 def register_torchvision(
@@ -52,12 +53,30 @@ def register_torchvision(
 def _vgg_like(model: nn.Module, flatten: bool) -> int:
     """VGG/AlexNet: keep `features`; global average pool (or the paper's flattened map)."""
     model.classifier = nn.Identity()
+    features = _module(model, "features", nn.Module)
     if flatten:
-        pool = model.avgpool.output_size  # torchvision's fixed map size (7x7 VGG, 6x6 AlexNet)
-        side = pool if isinstance(pool, int) else pool[0]
-        return _last_channels(model.features) * side * side
+        # torchvision's fixed map size (7x7 VGG, 6x6 AlexNet)
+        pool = _module(model, "avgpool", nn.AdaptiveAvgPool2d).output_size
+        side = pool[0] if isinstance(pool, tuple) else pool
+        if not isinstance(side, int):
+            raise EncoderError(f"{type(model).__name__}: --flatten needs a fixed pooled map, "
+                               f"got output size {pool}")
+        return _last_channels(features) * side * side
     model.avgpool = nn.AdaptiveAvgPool2d(1)
-    return _last_channels(model.features)
+    return _last_channels(features)
+
+
+def _module(model: nn.Module, name: str, kind: type[M]) -> M:
+    """The submodule `name` of a torchvision model, checked to be a `kind`."""
+    sub = getattr(model, name)
+    if not isinstance(sub, kind):
+        raise EncoderError(f"{type(model).__name__}.{name} is a {type(sub).__name__}, not a "
+                           f"{kind.__name__}: this torchvision version is not supported")
+    return sub
+
+
+def _in_features(model: nn.Module, name: str) -> int:
+    return int(_module(model, name, nn.Linear).in_features)
 
 
 def _last_channels(features: nn.Module) -> int:
@@ -70,7 +89,7 @@ for _name in ("vgg16_bn", "vgg16", "alexnet"):
 
 
 def _resnet(model: nn.Module, flatten: bool) -> int:
-    dim = model.fc.in_features
+    dim = _in_features(model, "fc")
     model.fc = nn.Identity()
     return dim
 
@@ -94,17 +113,19 @@ def _resnet_trunc(model: nn.Module, flatten: bool) -> int:
 
 @register_torchvision("densenet121", head_prefixes=("classifier.",))
 def _densenet(model: nn.Module, flatten: bool) -> int:
-    dim = model.classifier.in_features
+    dim = _in_features(model, "classifier")
     model.classifier = nn.Identity()
     return dim
 
 
 @register_torchvision("inception_v3", head_prefixes=("fc.", "AuxLogits."), input_size=299)
 def _inception(model: nn.Module, flatten: bool) -> int:
-    dim = model.fc.in_features
+    dim = _in_features(model, "fc")
     model.fc = nn.Identity()
-    model.AuxLogits = None  # eval-mode forward skips it; its weights are not features
-    model.aux_logits = False
+    # eval-mode forward skips the auxiliary head; its weights are not features
+    model.AuxLogits = None  # type: ignore[assignment]  # torchvision checks `is None`
+    model.aux_logits = False  # type: ignore[assignment]  # a plain bool attribute
+
     return dim
 
 

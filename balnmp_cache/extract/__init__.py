@@ -1,21 +1,58 @@
 """Extraction: the resumable batch job that turns slides into a feature store.
 
-`job` finds the slides and shards them; `run` is one device's loop; `workers` runs one loop per
-device; `slide_job` is one slide (open, tile, encode, write); `pipeline` overlaps reading,
-encoding and writing; `manifest`, `locks` and `sharding` are its bookkeeping.
+`options` declares every option of a job (`ExtractOptions`); `job` finds the slides and shards
+them; `run` is one device's loop; `workers` runs one loop per device; `slide_job` is one slide
+(open, tile, encode, write); `pipeline` overlaps reading, encoding and writing; `manifest`,
+`locks` and `sharding` are its bookkeeping. Names are imported on first use, so the command
+line can build its options (`extract.options`) without loading torch.
 """
 
 from __future__ import annotations
 
-from balnmp_cache.errors import ExtractError
-from balnmp_cache.extract.job import ExtractSummary, extract_features, find_slides
-from balnmp_cache.extract.slide_job import SlideFailure, SlideResult
+from typing import TYPE_CHECKING, Any
+
+from balnmp_cache._registry import resolve
+
+if TYPE_CHECKING:
+    from balnmp_cache.errors import ExtractError
+    from balnmp_cache.extract.job import (
+        ExtractSummary,
+        extract_features,
+        find_slides,
+        run_extraction,
+    )
+    from balnmp_cache.extract.options import ExtractOptions
+    from balnmp_cache.extract.slide_job import SlideFailure, SlideResult
+
+_EXPORTS = {
+    "ExtractError": "balnmp_cache.errors",
+    "ExtractOptions": "balnmp_cache.extract.options",
+    "ExtractSummary": "balnmp_cache.extract.job",
+    "SlideFailure": "balnmp_cache.extract.slide_job",
+    "SlideResult": "balnmp_cache.extract.slide_job",
+    "extract_features": "balnmp_cache.extract.job",
+    "find_slides": "balnmp_cache.extract.job",
+    "run_extraction": "balnmp_cache.extract.job",
+}
 
 __all__ = [
     "ExtractError",
+    "ExtractOptions",
     "ExtractSummary",
     "SlideFailure",
     "SlideResult",
     "extract_features",
     "find_slides",
+    "run_extraction",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'balnmp_cache.extract' has no attribute {name!r}")
+    return resolve(f"{module}:{name}")
+
+
+def __dir__() -> list[str]:
+    return __all__

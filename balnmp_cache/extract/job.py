@@ -1,7 +1,7 @@
 """`extract_features`: the resumable batch job that turns slides into a feature store.
 
 Finds the slides, keeps this job's shard, builds the encoder once per device and runs every
-slide through `SlideJob` (extract_slide.py), recording each outcome in `<out>/manifest.csv`
+slide through `SlideJob` (`slide_job.py`), recording each outcome in `<out>/manifest.csv`
 as it happens. With several devices, one worker process per device pulls slides from the
 same list; per-slide locks make them (and any other job on the same directory) share the
 work without duplicates.
@@ -9,28 +9,32 @@ work without duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from balnmp_cache.errors import ExtractError
-from balnmp_cache.extract.run import ModelSpec, run_slides
-from balnmp_cache.extract.sharding import Shard, parse_devices, resolve_shard
+from balnmp_cache._options import with_option_keywords
+from balnmp_cache.errors import BalnmpError, ExtractError
+from balnmp_cache.extract.options import ExtractOptions
+from balnmp_cache.extract.run import run_slides
+from balnmp_cache.extract.sharding import parse_devices, resolve_shard
 from balnmp_cache.extract.slide_job import (
     SLIDE_SUFFIXES,
+    JobSpec,
     SlideFailure,
-    SlideOptions,
     SlideResult,
     slide_id_of,
 )
 from balnmp_cache.slides.ids import is_slide_folder
 from balnmp_cache.store._atomic import check_output
 
+Slides = str | Path | Sequence[str | Path]
+
 __all__ = [
-    "ExtractError", "ExtractSummary", "SlideFailure", "SlideResult", "extract_features",
-    "find_slides",
+    "ExtractError", "ExtractOptions", "ExtractSummary", "SlideFailure", "SlideResult",
+    "extract_features", "find_slides", "run_extraction",
 ]  # fmt: skip
+
 
 @dataclass
 class ExtractSummary:
@@ -108,8 +112,7 @@ def find_slides(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
     return [by_id[s] for s in sorted(by_id)]
 
 
-def _check_out(out: Path, slides: str | Path | Sequence[str | Path],
-               annotations: str | Path | None) -> None:
+def _check_out(out: Path, slides: Slides, annotations: str | Path | None) -> None:
     """`--out` must be a folder apart from the slide folders and annotations it reads:
     features written into a slide folder would be found as slides by the next job."""
     items = [slides] if isinstance(slides, (str, Path)) else list(slides)
@@ -120,86 +123,49 @@ def _check_out(out: Path, slides: str | Path | Sequence[str | Path],
                            "store): choose another --out")
 
 
-def _load_overrides(mpp_overrides: Any) -> dict[str, float] | None:
-    if mpp_overrides is None or isinstance(mpp_overrides, dict):
-        return mpp_overrides
+def _load_overrides(
+    mpp_overrides: str | Path | Mapping[str, float] | None,
+) -> dict[str, float] | None:
+    if mpp_overrides is None or isinstance(mpp_overrides, Mapping):
+        return None if mpp_overrides is None else dict(mpp_overrides)
     from balnmp_cache.slides.mpp import load_mpp_overrides
 
     try:
         return load_mpp_overrides(mpp_overrides)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, BalnmpError) as exc:
         raise ExtractError(f"--mpp-overrides {mpp_overrides}: {exc}") from exc
 
 
-def extract_features(
-    slides: str | Path | Sequence[str | Path],
-    out: str | Path,
-    encoder: str = "resnet50",
-    weights: str | Path | None = None,
-    mpp: float | None = 0.5,
-    patch_size: int = 256,
-    format: str = "h5",
-    device: str | None = None,
-    batch_size: int = 256,
-    annotations: str | Path | None = None,
-    num_workers: int | None = None,
-    precision: str | None = None,
-    shard: str | Shard | None = None,
-    skip_errors: bool = False,
-    overwrite: bool = False,
-    min_tissue: float = 0.5,
-    level: int | None = None,
-    qc_dir: str | Path | None = None,
-    allow_unannotated: bool = False,
-    mpp_overrides: str | Path | dict[str, float] | None = None,
-    backend: str = "auto",
-    tissue: str = "biopsy",
-    progress: bool | None = None,
-    devices: str | Sequence[str | int] | None = None,
-    seed: int = 0,
-    flatten: bool = False,
-    dtype: str = "float16",
-    input_size: int | None = None,
-) -> ExtractSummary:
-    """Encode every slide in `slides` into the feature store `out`; see docs/extraction.md.
-
-    weights: "imagenet" (default), "none" (seeded random init) or a checkpoint path.
-    Finished slides are skipped unless `overwrite`. A failing slide raises SlideFailure
-    unless `skip_errors`, in which case it is recorded and the job goes on. progress=None
-    shows a bar only on a terminal. input_size: resize patches to this side before the
-    encoder instead of the encoder's native size.
-    """
-    if batch_size < 1:
-        raise ExtractError(f"batch_size must be >= 1, got {batch_size}")
-    if annotations is not None and not Path(annotations).is_dir():
-        raise ExtractError(f"--annotations {annotations}: not a folder of <slide_id>.json files")
-    try:
-        the_shard = resolve_shard(shard)
-        device_list = parse_devices(devices)
-    except ValueError as exc:
-        raise ExtractError(str(exc)) from exc
-    _check_out(Path(out), slides, annotations)
-    paths = find_slides(slides)
-    if the_shard is not None:
-        paths = the_shard.select(paths, key=[slide_id_of(p) for p in paths])
+def run_extraction(slides: Slides, out: str | Path, options: ExtractOptions) -> ExtractSummary:
+    """`extract_features` with its options as one `ExtractOptions` object (what the command
+    line calls): check the output, find and shard the slides, run one loop per device."""
     out = Path(out)
-    opts = SlideOptions(
-        out=out, format=format, mpp=mpp, patch_size=patch_size, level=level,
-        min_tissue=min_tissue, tissue=tissue,
-        annotations=Path(annotations) if annotations is not None else None,
-        allow_unannotated=allow_unannotated, mpp_overrides=_load_overrides(mpp_overrides),
-        backend=backend, qc_dir=Path(qc_dir) if qc_dir is not None else None,
-        batch_size=batch_size, num_workers=num_workers, overwrite=overwrite, dtype=dtype,
-    )  # fmt: skip
-    model = ModelSpec(encoder, "imagenet" if weights is None else str(weights), seed, flatten,
-                       precision, input_size)  # fmt: skip
-    if len(device_list) > 1:
+    shard = resolve_shard(options.shard)  # --shard, else the SLURM array's
+    devices = parse_devices(options.devices)
+    _check_out(out, slides, options.annotations)
+    paths = find_slides(slides)
+    if shard is not None:
+        paths = shard.select(paths, key=[slide_id_of(p) for p in paths])
+    spec = JobSpec(out, options, _load_overrides(options.mpp_overrides))
+    if len(devices) > 1:
         from balnmp_cache.extract.workers import run_on_devices
 
-        results = run_on_devices(paths, opts, model, device_list, skip_errors, progress)
+        results = run_on_devices(paths, spec, devices)
     else:
-        dev = device_list[0] if device_list else device
-        results = run_slides(paths, opts, model, dev, skip_errors, progress)
+        results = run_slides(paths, spec, devices[0] if devices else options.device)
     return ExtractSummary(results, out)
 
 
+@with_option_keywords(ExtractOptions)
+def extract_features(slides: Slides, out: str | Path, options: ExtractOptions) -> ExtractSummary:
+    """Encode every slide in `slides` into the feature store `out`; see docs/extraction.md.
+
+    The keywords after `out` are the fields of `ExtractOptions`, in its order and with its
+    defaults (`encoder="resnet50"`, `weights=None` meaning ImageNet, `mpp=0.5`,
+    `patch_size=256`, `format="h5"`, `device=None`, `batch_size=256`, ...); a value a field
+    does not allow raises `OptionError` before any slide is touched. Finished slides are
+    skipped unless `overwrite`. A failing slide raises `SlideFailure` unless `skip_errors`,
+    in which case it is recorded and the job goes on. `progress=None` shows a bar only on a
+    terminal.
+    """
+    return run_extraction(slides, out, options)

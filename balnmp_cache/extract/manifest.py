@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from balnmp_cache.errors import ExtractError
 from balnmp_cache.extract.locks import try_lock
 from balnmp_cache.store._atomic import publish, side_name
 
@@ -24,8 +25,8 @@ COLUMNS = ("id", "path", "status", "n_patches", "seconds", "error", "stage")
 @dataclass
 class SlideResult:
     """One slide's outcome, as extraction returns it and as manifest.csv records it (the
-    csv's ``id`` column is ``slide_id``). ``status`` is "done", "empty", "failed" or
-    "skipped"; ``stage`` names where a failure happened."""
+    csv's `id` column is `slide_id`). `status` is "done", "empty", "failed" or
+    "skipped"; `stage` names where a failure happened."""
 
     slide_id: str
     path: str
@@ -59,7 +60,7 @@ def read_manifest(out: str | Path) -> dict[str, SlideResult]:
                     stage=rec.get("stage") or "",
                 )
             except (KeyError, ValueError) as exc:
-                raise ValueError(
+                raise ExtractError(
                     f"{path} has a malformed row {rec!r} ({exc}); fix or delete the file "
                     "(it is rebuilt as slides are processed)"
                 ) from exc
@@ -68,6 +69,15 @@ def read_manifest(out: str | Path) -> dict[str, SlideResult]:
 
 def _write(path: Path, rows: Iterable[SlideResult]) -> None:
     tmp = side_name(path, "tmp")
+    try:
+        _write_rows(tmp, rows)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no temp file behind
+        raise
+    publish(tmp, path)
+
+
+def _write_rows(tmp: Path, rows: Iterable[SlideResult]) -> None:
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -79,7 +89,6 @@ def _write(path: Path, rows: Iterable[SlideResult]) -> None:
             writer.writerow(rec)
         f.flush()
         os.fsync(f.fileno())
-    publish(tmp, path)
 
 
 def update_manifest(out: str | Path, rows: Iterable[SlideResult], timeout: float = 120.0) -> None:
@@ -93,7 +102,7 @@ def update_manifest(out: str | Path, rows: Iterable[SlideResult], timeout: float
     deadline = time.monotonic() + timeout
     while (lock := try_lock(lock_path, stale_after=timeout, heartbeat_s=0)) is None:
         if time.monotonic() > deadline:
-            raise TimeoutError(
+            raise ExtractError(
                 f"could not lock {path} for {timeout:.0f} s; if no job is running, delete "
                 f"{lock_path}"
             )

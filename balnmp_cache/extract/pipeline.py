@@ -21,12 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from balnmp_cache.encoders.base import Encoder
-
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
+from balnmp_cache.errors import OptionError
+from balnmp_cache.extract.options import PRECISIONS
 
 _DONE = object()
 
@@ -67,12 +63,14 @@ class EncoderRunner:
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = precision or default_precision(self.device)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        self.amp_dtype = PRECISIONS[self.precision]
+            raise OptionError(f"--precision {self.precision!r}: must be one of "
+                              f"{', '.join(PRECISIONS)}")
+        amp = PRECISIONS[self.precision]
+        self.amp_dtype: torch.dtype | None = None if amp is None else getattr(torch, amp)
         self.out_dtype = out_dtype
         self.channels_last = channels_last
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.module = encoder.module.to(self.device, memory_format=fmt).eval()
+        self.module = encoder.module.to(self.device).to(memory_format=fmt).eval()
         std = torch.tensor(encoder.std, dtype=torch.float32, device=self.device)
         mean = torch.tensor(encoder.mean, dtype=torch.float32, device=self.device)
         self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
@@ -145,33 +143,48 @@ def encode_patches(
 
     Raises PipelineError naming the failed stage; on failure the other threads stop promptly.
     """
-    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    stop = threading.Event()
-    read_q: queue.Queue = queue.Queue(maxsize=queue_depth)
-    write_q: queue.Queue = queue.Queue(maxsize=queue_depth)
-    cuda = runner.device.type == "cuda"
+    return _Pipeline(batches, coords, runner, sink, queue_depth).run(on_batch)
 
-    def read() -> None:
+
+class _Pipeline:
+    """The three stages of `encode_patches`: a reader thread, the calling thread on the
+    device, a writer thread; bounded queues between them and one `stop` event for all."""
+
+    def __init__(self, batches: Iterator[np.ndarray], coords: np.ndarray, runner: EncoderRunner,
+                 sink: FeatureSink, queue_depth: int) -> None:  # fmt: skip
+        self.batches = batches
+        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        self.runner = runner
+        self.sink = sink
+        self.stop = threading.Event()
+        self.read_q: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
+        self.write_q: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
+        self.cuda = runner.device.type == "cuda"
+
+    def read(self) -> None:
+        """Reader thread: decoded batches into the read queue, then `_DONE`."""
         try:
-            for batch in batches:
+            for batch in self.batches:
                 if not (isinstance(batch, np.ndarray) and batch.flags.owndata):
                     # cuCIM's batch iterator recycles its buffers once it advances: a view
                     # kept in the queue would be overwritten by a later batch.
                     batch = np.array(batch, dtype=np.uint8, order="C", copy=True)
-                if not _put(read_q, batch, stop):
+                if not _put(self.read_q, batch, self.stop):
                     return
         finally:
-            if hasattr(batches, "close"):
-                batches.close()
-            _put(read_q, _DONE, stop)
+            close = getattr(self.batches, "close", None)
+            if close is not None:
+                close()
+            _put(self.read_q, _DONE, self.stop)
 
-    def write() -> None:
+    def write(self) -> None:
+        """Writer thread: features (once their device copy is done) into the sink, in order."""
         offset = 0
         while True:
             try:
-                item = write_q.get(timeout=0.1)
+                item = self.write_q.get(timeout=0.1)
             except queue.Empty:
-                if stop.is_set():
+                if self.stop.is_set():
                     return  # the job failed elsewhere; the sink is discarded anyway
                 continue
             if item is _DONE:
@@ -180,64 +193,69 @@ def encode_patches(
             if event is not None:
                 event.synchronize()
             n = feats.shape[0]
-            sink.append(feats.numpy(), coords[offset : offset + n])
+            self.sink.append(feats.numpy(), self.coords[offset : offset + n])
             offset += n
 
-    reader, writer = _Worker("balnmp-reader", read), _Worker("balnmp-writer", write)
-    reader.start()
-    writer.start()
-    stats = PipelineStats()
-    try:
+    def encode(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """One batch through the encoder; on CUDA the features come back to pinned host
+        memory asynchronously, with the event the writer waits on."""
+        try:
+            x = torch.from_numpy(batch)
+            if self.cuda:
+                x = x.pin_memory()
+            feats = self.runner(x)
+            if not self.cuda:
+                return feats, None
+            host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+            host.copy_(feats, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            return host, event
+        except Exception as exc:
+            raise PipelineError("encode", exc) from exc
+
+    def run(self, on_batch: Callable[[int], None] | None) -> PipelineStats:
+        reader, writer = _Worker("balnmp-reader", self.read), _Worker("balnmp-writer", self.write)
+        reader.start()
+        writer.start()
+        stats = PipelineStats()
+        try:
+            self._encode_all(reader, writer, stats, on_batch)
+        finally:
+            self.stop.set()
+            _drain(self.read_q)
+            reader.join()
+            with contextlib.suppress(queue.Full):
+                self.write_q.put_nowait(_DONE)
+            writer.join()
+        for stage, worker in (("read", reader), ("write", writer)):
+            if worker.error is not None:
+                raise PipelineError(stage, worker.error) from worker.error
+        if stats.n_patches != len(self.coords):
+            raise PipelineError("read", ValueError(
+                f"reader returned {stats.n_patches} patches, expected {len(self.coords)}"))
+        return stats
+
+    def _encode_all(self, reader: _Worker, writer: _Worker, stats: PipelineStats,
+                    on_batch: Callable[[int], None] | None) -> None:  # fmt: skip
+        """The calling thread's loop: every read batch encoded and queued for the writer."""
         while True:
-            item = _get(read_q, reader, writer)
+            item = _get(self.read_q, reader, writer)
             if item is _DONE:
                 break
             n = int(item.shape[0])
-            if stats.n_patches + n > len(coords):
+            if stats.n_patches + n > len(self.coords):
                 raise PipelineError(
-                    "read", ValueError(f"reader returned more than {len(coords)} patches")
+                    "read", ValueError(f"reader returned more than {len(self.coords)} patches")
                 )
-            try:
-                x = torch.from_numpy(item)
-                if cuda:
-                    x = x.pin_memory()
-                feats = runner(x)
-                if cuda:
-                    host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
-                    host.copy_(feats, non_blocking=True)
-                    event = torch.cuda.Event()
-                    event.record()
-                else:
-                    host, event = feats, None
-            except Exception as exc:
-                raise PipelineError("encode", exc) from exc
-            if not _put(write_q, (host, event), stop) or writer.error is not None:
+            if not _put(self.write_q, self.encode(item), self.stop) or writer.error is not None:
                 break
             stats.n_patches += n
             stats.n_batches += 1
             if on_batch is not None:
                 on_batch(n)
-        _put(write_q, _DONE, stop)
+        _put(self.write_q, _DONE, self.stop)
         writer.join()
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        stop.set()
-        _drain(read_q)
-        reader.join()
-        with contextlib.suppress(queue.Full):
-            write_q.put_nowait(_DONE)
-        writer.join()
-    for stage, worker in (("read", reader), ("write", writer)):
-        if worker.error is not None:
-            raise PipelineError(stage, worker.error) from worker.error
-    if stats.n_patches != len(coords):
-        raise PipelineError(
-            "read",
-            ValueError(f"reader returned {stats.n_patches} patches, expected {len(coords)}"),
-        )
-    return stats
 
 
 def _get(q: queue.Queue, reader: _Worker, writer: _Worker) -> Any:

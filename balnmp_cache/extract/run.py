@@ -9,54 +9,47 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from balnmp_cache.errors import ExtractError
 from balnmp_cache.extract.manifest import read_manifest, update_manifest
 from balnmp_cache.extract.slide_job import (
+    JobSpec,
+    Prepared,
     SlideFailure,
     SlideJob,
-    SlideOptions,
     SlideResult,
     discard,
     slide_id_of,
 )
 
-__all__ = ["ModelSpec", "run_slides"]
+if TYPE_CHECKING:
+    from threading import Event
+
+__all__ = ["run_slides"]
 
 
-@dataclass
-class ModelSpec:
-    """How to build the encoder (picklable, so worker processes can build their own)."""
-
-    name: str
-    weights: str
-    seed: int = 0
-    flatten: bool = False
-    precision: str | None = None
-    input_size: int | None = None
-
-
-def _build_job(opts: SlideOptions, model: ModelSpec, device: str | None) -> SlideJob:
+def _build_job(spec: JobSpec, device: str | None) -> SlideJob:
+    """The encoder on its device and the job around it; refuses a store of other settings."""
     import torch
 
     from balnmp_cache.encoders.base import build_encoder
     from balnmp_cache.extract.pipeline import EncoderRunner, default_device
 
+    o = spec.options
     try:
         dev = torch.device(device) if device else default_device()
     except RuntimeError as exc:
         raise ExtractError(f"--device {device!r}: {exc}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ExtractError(f"--device {device}: no CUDA device is available; use --device cpu")
-    enc = build_encoder(model.name, model.weights, seed=model.seed, flatten=model.flatten,
-                        input_size=model.input_size)  # fmt: skip
-    out_dtype = torch.float32 if opts.dtype == "float32" else torch.float16
-    runner = EncoderRunner(enc, dev, model.precision, out_dtype=out_dtype)
-    job = SlideJob(opts, enc, runner)
-    if not opts.overwrite:
+    enc = build_encoder(o.encoder, o.weights_name, seed=o.seed, flatten=o.flatten,
+                        input_size=o.input_size)  # fmt: skip
+    out_dtype = torch.float32 if o.dtype == "float32" else torch.float16
+    runner = EncoderRunner(enc, dev, o.precision, out_dtype=out_dtype)
+    job = SlideJob(spec, enc, runner)
+    if not o.overwrite:
         _check_same_settings(job)
     return job
 
@@ -64,7 +57,7 @@ def _build_job(opts: SlideOptions, model: ModelSpec, device: str | None) -> Slid
 def _check_same_settings(job: SlideJob) -> None:
     """Resuming into a store made with another encoder or resolution would skip its slides as
     "finished" and leave a cohort of mixed features: refuse, naming what differs."""
-    store, enc, o = job.store, job.encoder, job.opts
+    store, enc, o = job.store, job.encoder, job.options
     done = store.slide_ids
     if not done:
         return
@@ -77,7 +70,7 @@ def _check_same_settings(job: SlideJob) -> None:
             if k in have and not _same(have.get(k), v)]
     if diff:
         raise ExtractError(
-            f"--out {o.out} already holds features of slide {done[0]!r} made with "
+            f"--out {job.spec.out} already holds features of slide {done[0]!r} made with "
             f"{', '.join(diff)}; pass --overwrite to re-extract every slide, or choose another "
             "--out so each store holds one encoder and resolution"
         )
@@ -92,13 +85,10 @@ def _same(a: object, b: object) -> bool:
 
 def run_slides(
     paths: Sequence[Path],
-    opts: SlideOptions,
-    model: ModelSpec,
+    spec: JobSpec,
     device: str | None,
-    skip_errors: bool,
-    progress: bool | None,
     position: int = 0,
-    stop: Any = None,
+    stop: Event | None = None,
 ) -> list[SlideResult]:
     """Process `paths` in order on one device, updating the manifest after every slide.
 
@@ -106,14 +96,15 @@ def run_slides(
     """
     from tqdm.auto import tqdm
 
-    job = _build_job(opts, model, device)
+    job = _build_job(spec, device)
+    o = spec.options
     results: list[SlideResult] = []
-    known = read_manifest(opts.out)
-    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    known = read_manifest(spec.out)
+    disable = (not sys.stderr.isatty()) if o.progress is None else not o.progress
     bar = tqdm(total=len(paths), unit="slide", disable=disable, position=position,
                desc=f"extract {device or ''}".strip(), dynamic_ncols=True)  # fmt: skip
     pool = ThreadPoolExecutor(1, thread_name_prefix="balnmp-prepare")
-    upcoming: Future | None = None
+    upcoming: Future[Prepared] | None = None
     try:
         for i, path in enumerate(paths):
             if stop is not None and stop.is_set():
@@ -128,8 +119,8 @@ def run_slides(
             bar.update(1)
             row = _manifest_row(res, known)
             if row is not None:
-                update_manifest(opts.out, [row])
-            if res.status == "failed" and not skip_errors:
+                update_manifest(spec.out, [row])
+            if res.status == "failed" and not o.skip_errors:
                 if stop is not None:
                     stop.set()
                 raise SlideFailure(res)

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from balnmp_cache.errors import OptionError
+
 T = TypeVar("T")
 
 
@@ -23,7 +25,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(
+            raise OptionError(
                 f"shard {self.index}/{self.count} is out of range: use I/N with 0 <= I < N"
             )
 
@@ -42,7 +44,7 @@ def parse_shard(text: str) -> Shard:
     try:
         i, n = (int(part) for part in str(text).split("/"))
     except ValueError:
-        raise ValueError(f"--shard {text!r} is not of the form I/N, e.g. 0/4") from None
+        raise OptionError(f"--shard {text!r} is not of the form I/N, e.g. 0/4") from None
     return Shard(i, n)
 
 
@@ -60,7 +62,7 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> Shard | None:
         index = int(task) - int(env.get("SLURM_ARRAY_TASK_MIN", "0") or 0)
         return Shard(index, int(count))
     except ValueError as exc:
-        raise ValueError(
+        raise OptionError(
             f"cannot derive a shard from SLURM_ARRAY_TASK_ID={task} "
             f"SLURM_ARRAY_TASK_COUNT={count}: {exc}; pass --shard I/N explicitly"
         ) from None
@@ -86,5 +88,5 @@ def parse_devices(text: str | Sequence[str | int] | None) -> list[str]:
             continue
         out.append(f"cuda:{int(part)}" if part.isdigit() else part)
     if len(set(out)) != len(out):
-        raise ValueError(f"--devices {text!r} lists a device twice")
+        raise OptionError(f"--devices {text!r} lists a device twice")
     return out

@@ -2,38 +2,52 @@
 
 `SlideJob.run(path)` never raises for a slide-level problem: it returns a `SlideResult`
 naming the stage that failed, so the batch job can record it and decide whether to go on.
-Locks and the "already finished" check live here too, so every worker (shard, GPU, or a
-second job on the same directory) makes the same decision the same way.
+A full disk or a read-only output is not the slide's fault and no later slide could be
+written: that `OSError` stops the job instead. Locks and the "already finished" check live
+here too, so every worker (shard, GPU, or a second job on the same directory) makes the same
+decision the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from balnmp_cache.encoders.base import Encoder
+from balnmp_cache.errors import AnnotationError
 from balnmp_cache.extract.locks import holder, try_lock
 from balnmp_cache.extract.manifest import SlideResult
+from balnmp_cache.extract.options import ExtractOptions
 from balnmp_cache.extract.pipeline import EncoderRunner, PipelineError, encode_patches
 from balnmp_cache.slides.ids import SLIDE_SUFFIXES
 from balnmp_cache.slides.ids import slide_id_from_path as slide_id_of
 
+if TYPE_CHECKING:
+    from balnmp_cache.slides.base import Slide
+    from balnmp_cache.tiling.annotations import Annotations
+    from balnmp_cache.tiling.grid import PatchGrid
+
 __all__ = [
+    "OUTPUT_ERRNOS",
     "SLIDE_SUFFIXES",
+    "JobSpec",
     "SlideFailure",
     "SlideJob",
-    "SlideOptions",
     "SlideResult",
     "slide_id_of",
 ]
 
 LOCK_DIR = ".locks"
+# Output errors no later slide escapes (disk full, quota, read-only): they stop the job.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class SlideFailure(RuntimeError):
@@ -52,27 +66,15 @@ class SlideFailure(RuntimeError):
 
 
 @dataclass
-class SlideOptions:
-    """Everything about how a slide is tiled and encoded (picklable, for worker processes)."""
+class JobSpec:
+    """One job as every worker sees it (picklable, for worker processes): where it writes, its
+    options, and what is read once for all slides."""
 
     out: Path
-    format: str = "h5"
-    mpp: float | None = 0.5
-    patch_size: int = 256
-    level: int | None = None
-    min_tissue: float = 0.5
-    tissue: str = "biopsy"
-    annotations: Path | None = None
-    allow_unannotated: bool = False
-    mpp_overrides: dict[str, float] | None = None
-    backend: str = "auto"
-    qc_dir: Path | None = None
-    batch_size: int = 256
-    num_workers: int | None = None
-    overwrite: bool = False
-    dtype: str = "float16"
-    stale_after: float = 600.0
-    extra_attrs: dict[str, Any] = field(default_factory=dict)
+    options: ExtractOptions
+    mpp_overrides: dict[str, float] | None = None  # the --mpp-overrides table, read once
+    stale_after: float = 600.0  # seconds without a heartbeat before a lock is taken over
+    extra_attrs: dict[str, Any] = field(default_factory=dict)  # stored with every slide
 
 
 def _magnification(mpp: float | None) -> float | None:
@@ -83,33 +85,34 @@ def _magnification(mpp: float | None) -> float | None:
 class SlideJob:
     """Runs slides one by one with a fixed encoder on one device."""
 
-    def __init__(self, opts: SlideOptions, encoder: Encoder, runner: EncoderRunner) -> None:
+    def __init__(self, spec: JobSpec, encoder: Encoder, runner: EncoderRunner) -> None:
         from balnmp_cache.store.feature_store import FeatureStore
 
-        self.opts = opts
+        self.spec = spec
+        self.options = spec.options
         self.encoder = encoder
         self.runner = runner
-        self.store = FeatureStore(opts.out, mode="a", format=opts.format)
+        self.store = FeatureStore(spec.out, mode="a", format=spec.options.format)
 
     def lock_path(self, slide_id: str) -> Path:
-        return self.opts.out / LOCK_DIR / f"{slide_id}.lock"
+        return self.spec.out / LOCK_DIR / f"{slide_id}.lock"
 
     def is_finished(self, path: Path) -> bool:
         """True when the slide would be skipped as finished (and --overwrite is off)."""
-        return not self.opts.overwrite and self.store.is_complete(slide_id_of(path))
+        return not self.options.overwrite and self.store.is_complete(slide_id_of(path))
 
-    def run(self, path: Path, prepared: Future | None = None, on_batch: Any = None) -> SlideResult:
+    def run(self, path: Path, prepared: Future[Prepared] | None = None,
+            on_batch: Callable[[int], None] | None = None) -> SlideResult:  # fmt: skip
         """Process one slide unless it is finished or locked by another job.
 
         `prepared` is `prepare(path)` already started in the background (opening and tiling
         the next slide while this job's device encodes the current one).
         """
         sid = slide_id_of(path)
-        t0 = time.perf_counter()
         if self.is_finished(path):
             discard(prepared)
             return SlideResult(sid, str(path), "skipped", self._n_stored(sid), 0.0, "finished")
-        lock = try_lock(self.lock_path(sid), stale_after=self.opts.stale_after)
+        lock = try_lock(self.lock_path(sid), stale_after=self.spec.stale_after)
         if lock is None:
             discard(prepared)
             msg = f"locked by {holder(self.lock_path(sid))}"
@@ -119,20 +122,28 @@ class SlideJob:
                 discard(prepared)
                 return SlideResult(sid, str(path), "skipped", self._n_stored(sid), 0.0, "finished")
             self._remove_orphans(sid)
+            return self._process(path, sid, prepared, on_batch)
+
+    def _process(self, path: Path, sid: str, prepared: Future[Prepared] | None,
+                 on_batch: Callable[[int], None] | None) -> SlideResult:  # fmt: skip
+        """Prepare (unless done in the background) and encode one slide we hold the lock of."""
+        t0 = time.perf_counter()
+        try:
+            prep = prepared.result() if prepared is not None else self.prepare(path)
             try:
-                prep = prepared.result() if prepared is not None else self.prepare(path)
-                try:
-                    n = self._encode(prep.slide, prep.grid, path, sid, on_batch)
-                finally:
-                    prep.slide.close()
-            except _StageError as exc:
-                err = exc.__cause__ or exc
-                if isinstance(err, PipelineError):
-                    err = err.error
-                text = str(err)
-                message = f"{type(err).__name__}: {text}" if text else type(err).__name__
-                seconds = time.perf_counter() - t0
-                return SlideResult(sid, str(path), "failed", 0, seconds, message, exc.stage)
+                n = self._encode(prep.slide, prep.grid, path, sid, on_batch)
+            finally:
+                prep.slide.close()
+        except _StageError as exc:
+            err: BaseException = exc.__cause__ or exc
+            if isinstance(err, PipelineError):
+                err = err.error
+            if isinstance(err, OSError) and err.errno in OUTPUT_ERRNOS:
+                raise err from None  # the output, not the slide: stop the job
+            text = str(err)
+            message = f"{type(err).__name__}: {text}" if text else type(err).__name__
+            seconds = time.perf_counter() - t0
+            return SlideResult(sid, str(path), "failed", 0, seconds, message, exc.stage)
         seconds = time.perf_counter() - t0
         return SlideResult(sid, str(path), "done" if n else "empty", n, seconds)
 
@@ -148,10 +159,10 @@ class SlideJob:
         HDF5 writes `.<id>.h5.tmp-<pid>`, Zarr a `.<id>.tmp-<pid>-<token>` group.
         """
         esc = glob.escape(sid)
-        pattern = {"h5": f".{esc}.h5.tmp-*", "zarr": f".{esc}.tmp-*"}.get(self.opts.format)
+        pattern = {"h5": f".{esc}.h5.tmp-*", "zarr": f".{esc}.tmp-*"}.get(self.options.format)
         if pattern is None:
             return
-        for tmp in self.opts.out.glob(pattern):
+        for tmp in self.spec.out.glob(pattern):
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
@@ -161,32 +172,14 @@ class SlideJob:
         Raises _StageError naming the stage; safe to run in a background thread.
         """
         from balnmp_cache.slides.registry import open_slide
-        from balnmp_cache.tiling.annotations import find_annotation, load_annotations
         from balnmp_cache.tiling.grid import tile_slide
 
-        o, sid = self.opts, slide_id_of(path)
+        o, sid = self.options, slide_id_of(path)
         with _stage("open"):
-            slide = open_slide(path, backend=o.backend, mpp_overrides=o.mpp_overrides)
+            slide = open_slide(path, backend=o.backend, mpp_overrides=self.spec.mpp_overrides)
         try:
-            ann = None
             with _stage("annotations"):
-                if o.annotations is not None:
-                    ann = find_annotation(o.annotations, sid)
-                    if ann is None and not o.allow_unannotated:
-                        raise FileNotFoundError(
-                            f"no annotation {o.annotations}/{sid}.json or .geojson; add it, or "
-                            "pass --allow-unannotated to tile all tissue of such slides"
-                        )
-                    if ann is not None:
-                        ann = load_annotations(ann)
-                        if ann.is_empty and not o.allow_unannotated:
-                            raise ValueError(
-                                f"annotation {ann.source} holds no tumour region (no positive "
-                                "polygon); fix it, or pass --allow-unannotated to tile all "
-                                "tissue of such slides"
-                            )
-                        if ann.is_empty:
-                            ann = None
+                ann = self._annotations(sid)
             with _stage("tile"):
                 grid = tile_slide(
                     slide, patch_size=o.patch_size, mpp=o.mpp, annotations=ann,
@@ -203,8 +196,35 @@ class SlideJob:
             raise
         return Prepared(slide, grid)
 
-    def _encode(self, slide: Any, grid: Any, path: Path, sid: str, on_batch: Any) -> int:
-        o, enc, plan = self.opts, self.encoder, grid.plan
+    def _annotations(self, sid: str) -> Annotations | None:
+        """The tumour regions to tile inside (None: all tissue), per --annotations and
+        --allow-unannotated."""
+        from balnmp_cache.tiling.annotations import find_annotation, load_annotations
+
+        o = self.options
+        if o.annotations is None:
+            return None
+        found = find_annotation(o.annotations, sid)
+        if found is None:
+            if o.allow_unannotated:
+                return None
+            raise AnnotationError(
+                f"no annotation {o.annotations}/{sid}.json or .geojson; add it, or pass "
+                "--allow-unannotated to tile all tissue of such slides"
+            )
+        ann = load_annotations(found)
+        if not ann.is_empty:
+            return ann
+        if o.allow_unannotated:
+            return None
+        raise AnnotationError(
+            f"annotation {ann.source} holds no tumour region (no positive polygon); fix it, "
+            "or pass --allow-unannotated to tile all tissue of such slides"
+        )
+
+    def _attrs(self, slide: Slide, grid: PatchGrid, path: Path, sid: str) -> tuple[dict, dict]:
+        """The slide's stored attributes and its `coords` attributes (see docs/format.md)."""
+        enc, plan = self.encoder, grid.plan
         attrs = {
             "slide_id": sid,
             "source_path": str(Path(path).resolve()),
@@ -220,10 +240,10 @@ class SlideJob:
             "annotations": grid.annotations or "",
             "read_size": plan.read_size,
             "encoder_input_size": enc.input_size,
-            "min_tissue": o.min_tissue,
+            "min_tissue": self.options.min_tissue,
             "precision": self.runner.precision,
             "reader": slide.backend,
-            **o.extra_attrs,
+            **self.spec.extra_attrs,
         }
         coords_attrs = {
             "patch_size": plan.patch_size,
@@ -232,9 +252,16 @@ class SlideJob:
             "target_magnification": _magnification(plan.target_mpp),
             "level": plan.level,
         }
+        return attrs, coords_attrs
+
+    def _encode(self, slide: Slide, grid: PatchGrid, path: Path, sid: str,
+                on_batch: Callable[[int], None] | None) -> int:  # fmt: skip
+        o, plan = self.options, grid.plan
+        attrs, coords_attrs = self._attrs(slide, grid, path, sid)
         n = len(grid.coords)
         with _stage("write"):  # read/encode failures inside keep their own stage
-            writer = self.store.writer(sid, enc.feature_dim, o.dtype, attrs, coords_attrs)
+            writer = self.store.writer(sid, self.encoder.feature_dim, o.dtype, attrs,
+                                       coords_attrs)  # fmt: skip
             with writer:
                 if n:
                     size = (plan.read_size, plan.read_size)
@@ -253,16 +280,16 @@ class SlideJob:
 class Prepared:
     """An open slide and its patch grid, ready to encode."""
 
-    slide: Any
-    grid: Any
+    slide: Slide
+    grid: PatchGrid
 
 
-def discard(prepared: Future | None) -> None:
+def discard(prepared: Future[Prepared] | None) -> None:
     """Close the slide of a background `prepare` whose result will not be used."""
     if prepared is None:
         return
 
-    def close(fut: Future) -> None:
+    def close(fut: Future[Prepared]) -> None:
         if not fut.cancelled() and fut.exception() is None:
             fut.result().slide.close()
 
@@ -276,7 +303,7 @@ class _StageError(Exception):
 
 
 @contextlib.contextmanager
-def _stage(name: str) -> Any:
+def _stage(name: str) -> Iterator[None]:
     """Tag any exception raised inside with the stage it happened in."""
     try:
         yield

@@ -11,30 +11,25 @@ import multiprocessing as mp
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from balnmp_cache.extract.slide_job import SlideOptions, SlideResult
+from balnmp_cache.extract.slide_job import JobSpec, SlideResult
+
+if TYPE_CHECKING:
+    from threading import Event
 
 _RANK = {"failed": 0, "done": 1, "empty": 1, "skipped": 2}
 
 
-def _worker(
-    paths: Sequence[Path], opts: SlideOptions, model: Any, device: str, skip_errors: bool,
-    progress: bool | None, position: int, stop: Any,
-) -> list[SlideResult]:  # fmt: skip
+def _worker(paths: Sequence[Path], spec: JobSpec, device: str, position: int,
+            stop: Event) -> list[SlideResult]:  # fmt: skip
     from balnmp_cache.extract.run import run_slides
 
-    return run_slides(paths, opts, model, device, skip_errors, progress, position, stop)
+    return run_slides(paths, spec, device, position, stop)
 
 
-def run_on_devices(
-    paths: Sequence[Path],
-    opts: SlideOptions,
-    model: Any,
-    devices: Sequence[str],
-    skip_errors: bool,
-    progress: bool | None,
-) -> list[SlideResult]:
+def run_on_devices(paths: Sequence[Path], spec: JobSpec,
+                   devices: Sequence[str]) -> list[SlideResult]:  # fmt: skip
     """Run one worker per device; re-raise the first SlideFailure after all workers stop."""
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     manager = ctx.Manager()
@@ -43,7 +38,7 @@ def run_on_devices(
     failure: BaseException | None = None
     with ProcessPoolExecutor(max_workers=len(devices), mp_context=ctx) as pool:
         futures = [
-            pool.submit(_worker, list(paths), opts, model, dev, skip_errors, progress, i, stop)
+            pool.submit(_worker, list(paths), spec, dev, i, stop)
             for i, dev in enumerate(devices)
         ]
         for fut in futures:

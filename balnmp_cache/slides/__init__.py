@@ -7,8 +7,9 @@ Names are imported on first use, so `balnmp_mil` can use `slides.ids` without lo
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from balnmp_cache._registry import resolve
 
 if TYPE_CHECKING:
     from balnmp_cache.errors import SlideError
@@ -53,7 +54,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'balnmp_cache.slides' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return resolve(f"{module}:{name}")
 
 
 def __dir__() -> list[str]:

@@ -32,8 +32,8 @@ THUMBNAIL_BAND_PIXELS = 64 * 1024 * 1024
 class Slide(abc.ABC):
     """A multi-resolution slide; every backend serves the same API.
 
-    Locations are level-0 pixels (as in OpenSlide). At level ``L`` the region starts at
-    ``floor(x / level_downsamples[L])``, so reads are never interpolated and every backend
+    Locations are level-0 pixels (as in OpenSlide). At level `L` the region starts at
+    `floor(x / level_downsamples[L])`, so reads are never interpolated and every backend
     returns the same pixels. Parts of a region outside the slide are white (255), RGBA
     sources are composited on white.
     """
@@ -80,12 +80,12 @@ class Slide(abc.ABC):
         return len(self.level_dimensions)
 
     def level_mpp(self, level: int) -> float | None:
-        """µm per pixel at ``level`` (None when the slide's resolution is unknown)."""
+        """µm per pixel at `level` (None when the slide's resolution is unknown)."""
         self._check_level(level)
         return None if self.mpp is None else self.mpp * self.level_downsamples[level]
 
     def get_best_level_for_downsample(self, downsample: float) -> int:
-        """The highest-resolution level whose downsample does not exceed ``downsample``."""
+        """The highest-resolution level whose downsample does not exceed `downsample`."""
         best = 0
         for level, ds in enumerate(self.level_downsamples):
             if ds <= downsample * (1 + 1e-6):
@@ -93,7 +93,7 @@ class Slide(abc.ABC):
         return best
 
     def level_origin(self, location: tuple[int, int], level: int) -> tuple[int, int]:
-        """Top-left pixel at ``level`` of a region whose level-0 location is ``location``."""
+        """Top-left pixel at `level` of a region whose level-0 location is `location`."""
         ds = self.level_downsamples[level]
         return int(math.floor(location[0] / ds)), int(math.floor(location[1] / ds))
 
@@ -101,7 +101,7 @@ class Slide(abc.ABC):
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> np.ndarray:
-        """(h, w, 3) uint8 region at ``level``; ``location`` is the level-0 top-left corner."""
+        """(h, w, 3) uint8 region at `level`; `location` is the level-0 top-left corner."""
         self._check_open()
         self._check_level(level)
         w, h = _check_size(self.path, size)
@@ -131,7 +131,7 @@ class Slide(abc.ABC):
         batch_size: int = 64,
         num_workers: int | None = None,
     ) -> Iterator[np.ndarray]:
-        """Batches (b, h, w, 3) uint8 of regions at level-0 ``locations``, in input order.
+        """Batches (b, h, w, 3) uint8 of regions at level-0 `locations`, in input order.
 
         Thread-safe; the base implementation reads each region with `read_region` in a thread
         pool. Backends with a native batched reader override `_read_batches`.
@@ -141,7 +141,7 @@ class Slide(abc.ABC):
         size = _check_size(self.path, size)
         locs = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
         if batch_size < 1:
-            raise ValueError(f"{self.path}: batch_size must be >= 1, got {batch_size}")
+            raise SlideError(self.path, f"batch_size must be >= 1, got {batch_size}")
         workers = default_workers() if num_workers is None else max(int(num_workers), 0)
         return self._read_batches(locs, level, size, batch_size, workers)
 
@@ -151,14 +151,14 @@ class Slide(abc.ABC):
         return threaded_batches(self.read_region, locs, level, size, batch_size, workers)
 
     def thumbnail(self, max_size: int) -> np.ndarray:
-        """Whole slide, longest side <= ``max_size``, from the smallest sufficient level.
+        """Whole slide, longest side <= `max_size`, from the smallest sufficient level.
 
         A level too big to hold at once (single-level scans) is reduced band by band with
         an integer block mean, so memory stays bounded by `THUMBNAIL_BAND_PIXELS`.
         """
         self._check_open()
         if max_size < 1:
-            raise ValueError(f"{self.path}: thumbnail max_size must be >= 1, got {max_size}")
+            raise SlideError(self.path, f"thumbnail max_size must be >= 1, got {max_size}")
         w0, h0 = self.dimensions
         level = self.get_best_level_for_downsample(max(max(w0, h0) / max_size, 1.0))
         lw, lh = self.level_dimensions[level]
@@ -187,7 +187,7 @@ class Slide(abc.ABC):
 
     @abc.abstractmethod
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """(h, w, 3) uint8 pixels at ``level`` coordinates, fully inside the level."""
+        """(h, w, 3) uint8 pixels at `level` coordinates, fully inside the level."""
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
@@ -243,9 +243,9 @@ def threaded_batches(
     batch_size: int,
     workers: int,
 ) -> Iterator[np.ndarray]:
-    """Yield (b, h, w, 3) batches of ``read(location, level, size)`` in input order.
+    """Yield (b, h, w, 3) batches of `read(location, level, size)` in input order.
 
-    Up to ``workers`` threads decode ahead (native readers release the GIL), at most two
+    Up to `workers` threads decode ahead (native readers release the GIL), at most two
     batches in flight, so memory stays bounded on slides with 100k patches.
     """
     w, h = size

@@ -6,8 +6,8 @@ process-wide lock: two threads constructing images at once (the extraction loop 
 slide while the current one is encoded) crashed a run with SIGSEGV. cuCIM's C-level start-up
 messages (cuFile probing for a GPU) go to stderr, and `cufile.log` to the temp folder, never
 into the user's working directory. Batched reads use cuCIM's own multi-location
-``read_region`` (its worker threads decode tiles in C++, batches come back as arrays);
-``device="cuda"`` decodes on the GPU when one is present.
+`read_region` (its worker threads decode tiles in C++, batches come back as arrays);
+`device="cuda"` decodes on the GPU when one is present.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ class CuCIMSlide(Slide):
     @classmethod
     def open(cls, info: SourceInfo, mpp: float | None) -> CuCIMSlide:
         with _native():
-            from cucim import CuImage
+            # cucim's stub does not re-export CuImage; without cucim installed it is untyped
+            from cucim import CuImage  # type: ignore[attr-defined, unused-ignore]
 
             image = CuImage(str(info.path))
         device = "cuda" if cuda_available() else "cpu"
@@ -151,7 +152,7 @@ class CuCIMSlide(Slide):
         return _rgb(region)
 
     def _on_device(self, read: Callable[[str], Any]) -> Any:
-        """Run ``read`` on this slide's device; if GPU decoding fails, fall back to the CPU
+        """Run `read` on this slide's device; if GPU decoding fails, fall back to the CPU
         for the rest of this slide's life (cuCIM's GPU path covers fewer codecs)."""
         if self.device == "cpu":
             return read("cpu")
@@ -201,7 +202,7 @@ class CuCIMSlide(Slide):
         self, starts: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
     ) -> Iterator[np.ndarray]:
         """Batches from one cuCIM multi-location iterator: its threads decode and prefetch
-        ``prefetch_factor`` batches ahead, so memory stays at a few batches. If GPU decoding
+        `prefetch_factor` batches ahead, so memory stays at a few batches. If GPU decoding
         fails, the remaining locations are read on the CPU."""
         if len(starts) == 0:
             return
@@ -269,7 +270,7 @@ def _rgb(arr: np.ndarray) -> np.ndarray:
 
 
 def _flatten(metadata: object, prefix: str = "") -> dict[str, str]:
-    """cuCIM metadata (a JSON-like dict) flattened to ``a.b.c`` string keys."""
+    """cuCIM metadata (a JSON-like dict) flattened to `a.b.c` string keys."""
     if isinstance(metadata, str):
         import json
 

@@ -2,7 +2,7 @@
 
 The BCNB whole-slide images are large JPEGs (some beyond Pillow's decompression-bomb
 limit); they are decoded once, on first read, into one level. Thumbnails of JPEGs use
-libjpeg's DCT scaling (Pillow ``draft``) and never decode the full image. TIFFs that no slide
+libjpeg's DCT scaling (Pillow `draft`) and never decode the full image. TIFFs that no slide
 reader takes (strips, zstd, webp, JPEG 2000, ...) are read lazily, tile by tile, through
 tifffile, with their pyramid pages as levels.
 """
@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from balnmp_cache.errors import SlideError
 from balnmp_cache.slides.base import Slide, resize_rgb
 from balnmp_cache.slides.mpp import resolution_mpp, tiff_mpp
 from balnmp_cache.slides.tiffprobe import SourceInfo
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = ["MAX_PIXELS", "ImageSlide", "decode_image", "to_rgb8"]
 
@@ -132,6 +136,8 @@ class ImageSlide(Slide):
         import tifffile
         import zarr
 
+        if info.tiff is None:
+            raise SlideError(info.path, "not a TIFF file")
         tif = tifffile.TiffFile(info.path)
         try:
             series = tif.series[0]
@@ -141,13 +147,13 @@ class ImageSlide(Slide):
                           for i in range(len(series.levels))]  # fmt: skip
                 dims = tuple((int(lv.shape[1]), int(lv.shape[0])) for lv in series.levels)
             else:
-                levels = info.tiff.levels  # type: ignore[union-attr]
+                levels = info.tiff.levels
                 arrays = [zarr.open(tif.pages[lv.index].aszarr(), mode="r") for lv in levels]
                 dims = tuple((lv.width, lv.height) for lv in levels)
         except Exception:
             tif.close()
             raise
-        props = {"tiff.ImageDescription": info.tiff.description}  # type: ignore[union-attr]
+        props = {"tiff.ImageDescription": info.tiff.description}
         found = mpp if mpp is not None else tiff_mpp(info.tiff)
         return cls(info.path, dims, found, props, arrays=arrays, tiff=tif)
 
@@ -168,7 +174,7 @@ class ImageSlide(Slide):
         self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
     ) -> Iterator[np.ndarray]:
         """A decoded JPEG/PNG is in memory: copy slices straight into each batch, the batch
-        split across ``workers`` threads (numpy releases the GIL for the copies, and the
+        split across `workers` threads (numpy releases the GIL for the copies, and the
         first touch of a fresh batch's pages is the cost that parallelises). Lazily decoded
         TIFFs decode tile by tile in the base class's thread pool."""
         if self._arrays is not None:
@@ -191,7 +197,7 @@ class ImageSlide(Slide):
                 chunk = locs[first : first + batch_size]
                 out = np.empty((len(chunk), h, w, 3), dtype=np.uint8)
                 n = 1 if pool is None else min(workers, len(chunk))
-                if n == 1:
+                if pool is None or n == 1:
                     copy(out, chunk, slice(None))
                 else:  # contiguous runs of rows per thread; result() re-raises errors
                     step = -(-len(chunk) // n)
@@ -234,7 +240,7 @@ class ImageSlide(Slide):
         self._arrays = None
         tif = getattr(self, "_tiff", None)
         if tif is not None:
-            tif.close()  # type: ignore[attr-defined]
+            tif.close()
             self._tiff = None
 
 
@@ -242,17 +248,11 @@ def decode_image(path: Path, jpeg: bool, unlimited: bool = False) -> np.ndarray:
     """Decode a whole image file. JPEGs go through libjpeg-turbo (imagecodecs) straight into
     one numpy array: half the peak memory of Pillow's image-then-copy, faster, and the GIL is
     released so threads decode in parallel. Other formats (and unusual JPEGs) use Pillow;
-    ``unlimited`` lifts Pillow's decompression-bomb limit for this one file."""
+    `unlimited` lifts Pillow's decompression-bomb limit for this one file."""
     if jpeg:
-        try:
-            import imagecodecs
-        except ImportError:  # optional here: Pillow decodes JPEG too
-            imagecodecs = None
-        if imagecodecs is not None:
-            try:
-                return imagecodecs.jpeg8_decode(path.read_bytes())
-            except imagecodecs.Jpeg8Error:
-                pass  # e.g. CMYK or arithmetic coding: let Pillow try
+        decoded = _turbo_jpeg(path)
+        if decoded is not None:
+            return decoded
     from PIL import Image
 
     with _pixel_limit(None) if unlimited else nullcontext(), Image.open(path) as im:
@@ -260,11 +260,23 @@ def decode_image(path: Path, jpeg: bool, unlimited: bool = False) -> np.ndarray:
         return _pil_array(im)
 
 
-def _pil_array(im: object) -> np.ndarray:
+def _turbo_jpeg(path: Path) -> np.ndarray | None:
+    """The JPEG decoded by libjpeg-turbo, or None to let Pillow try."""
+    try:
+        import imagecodecs
+    except ImportError:  # optional here: Pillow decodes JPEG too
+        return None
+    try:
+        return imagecodecs.jpeg8_decode(path.read_bytes())
+    except imagecodecs.Jpeg8Error:
+        return None  # e.g. CMYK or arithmetic coding: let Pillow try
+
+
+def _pil_array(im: PILImage) -> np.ndarray:
     """A Pillow image as a uint8 array, palette/CMYK/16-bit converted to RGB(A)."""
-    mode = im.mode  # type: ignore[attr-defined]
+    mode = im.mode
     if mode not in ("L", "LA", "RGB", "RGBA"):
-        im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")  # type: ignore[attr-defined]
+        im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")
     return np.asarray(im)
 
 

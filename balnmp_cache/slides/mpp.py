@@ -1,10 +1,10 @@
 """Level-0 resolution (µm per pixel) of a slide, from the file's own metadata or the user.
 
-Sources, in order: an explicit ``mpp=``; a per-slide overrides CSV; the Aperio ``MPP`` field;
-OpenSlide's ``openslide.mpp-x``/``-y``; DICOM pixel spacing; TIFF XResolution/ResolutionUnit.
+Sources, in order: an explicit `mpp=`; a per-slide overrides CSV; the Aperio `MPP` field;
+OpenSlide's `openslide.mpp-x`/`-y`; DICOM pixel spacing; TIFF XResolution/ResolutionUnit.
 Readers' made-up default values are never trusted (cuCIM reports spacing 1.0 for SVS files whose
 MPP lives only in the Aperio description; image editors write 72 dpi): values outside
-`PLAUSIBLE_MPP` are treated as unknown, and unknown is ``None``.
+`PLAUSIBLE_MPP` are treated as unknown, and unknown is `None`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import re
 import types
 from collections.abc import Mapping
 from pathlib import Path
+
+from balnmp_cache.errors import OptionError
 
 __all__ = [
     "PLAUSIBLE_MPP",
@@ -53,7 +55,7 @@ def _float(text: object) -> float | None:
 
 
 def aperio_mpp(description: str) -> float | None:
-    """The ``MPP = x`` field of an Aperio ImageDescription, or None."""
+    """The `MPP = x` field of an Aperio ImageDescription, or None."""
     if not description.startswith("Aperio"):
         return None
     match = _APERIO_MPP.search(description)
@@ -93,8 +95,8 @@ def tiff_mpp(info: object) -> float | None:
 
 
 def mpp_from_properties(properties: Mapping[str, str]) -> float | None:
-    """µm/px from reader properties (OpenSlide names): ``openslide.mpp-x``/``-y``,
-    ``aperio.MPP``, DICOM ``PixelSpacing`` (mm), ``tiff.XResolution`` + ``tiff.ResolutionUnit``."""
+    """µm/px from reader properties (OpenSlide names): `openslide.mpp-x`/`-y`,
+    `aperio.MPP`, DICOM `PixelSpacing` (mm), `tiff.XResolution` + `tiff.ResolutionUnit`."""
     mx, my = _float(properties.get("openslide.mpp-x")), _float(properties.get("openslide.mpp-y"))
     if mx is not None:
         found = _plausible((mx + my) / 2 if my is not None else mx)
@@ -122,14 +124,14 @@ def mpp_from_properties(properties: Mapping[str, str]) -> float | None:
 
 
 def load_mpp_overrides(csv_path: str | os.PathLike[str]) -> dict[str, float]:
-    """Read a CSV with columns ``slide_id`` and ``mpp`` into {slide_id: µm/px}."""
+    """Read a CSV with columns `slide_id` and `mpp` into {slide_id: µm/px}."""
     path = Path(csv_path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
             if "slide_id" not in columns or "mpp" not in columns:
-                raise ValueError(
+                raise OptionError(
                     f"{path}: needs columns 'slide_id' and 'mpp' (found {reader.fieldnames})"
                 )
             out: dict[str, float] = {}
@@ -139,19 +141,19 @@ def load_mpp_overrides(csv_path: str | os.PathLike[str]) -> dict[str, float]:
                 if not slide_id:
                     continue
                 if value is None or not value > 0 or not math.isfinite(value):
-                    raise ValueError(
+                    raise OptionError(
                         f"{path} line {row_no}: mpp for slide {slide_id!r} must be a positive "
                         f"number, got {row[columns['mpp']]!r}"
                     )
                 if slide_id in out and out[slide_id] != value:
-                    raise ValueError(
+                    raise OptionError(
                         f"{path} line {row_no}: slide {slide_id!r} is listed twice with "
                         f"different mpp ({out[slide_id]} and {value})"
                     )
                 out[slide_id] = value
             return out
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read the mpp overrides CSV: {exc}") from exc
+        raise OptionError(f"{path}: cannot read the mpp overrides CSV: {exc}") from exc
 
 
 def _cached_table(path: Path) -> Mapping[str, float]:
@@ -175,17 +177,18 @@ def resolve_override(
     mpp: float | None,
     overrides: Mapping[str, float] | str | os.PathLike[str] | None,
 ) -> float | None:
-    """The user's µm/px for this slide: explicit ``mpp`` wins, then the overrides table
+    """The user's µm/px for this slide: explicit `mpp` wins, then the overrides table
     (keyed by slide id, or by file name as a fallback); None when the user gave none."""
     if mpp is not None:
         if not (mpp > 0 and math.isfinite(mpp)):
-            raise ValueError(f"{path}: mpp must be a positive number, got {mpp!r}")
+            raise OptionError(f"{path}: mpp must be a positive number, got {mpp!r}")
         return float(mpp)
     if overrides is None:
         return None
-    table = overrides
     if isinstance(overrides, str | os.PathLike):
         table = _cached_table(Path(overrides))
+    else:
+        table = overrides
     for key in (slide_id, path.name):
         if key in table:
             return float(table[key])

@@ -1,6 +1,6 @@
 """OpenSlide backend: everything OpenSlide 4 reads (SVS, NDPI, MRXS, SCN, DICOM WSI, Ventana,
 generic tiled TIFF, ...). Batched reads go through a thread pool: OpenSlide handles are
-thread-safe for ``read_region`` and release the GIL while decoding.
+thread-safe for `read_region` and release the GIL while decoding.
 """
 
 from __future__ import annotations
@@ -92,5 +92,5 @@ class OpenSlideSlide(Slide):
     def _close(self) -> None:
         handle = getattr(self, "_handle", None)
         if handle is not None:
-            handle.close()  # type: ignore[attr-defined]
+            handle.close()
             self._handle = None

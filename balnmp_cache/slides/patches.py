@@ -1,6 +1,6 @@
 """Patch-folder backend: a folder of pre-cut patches served as one slide.
 
-The BCNB ``paper_patches`` layout is ``<patient>/<patient>_<region>_<x>_<y>.jpg``: each file is
+The BCNB `paper_patches` layout is `<patient>/<patient>_<region>_<x>_<y>.jpg`: each file is
 one grid cell whose top-left corner is (x, y). The folder becomes a one-level slide as large
 as the patches' bounding extent; `fixed_coords`/`fixed_patch_size` tell the tiler to use
 exactly these cells. Reading a patch's own box returns that patch; other boxes are composed
@@ -36,7 +36,7 @@ _CACHE_PATCHES = 256
 
 @dataclass(frozen=True)
 class PatchLayout:
-    """Where each patch file sits: ``coords`` (N, 2) int64 level-0 top-left corners."""
+    """Where each patch file sits: `coords` (N, 2) int64 level-0 top-left corners."""
 
     files: tuple[Path, ...]
     coords: np.ndarray
@@ -56,7 +56,7 @@ def _patch_size(path: Path) -> tuple[int, int]:
 
 
 def scan_patch_folder(folder: Path) -> PatchLayout:
-    """List the patch images of ``folder`` and place them at level-0 coordinates.
+    """List the patch images of `folder` and place them at level-0 coordinates.
 
     Named coordinates that are grid indices (spacing smaller than a patch) are scaled by the
     patch size; separate regions are placed side by side so they never overlap.
@@ -133,7 +133,7 @@ class PatchFolderSlide(Slide):
         return cls(info.path, scan_patch_folder(info.path), mpp)
 
     def _patch(self, i: int) -> np.ndarray:
-        """Decoded patch ``i`` (LRU-cached: composing regions reuses neighbours)."""
+        """Decoded patch `i` (LRU-cached: composing regions reuses neighbours)."""
         with self._lock:
             cached = self._cache.get(i)
             if cached is not None:
@@ -189,7 +189,7 @@ class PatchFolderSlide(Slide):
         """A mosaic of downscaled patches (never composes the full-size slide)."""
         self._check_open()
         if max_size < 1:
-            raise ValueError(f"{self.path}: thumbnail max_size must be >= 1, got {max_size}")
+            raise SlideError(self.path, f"thumbnail max_size must be >= 1, got {max_size}")
         w0, h0 = self.dimensions
         scale = min(1.0, max_size / max(w0, h0))
         tw, th = max(1, round(w0 * scale)), max(1, round(h0 * scale))

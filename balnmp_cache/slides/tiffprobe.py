@@ -91,7 +91,7 @@ class SourceInfo:
 
 
 def probe_source(path: Path, error: Callable[[Path, str], Exception]) -> SourceInfo:
-    """Stat the path and, for TIFFs, read the tags; ``error(path, reason)`` builds the
+    """Stat the path and, for TIFFs, read the tags; `error(path, reason)` builds the
     exception raised for a missing, empty, unreadable or truncated file."""
     path = Path(path)
     if path.is_dir():

@@ -9,7 +9,13 @@ is all that `balnmp_mil` may import of `balnmp_cache`, with the slide-id rule
 from __future__ import annotations
 
 from balnmp_cache.errors import MissingSlideError, StoreError
-from balnmp_cache.store.backend import BACKENDS, StoreBackend, infer_format, register_backend
+from balnmp_cache.store.backend import (
+    BACKENDS,
+    StoreBackend,
+    infer_format,
+    register_backend,
+    writable_formats,
+)
 from balnmp_cache.store.feature_store import FeatureStore
 from balnmp_cache.store.load import StoreWarning, check_cohort, load_bags
 from balnmp_cache.store.types import (
@@ -20,6 +26,7 @@ from balnmp_cache.store.types import (
     Bag,
     PackedBags,
     SlideInfo,
+    SlideWriter,
 )
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "MissingSlideError",
     "PackedBags",
     "SlideInfo",
+    "SlideWriter",
     "StoreBackend",
     "StoreError",
     "StoreWarning",
@@ -40,4 +48,5 @@ __all__ = [
     "infer_format",
     "load_bags",
     "register_backend",
+    "writable_formats",
 ]

@@ -11,13 +11,13 @@ import abc
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from balnmp_cache._registry import Registry
 from balnmp_cache.errors import StoreError
-from balnmp_cache.store.types import SlideInfo
+from balnmp_cache.store.types import SlideInfo, SlideWriter
 
 
 class StoreBackend(abc.ABC):
@@ -64,8 +64,8 @@ class StoreBackend(abc.ABC):
         """Problems found when opening (e.g. duplicate ids in a pack): (message, slides)."""
         return []
 
-    def writer(self, slide_id: str, feature_dim: int, dtype: Any, attrs: dict,
-               coords_attrs: dict) -> Any:  # fmt: skip
+    def writer(self, slide_id: str, feature_dim: int, dtype: np.dtype, attrs: dict,
+               coords_attrs: dict) -> SlideWriter:  # fmt: skip
         raise StoreError(f"{self.path}: this {type(self).__name__} store is read-only")
 
     def remove(self, slide_id: str) -> None:
@@ -87,6 +87,11 @@ BACKENDS.register("pack", "balnmp_cache.store.pack:PackBackend")
 def register_backend(name: str, backend: str | type[StoreBackend], replace: bool = False) -> None:
     """Add a format: `backend` is a `StoreBackend` subclass or a lazy "module:Class" path."""
     BACKENDS.register(name, backend, replace=replace)
+
+
+def writable_formats() -> list[str]:
+    """Formats whose backend can write slides (`writable`): the `--format` choices."""
+    return [name for name, cls in BACKENDS.items() if cls.writable]
 
 
 def backend_class(name: str) -> type[StoreBackend]:

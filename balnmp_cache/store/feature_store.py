@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from balnmp_cache.errors import MissingSlideError, StoreError
 from balnmp_cache.store.backend import backend_class, infer_format
-from balnmp_cache.store.types import Bag, SlideInfo, check_dtype, check_slide_id
+from balnmp_cache.store.types import Bag, SlideInfo, SlideWriter, check_dtype, check_slide_id
 
 __all__ = ["FeatureStore"]
 
@@ -71,7 +71,8 @@ class FeatureStore:
         return Bag(info.slide_id, features, coords, info.attrs, info.coords_attrs)
 
     def attrs(self, slide_id: str) -> dict:
-        """Root attributes of one slide (no feature read); unknown DESIGN.md names are None."""
+        """Root attributes of one slide (no feature read); names of docs/format.md that the
+        slide lacks are None."""
         return self.info(slide_id).attrs
 
     def is_complete(self, slide_id: str) -> bool:
@@ -81,8 +82,8 @@ class FeatureStore:
     def remove(self, slide_id: str) -> None:
         self.backend.remove(self._known(slide_id))
 
-    def writer(self, slide_id: str, feature_dim: int, dtype: Any = "float16",
-               attrs: dict | None = None, coords_attrs: dict | None = None) -> Any:  # fmt: skip
+    def writer(self, slide_id: str, feature_dim: int, dtype: DTypeLike = "float16",
+               attrs: dict | None = None, coords_attrs: dict | None = None) -> SlideWriter:  # fmt: skip
         """Context manager with `.append(features (b, D), coords (b, 2))`; finalises on clean
         exit, discards everything on exception."""
         if self.mode != "a":

@@ -1,14 +1,18 @@
 """Per-slide HDF5 feature store: `<dir>/<slide_id>.h5`, readable by CLAM and TRIDENT code.
 
 Each file holds `features` (N, D) float16/float32 and `coords` (N, 2) int64 plus the
-DESIGN.md attributes. Files are written under a hidden temp name and renamed into place, so
+attributes of docs/format.md. Files are written under a hidden temp name and renamed into place, so
 a listed slide is always complete. See docs/format.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +140,36 @@ def read_file_into(path: Path, features: np.ndarray, coords: np.ndarray) -> None
             ) from e
 
 
+_H5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def _as_os_error(exc: BaseException, path: Path) -> BaseException:
+    """h5py reports a failed write (disk full, quota) as a RuntimeError, or an OSError without
+    `errno`, with HDF5's `errno = N` in its text: the `OSError` it is, naming `path`."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc
+    found = _H5_ERRNO.search(str(exc))
+    if found is None:
+        return exc
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
+
+
+def _abandon(file: h5py.File) -> None:
+    """Give up a file whose write failed, without closing it.
+
+    After a failed write or flush, HDF5 (2.0) cannot close the file: closing it, or letting
+    h5py free its handles, crashes the process at exit (SIGSEGV in the library's shutdown).
+    So its handles are kept for the life of the process and its disk blocks are given back
+    (truncated to 0 bytes); the caller removes its name.
+    """
+    ids = [file.id, *(obj.id for obj in file.values())]
+    for handle in ids:  # never freed: h5py's free is what crashes
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(handle))
+    with contextlib.suppress(OSError, RuntimeError, ValueError):
+        os.ftruncate(file.id.get_vfd_handle(), 0)
+
+
 class H5Writer:
     """Streams one slide into a temp file; `commit` renames it into place atomically."""
 
@@ -151,20 +185,38 @@ class H5Writer:
         self.n = 0
         self._done = False
         self._file = h5py.File(self.tmp, "w")
+        self._abandoned = False
         try:
-            rows = max(1, CHUNK_BYTES // (feature_dim * dtype.itemsize))
-            self._feats = self._file.create_dataset(
-                "features", shape=(0, feature_dim), maxshape=(None, feature_dim),
-                dtype=dtype, chunks=(rows, feature_dim),
-            )  # fmt: skip
-            self._coords = self._file.create_dataset(
-                "coords", shape=(0, 2), maxshape=(None, 2), dtype=np.int64, chunks=(1024, 2)
-            )
-            encode_attrs(self._file.attrs, root_attrs(slide_id, feature_dim, attrs))
-            encode_attrs(self._coords.attrs, coords_attrs)
+            with self._writing():
+                rows = max(1, CHUNK_BYTES // (feature_dim * dtype.itemsize))
+                self._feats = self._file.create_dataset(
+                    "features", shape=(0, feature_dim), maxshape=(None, feature_dim),
+                    dtype=dtype, chunks=(rows, feature_dim),
+                )  # fmt: skip
+                self._coords = self._file.create_dataset(
+                    "coords", shape=(0, 2), maxshape=(None, 2), dtype=np.int64,
+                    chunks=(1024, 2),
+                )  # fmt: skip
+                encode_attrs(self._file.attrs, root_attrs(slide_id, feature_dim, attrs))
+                encode_attrs(self._coords.attrs, coords_attrs)
         except BaseException:
             self.abort()
             raise
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around HDF5 calls that write: a failure abandons the temp file (see `_abandon`) and
+        surfaces as the `OSError` it is (disk full, quota), so the job can stop on it."""
+        try:
+            yield
+        except (RuntimeError, OSError) as exc:
+            self._done = self._abandoned = True
+            _abandon(self._file)
+            self.tmp.unlink(missing_ok=True)
+            err = _as_os_error(exc, self.tmp)
+            if err is exc:
+                raise
+            raise err from exc
 
     def append(self, features: np.ndarray, coords: np.ndarray) -> None:
         """Add a batch: features (b, D), coords (b, 2) level-0 top-left (x, y)."""
@@ -173,18 +225,20 @@ class H5Writer:
         b = features.shape[0]
         if b == 0:
             return
-        self._feats.resize(self.n + b, axis=0)
-        self._coords.resize(self.n + b, axis=0)
-        self._feats[self.n : self.n + b] = features.astype(self.dtype, copy=False)
-        self._coords[self.n : self.n + b] = coords.astype(np.int64, copy=False)
+        with self._writing():
+            self._feats.resize(self.n + b, axis=0)
+            self._coords.resize(self.n + b, axis=0)
+            self._feats[self.n : self.n + b] = features.astype(self.dtype, copy=False)
+            self._coords[self.n : self.n + b] = coords.astype(np.int64, copy=False)
         self.n += b
 
     def commit(self) -> Path:
         """flush + fsync the temp file, then os.replace it onto `<slide_id>.h5`."""
         if self._done:
             return self.final
-        self._file.flush()
-        self._file.close()
+        with self._writing():
+            self._file.flush()
+            self._file.close()
         self._done = True
         fsync_file(self.tmp)
         publish(self.tmp, self.final)
@@ -193,6 +247,8 @@ class H5Writer:
     def abort(self) -> None:
         """Discard the temp file; the store is left as it was."""
         self._done = True
+        if self._abandoned:
+            return  # already given up after a failed write; never close it
         try:
             self._file.close()
         finally:
@@ -202,10 +258,14 @@ class H5Writer:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:  # a failed commit (disk full) leaves no temp file behind
+            self.abort()
+            raise
 
 
 class H5Backend(StoreBackend):
@@ -243,7 +303,7 @@ class H5Backend(StoreBackend):
     def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
         read_file_into(self.file(slide_id), features, coords)
 
-    def writer(self, slide_id: str, feature_dim: int, dtype: Any, attrs: dict,
+    def writer(self, slide_id: str, feature_dim: int, dtype: np.dtype, attrs: dict,
                coords_attrs: dict) -> H5Writer:  # fmt: skip
         missing = [k for k in COORDS_ATTRS if k not in coords_attrs and k in attrs]
         cattrs = {**{k: attrs[k] for k in missing}, **coords_attrs}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -25,6 +25,7 @@ MIXED_ATTRS = ("encoder", "weights", "target_mpp")  # a cohort must agree on the
 FINITE_BLOCK = 4096  # rows checked for NaN/Inf per task
 MAX_THREADS = 8
 T = TypeVar("T")
+H = TypeVar("H", bound=Hashable)
 
 
 class StoreWarning(UserWarning):
@@ -66,7 +67,7 @@ class _Problems:
         self.reported.extend(pending)
 
 
-def majority(values: list[object]) -> object:
+def majority(values: Sequence[H]) -> H:
     """Most common value; ties go to the first seen (deterministic)."""
     counts = Counter(values)
     best = max(counts.values())
@@ -164,8 +165,10 @@ def run_parallel(fn: Callable[[T], None], items: Sequence[T]) -> None:
 # Sign-magnitude IEEE 754: as signed ints, +Inf/+NaN are the values >= the +Inf pattern; as
 # unsigned ints, -Inf/-NaN are the values >= the -Inf pattern. Two max-reductions per row
 # find both without a temporary array (np.isfinite has no SIMD float16 path and allocates).
-_NONFINITE = {2: (np.int16, 0x7C00, np.uint16, 0xFC00),
-              4: (np.int32, 0x7F800000, np.uint32, 0xFF800000)}  # fmt: skip
+_NONFINITE: dict[int, tuple[type[np.signedinteger], int, type[np.unsignedinteger], int]] = {
+    2: (np.int16, 0x7C00, np.uint16, 0xFC00),
+    4: (np.int32, 0x7F800000, np.uint32, 0xFF800000),
+}
 
 
 def finite_rows(features: np.ndarray) -> np.ndarray:
@@ -173,14 +176,15 @@ def finite_rows(features: np.ndarray) -> np.ndarray:
     out = np.ones(features.shape[0], dtype=bool)
     if features.shape[1] == 0 or features.shape[0] == 0:
         return out
-    signed, pos_inf, unsigned, neg_inf = _NONFINITE.get(features.dtype.itemsize, (None,) * 4)
+    patterns = _NONFINITE.get(features.dtype.itemsize)
 
     def check(span: tuple[int, int]) -> None:
         a, b = span
         block = features[a:b]
-        if signed is None or not block.flags.c_contiguous:
+        if patterns is None or not block.flags.c_contiguous:
             out[a:b] = np.isfinite(block).all(axis=1)
         else:
+            signed, pos_inf, unsigned, neg_inf = patterns
             out[a:b] = ((block.view(signed).max(axis=1) < pos_inf)
                         & (block.view(unsigned).max(axis=1) < neg_inf))  # fmt: skip
 

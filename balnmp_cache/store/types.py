@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from balnmp_cache.errors import StoreError
 
-# Root attributes every slide written by balnmp carries (DESIGN.md). Missing ones read as None.
+# Root attributes every slide written by balnmp carries (docs/format.md). Missing ones read as None.
 KNOWN_ATTRS = (
     "slide_id", "source_path", "encoder", "weights", "feature_dim", "patch_size",
     "patch_size_level0", "target_mpp", "slide_mpp", "level", "tissue", "annotations",
@@ -63,6 +63,21 @@ def check_slide_id(slide_id: str) -> str:
     return sid
 
 
+class SlideWriter(Protocol):
+    """Streams one slide into a store: `append` batches inside a `with` block; a clean exit
+    publishes the slide (`commit`), an exception discards it (`abort`)."""
+
+    def append(self, features: np.ndarray, coords: np.ndarray) -> None: ...
+
+    def commit(self) -> Path: ...
+
+    def abort(self) -> None: ...
+
+    def __enter__(self) -> SlideWriter: ...
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
+
+
 def check_dtype(dtype: Any) -> np.dtype:
     """Feature dtype of a new slide: float16 (default, half the disk) or float32."""
     dt = np.dtype(dtype)
@@ -89,8 +104,9 @@ def plain(value: Any) -> Any:
 
 
 def with_known(attrs: dict) -> dict:
-    """Fill the DESIGN.md attribute names that are absent with None (HDF5 has no null: a None
-    value is written as an absent attribute). Other values, "" included, read back as is."""
+    """Fill the attribute names of docs/format.md that are absent with None (HDF5 has no
+    null: a None value is written as an absent attribute). Other values, "" included, read
+    back as is."""
     out = {k: None for k in KNOWN_ATTRS}
     out.update(attrs)
     return out
@@ -103,7 +119,7 @@ def root_attrs(slide_id: str, feature_dim: int, attrs: dict) -> dict:
 
     from balnmp_cache._version import __version__
 
-    root = {"balnmp_version": __version__,
+    root: dict[str, Any] = {"balnmp_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     root.update(attrs)
     root.update(slide_id=slide_id, feature_dim=feature_dim)

@@ -2,7 +2,7 @@
 
 Layout (LocalStore directory, see docs/format.md):
     <store>.zarr/zarr.json                 root group, attribute balnmp_store = 1
-    <store>.zarr/<slide_id>/zarr.json      slide group; attributes = the DESIGN.md attributes
+    <store>.zarr/<slide_id>/zarr.json      slide group; attributes: those of docs/format.md
     <store>.zarr/<slide_id>/features/      (N, D) float16 | float32, zstd, row chunks
     <store>.zarr/<slide_id>/coords/        (N, 2) int64; attributes = the coords attributes
 Parallel writers on distinct slides are safe: each builds its group in a hidden directory
@@ -27,6 +27,7 @@ from zarr.core.buffer import default_buffer_prototype
 from balnmp_cache.errors import StoreError
 from balnmp_cache.store._atomic import fsync_tree, publish
 from balnmp_cache.store.backend import StoreBackend
+from balnmp_cache.store.pack_index import INDEX_ARRAYS, make_index
 from balnmp_cache.store.types import (
     COORDS_ATTRS,
     SlideInfo,
@@ -60,6 +61,14 @@ def _row_chunks(dim: int, itemsize: int, target: int) -> int:
 def _fail(where: Path, e: Exception) -> StoreError:
     return StoreError(f"{where}: cannot be read as Zarr ({type(e).__name__}: {e}); the slide is "
                       "corrupted or truncated - remove it and extract the slide again")
+
+
+def array_of(group: zarr.Group, name: str) -> zarr.Array:
+    """`group[name]`, which must be an array (a group in its place is damage)."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{name!r} is a group, not an array")  # callers name the store
+    return node
 
 
 def read_array_into(arr: zarr.Array, a: int, b: int, out: np.ndarray) -> None:
@@ -123,10 +132,14 @@ class ZarrWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:  # a failed commit (disk full) leaves no temp file behind
+            self.abort()
+            raise
 
 
 class ZarrBackend(StoreBackend):
@@ -163,7 +176,7 @@ class ZarrBackend(StoreBackend):
         where = self.path / slide_id
         g = self._group(slide_id)
         try:
-            feats, coords = g["features"], g["coords"]
+            feats, coords = array_of(g, "features"), array_of(g, "coords")
             attrs = with_known(dict(g.attrs))
             cattrs = dict(coords.attrs)
         except ZARR_ERRORS as e:
@@ -178,12 +191,12 @@ class ZarrBackend(StoreBackend):
     def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
         g = self._group(slide_id)
         try:
-            read_array_into(g["features"], 0, features.shape[0], features)
-            read_array_into(g["coords"], 0, coords.shape[0], coords)
+            read_array_into(array_of(g, "features"), 0, features.shape[0], features)
+            read_array_into(array_of(g, "coords"), 0, coords.shape[0], coords)
         except ZARR_ERRORS as e:
             raise _fail(self.path / slide_id, e) from e
 
-    def writer(self, slide_id: str, feature_dim: int, dtype: Any, attrs: dict,
+    def writer(self, slide_id: str, feature_dim: int, dtype: np.dtype, attrs: dict,
                coords_attrs: dict) -> ZarrWriter:  # fmt: skip
         missing = {k: attrs[k] for k in COORDS_ATTRS if k not in coords_attrs and k in attrs}
         return ZarrWriter(self.path, slide_id, feature_dim, dtype, attrs,
@@ -234,15 +247,11 @@ class ZarrPackReader:
     """Reads a Zarr pack group."""
 
     def __init__(self, path: Path) -> None:
-        from balnmp_cache.store.pack import make_index
-
         self.path = path
         try:
             g = zarr.open_group(path, mode="r")
-            self.features, self.coords = g["features"], g["coords"]
-            from balnmp_cache.store.pack import INDEX_ARRAYS
-
-            arrays = {n: g[n][:] for n in INDEX_ARRAYS if n in g}
+            self.features, self.coords = array_of(g, "features"), array_of(g, "coords")
+            arrays = {n: array_of(g, n)[:] for n in INDEX_ARRAYS if n in g}
             for name in (n for n, required in INDEX_ARRAYS.items() if required):
                 if name not in arrays:
                     raise StoreError(f"{path}: not a pack (no {name!r} array); make one with "

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from balnmp_cache.errors import BalnmpError
 from balnmp_cache.synthetic.cohort import CohortConfig, make_demo_cohort
 from balnmp_cache.synthetic.tiff import COMPRESSIONS
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             levels=args.levels,
             compression=args.compression,
         )
-    except (FileExistsError, ValueError) as exc:
+    except (FileExistsError, BalnmpError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = cohort.patients["ALN status"].value_counts().to_dict()

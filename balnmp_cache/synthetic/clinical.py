@@ -1,6 +1,6 @@
 """BCNB-style clinical table for the synthetic cohort.
 
-Columns and value sets follow the BCNB ``patient-clinical-data.xlsx``. The clinical
+Columns and value sets follow the BCNB `patient-clinical-data.xlsx`. The clinical
 variables carry a deliberately weak signal about ALN status (N+ tumours are a little larger,
 more often grade 3 and HER2-positive, patients slightly younger): enough for a clinical
 baseline to beat chance, not enough to match the image signal.
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from balnmp_cache.errors import OptionError
 
 __all__ = [
     "ALN_STATUSES",
@@ -48,10 +50,10 @@ CLINICAL_COLUMNS = (
 def assign_aln_status(
     rng: np.random.Generator, n: int, positive_fraction: float = 0.4
 ) -> list[str]:
-    """Exactly ``round(positive_fraction * n)`` N+ patients, split between N+(1-2) (the
+    """Exactly `round(positive_fraction * n)` N+ patients, split between N+(1-2) (the
     larger half) and N+(>2), in random order; small cohorts still get every class."""
     if not 0 <= positive_fraction <= 1:
-        raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+        raise OptionError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
     n_pos = int(round(positive_fraction * n))
     n_heavy = n_pos // 2
     statuses = ["N0"] * (n - n_pos) + ["N+(1-2)"] * (n_pos - n_heavy) + ["N+(>2)"] * n_heavy
@@ -111,12 +113,12 @@ def _patient_row(rng: np.random.Generator, pid: int, status: str) -> dict[str, o
 def make_clinical_table(
     rng: np.random.Generator, statuses: list[str], patient_ids: list[int] | None = None
 ) -> pd.DataFrame:
-    """One BCNB-style row per patient (``Patient ID`` integers 1..N unless given)."""
+    """One BCNB-style row per patient (`Patient ID` integers 1..N unless given)."""
     ids = patient_ids if patient_ids is not None else list(range(1, len(statuses) + 1))
     if len(ids) != len(statuses):
-        raise ValueError(f"{len(ids)} patient ids for {len(statuses)} ALN statuses")
+        raise OptionError(f"{len(ids)} patient ids for {len(statuses)} ALN statuses")
     bad = sorted(set(statuses) - set(ALN_STATUSES))
     if bad:
-        raise ValueError(f"unknown ALN status {bad}; expected one of {ALN_STATUSES}")
+        raise OptionError(f"unknown ALN status {bad}; expected one of {ALN_STATUSES}")
     rows = [_patient_row(rng, int(pid), st) for pid, st in zip(ids, statuses)]
     return pd.DataFrame(rows, columns=list(CLINICAL_COLUMNS))

@@ -1,8 +1,8 @@
 """Synthetic BALNMP-style demo cohort: H&E-like biopsy slides, tumour annotations, clinical
 table and the ground truth of the planted signal.
 
-``make_demo_cohort(out, n_patients=60, seed=0)`` or
-``python -m balnmp_cache.synthetic --out DIR --patients N --seed S`` writes::
+`make_demo_cohort(out, n_patients=60, seed=0)` or
+`python -m balnmp_cache.synthetic --out DIR --patients N --seed S` writes:
 
     out/slides/<pid>.svs          tiled pyramidal JPEG TIFF, Aperio-style (MPP, AppMag)
     out/annotations/<pid>.json    BALNMP JSON, tumour polygon in level-0 px
@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from balnmp_cache.errors import OptionError
 from balnmp_cache.synthetic.clinical import assign_aln_status, make_clinical_table
 from balnmp_cache.synthetic.geometry import (
+    BiopsyPlan,
     cell_fractions,
     cells_mask,
     choose_signal_cells,
@@ -66,10 +68,10 @@ DECOY_PROBABILITY = 0.2  # chance that an N0 slide has one weakly abnormal cell
 class CohortConfig:
     """Size and format options of a synthetic cohort (all lengths at 0.5 µm/px).
 
-    ``mpp`` is the written level-0 resolution: 0.5 (AppMag 20) or 0.25 (AppMag 40: the same
+    `mpp` is the written level-0 resolution: 0.5 (AppMag 20) or 0.25 (AppMag 40: the same
     physical content with twice the pixels per side; nearest-neighbour upsampled, so the
-    40x slide's level 1 equals the 20x level 0 up to JPEG). ``patch_um`` is the side of a
-    signal cell (112 µm = a 224 px patch at 0.5 µm/px); ``tumour_patches`` the tumour
+    40x slide's level 1 equals the 20x level 0 up to JPEG). `patch_um` is the side of a
+    signal cell (112 µm = a 224 px patch at 0.5 µm/px); `tumour_patches` the tumour
     area range in such cells (shrunk when the slide is too small).
     """
 
@@ -89,17 +91,17 @@ class CohortConfig:
     def __post_init__(self) -> None:
         scale = RENDER_MPP / self.mpp if self.mpp > 0 else 0.0
         if scale < 1 or abs(scale - round(scale)) > 1e-9:
-            raise ValueError(f"mpp must be {RENDER_MPP} divided by an integer, got {self.mpp}")
+            raise OptionError(f"mpp must be {RENDER_MPP} divided by an integer, got {self.mpp}")
         if self.n_patients < 1:
-            raise ValueError(f"n_patients must be >= 1, got {self.n_patients}")
+            raise OptionError(f"n_patients must be >= 1, got {self.n_patients}")
         if min(self.width, self.height) < 64:
-            raise ValueError(
+            raise OptionError(
                 f"slides must be at least 64 px per side, got {self.width}x{self.height}"
             )
         if self.compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)}")
+            raise OptionError(f"compression must be one of {sorted(COMPRESSIONS)}")
         if self.patch_um / RENDER_MPP < 8:
-            raise ValueError(f"patch_um must be >= {8 * RENDER_MPP} µm, got {self.patch_um}")
+            raise OptionError(f"patch_um must be >= {8 * RENDER_MPP} µm, got {self.patch_um}")
 
     @property
     def scale(self) -> int:
@@ -114,8 +116,8 @@ class CohortConfig:
 
 @dataclass
 class DemoCohort:
-    """What :func:`make_demo_cohort` wrote; ``patients`` is the clinical table plus
-    ``patient_id`` (str), ``slide_path``, ``annotation_path`` and ``signal_fraction``."""
+    """What `make_demo_cohort` wrote; `patients` is the clinical table plus
+    `patient_id` (str), `slide_path`, `annotation_path` and `signal_fraction`."""
 
     root: Path
     slides_dir: Path
@@ -135,8 +137,22 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _make_patient(cfg: CohortConfig, pid: int, status: str, root: Path) -> dict[str, Any]:
-    """Render, write and describe one patient's slide; returns its truth record."""
+@dataclass
+class _Patient:
+    """One rendered patient slide (at the rendering resolution) and what was planted in it."""
+
+    image: np.ndarray
+    plan: BiopsyPlan
+    candidates: np.ndarray  # grid cells almost all tumour
+    signal_cells: list[tuple[int, int]]
+    decoy_cells: list[tuple[int, int]]
+    strength: float
+    density: float
+    fragments: int
+
+
+def _render_patient(cfg: CohortConfig, pid: int, status: str) -> _Patient:
+    """Draw one patient's biopsy, tumour and planted signal, and render it (seeded by pid)."""
     rng = np.random.default_rng([cfg.seed, pid, 1])
     h, w = cfg.height, cfg.width
     cell = int(round(cfg.patch_um / RENDER_MPP))
@@ -168,41 +184,39 @@ def _make_patient(cfg: CohortConfig, pid: int, status: str, root: Path) -> dict[
         stain=random_stain(rng),
         centre_y=plan.core.centre_y,
     )
-    del tissue, tumour
+    return _Patient(image, plan, candidates, signal_cells, decoy_cells, float(strength), density,
+                    fragments)  # fmt: skip
+
+
+def _make_patient(cfg: CohortConfig, pid: int, status: str, root: Path) -> dict[str, Any]:
+    """Render, write and describe one patient's slide; returns its truth record."""
+    p = _render_patient(cfg, pid, status)
     k = cfg.scale
-    if k > 1:
-        image = np.repeat(np.repeat(image, k, axis=0), k, axis=1)
+    image = p.image if k == 1 else np.repeat(np.repeat(p.image, k, axis=0), k, axis=1)
     slide = root / "slides" / f"{pid}.svs"
-    write_pyramidal_tiff(
-        slide,
-        image,
-        mpp=cfg.mpp,
-        levels=cfg.levels,
-        tile=cfg.tile,
-        compression=cfg.compression,
-        quality=cfg.quality,
-    )
-    vertices = (plan.tumour_polygon * k).tolist()
+    write_pyramidal_tiff(slide, image, mpp=cfg.mpp, levels=cfg.levels, tile=cfg.tile,
+                         compression=cfg.compression, quality=cfg.quality)  # fmt: skip
+    del image
+    vertices = (p.plan.tumour_polygon * k).tolist()
     annotation = {"positive": [{"name": "tumor 1", "vertices": vertices}], "negative": []}
-    ann_path = root / "annotations" / f"{pid}.json"
-    _atomic_write_text(ann_path, json.dumps(annotation))
-    n_candidates = int(candidates.sum())
+    _atomic_write_text(root / "annotations" / f"{pid}.json", json.dumps(annotation))
+    n_candidates = int(p.candidates.sum())
     return {
         "aln_status": status,
         "slide": f"slides/{pid}.svs",
         "annotation": f"annotations/{pid}.json",
-        "width": w * k,
-        "height": h * k,
+        "width": cfg.width * k,
+        "height": cfg.height * k,
         "mpp": cfg.mpp,
         "cell_size": cfg.cell_px,
-        "signal_cells": [[c * cfg.cell_px, r * cfg.cell_px] for r, c in signal_cells],
-        "decoy_cells": [[c * cfg.cell_px, r * cfg.cell_px] for r, c in decoy_cells],
+        "signal_cells": [[c * cfg.cell_px, r * cfg.cell_px] for r, c in p.signal_cells],
+        "decoy_cells": [[c * cfg.cell_px, r * cfg.cell_px] for r, c in p.decoy_cells],
         "n_tumour_cells": n_candidates,
-        "signal_fraction": round(len(signal_cells) / max(n_candidates, 1), 4),
-        "signal_strength": round(float(strength), 4),
-        "nuclei_density": round(density, 4),
-        "fragments": fragments,
-        "tumour_area_px": round(polygon_area(plan.tumour_polygon) * k * k, 1),
+        "signal_fraction": round(len(p.signal_cells) / max(n_candidates, 1), 4),
+        "signal_strength": round(p.strength, 4),
+        "nuclei_density": round(p.density, 4),
+        "fragments": p.fragments,
+        "tumour_area_px": round(polygon_area(p.plan.tumour_polygon) * k * k, 1),
     }
 
 
@@ -213,7 +227,7 @@ def _config_record(cfg: CohortConfig) -> dict[str, Any]:
 
 
 def _prepare_output(root: Path, cfg: CohortConfig, overwrite: bool) -> bool:
-    """Check ``root``; return True when it already holds this exact cohort (reuse it)."""
+    """Check `root`; return True when it already holds this exact cohort (reuse it)."""
     truth_path = root / "truth.json"
     if not root.exists() or not any(root.iterdir()):
         return False
@@ -249,12 +263,12 @@ def make_demo_cohort(
     workers: int | None = None,
     **options: Any,
 ) -> DemoCohort:
-    """Write a synthetic cohort to ``out`` (see the module docstring) and describe it.
+    """Write a synthetic cohort to `out` (see the module docstring) and describe it.
 
-    ``options`` are :class:`CohortConfig` fields (``width``, ``height``, ``mpp``, ``levels``,
-    ``compression``, ``tumour_patches``, ...). A directory that already holds the same
-    cohort (same options and seed) is reused; any other non-empty directory is refused
-    unless ``overwrite``. ``workers`` threads render slides in parallel (default 2).
+    `options` are `CohortConfig` fields (`width`, `height`, `mpp`, `levels`, `compression`,
+    `tumour_patches`, ...). A directory that already holds the same cohort (same options and
+    seed) is reused; any other non-empty directory is refused unless `overwrite`. `workers`
+    threads render slides in parallel (default 2).
     """
     t0 = time.perf_counter()
     cfg = CohortConfig(n_patients=n_patients, seed=seed, **options)
@@ -264,25 +278,7 @@ def make_demo_cohort(
     if reused:
         truth = json.loads(truth_path.read_text(encoding="utf-8"))
     else:
-        (root / "slides").mkdir(parents=True, exist_ok=True)
-        (root / "annotations").mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng([cfg.seed, 0])
-        ids = list(range(1, cfg.n_patients + 1))
-        statuses = assign_aln_status(rng, cfg.n_patients, cfg.positive_fraction)
-        table = make_clinical_table(rng, statuses, ids)
-        _atomic_write_text(csv_path, table.to_csv(index=False, lineterminator="\n"))
-        n_workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
-        with ThreadPoolExecutor(n_workers) as pool:
-            records = list(
-                pool.map(lambda a: _make_patient(cfg, a[0], a[1], root), zip(ids, statuses))
-            )
-        truth = {
-            "version": TRUTH_VERSION,
-            "config": _config_record(cfg),
-            "patients": {str(pid): rec for pid, rec in zip(ids, records)},
-        }
-        # truth.json is written last: its presence marks a complete cohort.
-        _atomic_write_text(truth_path, json.dumps(truth, indent=1) + "\n")
+        truth = _write_cohort(root, cfg, workers)
     table = pd.read_csv(csv_path)
     table["patient_id"] = table["Patient ID"].map(lambda x: str(int(x)))
     recs = [truth["patients"][pid] for pid in table["patient_id"]]
@@ -301,3 +297,25 @@ def make_demo_cohort(
         seconds=time.perf_counter() - t0,
         reused=reused,
     )
+
+
+def _write_cohort(root: Path, cfg: CohortConfig, workers: int | None) -> dict[str, Any]:
+    """Write clinical.csv, every slide and annotation, then truth.json (returned)."""
+    (root / "slides").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([cfg.seed, 0])
+    ids = list(range(1, cfg.n_patients + 1))
+    statuses = assign_aln_status(rng, cfg.n_patients, cfg.positive_fraction)
+    table = make_clinical_table(rng, statuses, ids)
+    _atomic_write_text(root / "clinical.csv", table.to_csv(index=False, lineterminator="\n"))
+    n_workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
+    with ThreadPoolExecutor(n_workers) as pool:
+        records = list(pool.map(lambda a: _make_patient(cfg, a[0], a[1], root), zip(ids, statuses)))
+    truth = {
+        "version": TRUTH_VERSION,
+        "config": _config_record(cfg),
+        "patients": {str(pid): rec for pid, rec in zip(ids, records)},
+    }
+    # truth.json is written last: its presence marks a complete cohort.
+    _atomic_write_text(root / "truth.json", json.dumps(truth, indent=1) + "\n")
+    return truth

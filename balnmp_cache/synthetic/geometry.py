@@ -82,7 +82,7 @@ def plan_biopsy(
     fragments: int = 1,
     mpp: float = 0.5,
 ) -> BiopsyPlan:
-    """Draw a core (``fragments`` pieces) and a tumour polygon of about ``tumour_area_px``.
+    """Draw a core (`fragments` pieces) and a tumour polygon of about `tumour_area_px`.
 
     The tumour keeps a margin of stroma to the core's edge (more than the edge roughness),
     so the polygon lies inside the tissue; it is shortened when the core is too small.
@@ -97,7 +97,17 @@ def plan_biopsy(
     length = float(np.clip(tumour_area_px / (2 * inner), 0.1 * room, 0.9 * room))
     tx0 = lo + bulge + rng.uniform(0, room - length)
     tx1 = tx0 + length
+    poly = _tumour_outline(rng, core, tx0, length, inner, bulge, margin, mpp)
+    _break_core(rng, core, lo, (tx0 - bulge, tx1 + bulge), fragments, mpp)
+    return BiopsyPlan(core, np.rint(poly).astype(np.int64))
 
+
+def _tumour_outline(rng: np.random.Generator, core: CoreGeometry, tx0: float, length: float,
+                    inner: float, bulge: float, margin: float, mpp: float) -> np.ndarray:  # fmt: skip
+    """The tumour polygon over `length` columns from `tx0`: jittered top and bottom edges
+    `margin` inside the core, joined by rounded end caps that bulge `bulge` px beyond."""
+    tx1 = tx0 + length
+    width = core.width
     n = max(6, int(length / (40.0 / mpp)))
     xs = np.linspace(tx0, tx1, n)
     ix = np.clip(xs.astype(np.intp), 0, width - 1)
@@ -116,7 +126,7 @@ def plan_biopsy(
         ]
         return np.array(pts)
 
-    poly = np.concatenate(
+    return np.concatenate(
         [
             np.column_stack([xs, top]),
             end_cap(tx1, +1),
@@ -124,8 +134,12 @@ def plan_biopsy(
             end_cap(tx0, -1),  # bottom to top: the outline never crosses itself
         ]
     )
-    # Fragments: slanted breaks through the core, clear of the tumour (the slant shifts a
-    # break by up to |slope| * half width at the core's edges).
+
+
+def _break_core(rng: np.random.Generator, core: CoreGeometry, lo: float,
+                tumour: tuple[float, float], fragments: int, mpp: float) -> None:  # fmt: skip
+    """Add `fragments - 1` slanted breaks through the core, clear of the tumour columns
+    `tumour` (the slant shifts a break by up to |slope| * half width at the core's edges)."""
     inside = np.nonzero(core.half_width > 0)[0]
     cap = lo - inside[0]
     left, right = inside[0] + 0.3 * cap, inside[-1] - 0.3 * cap
@@ -133,13 +147,12 @@ def plan_biopsy(
     for _ in range(max(0, fragments - 1)):
         slope, gap = rng.uniform(-0.5, 0.5), rng.uniform(30.0, 80.0) / mpp
         clear = abs(slope) * hw_max + gap / 2 + 20.0 / mpp
-        spans = [(left, tx0 - bulge - clear), (tx1 + bulge + clear, right)]
+        spans = [(left, tumour[0] - clear), (tumour[1] + clear, right)]
         spans = [s for s in spans if s[1] - s[0] > 20.0 / mpp]
         if not spans:
             break
         a, b = spans[int(rng.integers(len(spans)))]
         core.breaks.append((rng.uniform(a, b), slope, gap))
-    return BiopsyPlan(core, np.rint(poly).astype(np.int64))
 
 
 def tissue_core_mask(
@@ -171,7 +184,7 @@ def tissue_core_mask(
 
 
 def polygon_mask(vertices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Rasterise a polygon given as (x, y) vertices into a boolean mask of ``shape``."""
+    """Rasterise a polygon given as (x, y) vertices into a boolean mask of `shape`."""
     canvas = Image.new("1", (shape[1], shape[0]), 0)
     ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in vertices], fill=1)
     return np.asarray(canvas, dtype=bool)
@@ -184,7 +197,7 @@ def polygon_area(vertices: np.ndarray) -> float:
 
 
 def cell_fractions(mask: np.ndarray, cell: int) -> np.ndarray:
-    """Fraction of each ``cell`` x ``cell`` grid cell (origin 0, 0) covered by ``mask``."""
+    """Fraction of each `cell` x `cell` grid cell (origin 0, 0) covered by `mask`."""
     h, w = mask.shape
     rows, cols = -(-h // cell), -(-w // cell)
     padded = np.zeros((rows * cell, cols * cell), dtype=np.uint8)
@@ -198,10 +211,10 @@ def choose_signal_cells(
     fraction: float,
     cluster_size: tuple[int, int] = (2, 4),
 ) -> list[tuple[int, int]]:
-    """Pick about ``fraction`` of the candidate cells (bool grid) in small connected clusters.
+    """Pick about `fraction` of the candidate cells (bool grid) in small connected clusters.
 
     Clusters keep several neighbouring patches abnormal, so the signal survives a patch
-    grid that is not aligned with the cells. At least one cell when ``fraction`` > 0.
+    grid that is not aligned with the cells. At least one cell when `fraction` > 0.
     """
     cand = {(int(r), int(c)) for r, c in zip(*np.nonzero(candidates))}
     if not cand or fraction <= 0:

@@ -21,9 +21,9 @@ def _upsample_axis(a: np.ndarray, factor: int, axis: int) -> np.ndarray:
 
 
 def upsample_linear(field: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of a coarse 2-D field by ``factor``, cropped to ``shape``.
+    """Bilinear upsampling of a coarse 2-D field by `factor`, cropped to `shape`.
 
-    The coarse grid needs ``ceil(n / factor) + 1`` samples per axis to cover ``n``.
+    The coarse grid needs `ceil(n / factor) + 1` samples per axis to cover `n`.
     """
     out = field.astype(np.float32, copy=False)
     for axis, n in enumerate(shape):
@@ -34,7 +34,7 @@ def upsample_linear(field: np.ndarray, factor: int, shape: tuple[int, int]) -> n
 
 
 def coarse_shape(shape: tuple[int, int], factor: int) -> tuple[int, int]:
-    """Shape of the coarse grid that :func:`upsample_linear` needs to cover ``shape``."""
+    """Shape of the coarse grid that `upsample_linear` needs to cover `shape`."""
     return (-(-shape[0] // factor) + 1, -(-shape[1] // factor) + 1)
 
 
@@ -44,9 +44,9 @@ def smooth_noise(
     scale_px: float,
     anisotropy: float = 1.0,
 ) -> np.ndarray:
-    """Smooth random field (unit variance) with features of ~``scale_px`` at ``shape``.
+    """Smooth random field (unit variance) with features of ~`scale_px` at `shape`.
 
-    ``anisotropy`` > 1 stretches the features along x (fibres along the core).
+    `anisotropy` > 1 stretches the features along x (fibres along the core).
     """
     field = rng.standard_normal(shape).astype(np.float32)
     sigma = max(scale_px / 3.0, 0.5)

@@ -1,7 +1,7 @@
 """H&E-like rendering of a core-needle biopsy, vectorised (numpy/scipy, no per-pixel loops).
 
 Colour follows a Beer-Lambert stain model: per-pixel haematoxylin and eosin concentrations
-times stain vectors give an optical density, ``rgb = 255 * 10**-OD``. Nuclei are ellipses
+times stain vectors give an optical density, `rgb = 255 * 10**-OD`. Nuclei are ellipses
 stamped into a haematoxylin map all at once (one (n, k, k) array per batch). Sizes are in
 µm and converted with the rendering resolution, so tiny test slides keep realistic nuclei.
 """
@@ -9,6 +9,7 @@ stamped into a haematoxylin map all at once (one (n, k, k) array per batch). Siz
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -56,7 +57,7 @@ NUCLEUS_STYLES: dict[str, NucleusStyle] = {
 def signal_style(strength: float, base: NucleusStyle | None = None) -> NucleusStyle:
     """Interpolate from ordinary tumour nuclei (0) to full signal nuclei (1).
 
-    ``base`` is this slide's tumour style; its density is scaled by the signal/tumour
+    `base` is this slide's tumour style; its density is scaled by the signal/tumour
     density ratio, so the contrast is relative to the patient's own tumour.
     """
     ref, sig = NUCLEUS_STYLES["tumour"], NUCLEUS_STYLES["signal"]
@@ -112,7 +113,7 @@ def random_stain(rng: np.random.Generator) -> Stain:
 
 
 def _sample_points(rng: np.random.Generator, mask: np.ndarray, per_px: float) -> np.ndarray:
-    """Poisson points (y, x) with intensity ``per_px`` inside ``mask`` (rejection sampling)."""
+    """Poisson points (y, x) with intensity `per_px` inside `mask` (rejection sampling)."""
     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     if rows.size == 0:
         return np.empty((0, 2))
@@ -135,12 +136,12 @@ def stamp_nuclei(
     intensity: float = 1.0,
     batch: int = 2048,
 ) -> int:
-    """Draw nuclei of ``style`` inside ``mask`` into the uint8 nucleus map; return the count.
+    """Draw nuclei of `style` inside `mask` into the uint8 nucleus map; return the count.
 
-    ``hmap`` holds haematoxylin quantised to 0..255 (``HAEM_MAX``). Each nucleus is an
-    anti-aliased ellipse; where nuclei overlap the darker wins. ``axis_angle`` (per column)
-    orients spindle nuclei, ``modulation`` (coarse grid, 0..1) thins them out (tumour nests),
-    ``chromatin`` (a square tile, ~1) textures their interior.
+    `hmap` holds haematoxylin quantised to 0..255 (`HAEM_MAX`). Each nucleus is an
+    anti-aliased ellipse; where nuclei overlap the darker wins. `axis_angle` (per column)
+    orients spindle nuclei, `modulation` (coarse grid, 0..1) thins them out (tumour nests),
+    `chromatin` (a square tile, ~1) textures their interior.
     """
     per_px = style.density / 1000.0 * mpp * mpp
     pts = _sample_points(rng, mask, per_px)
@@ -150,37 +151,59 @@ def stamp_nuclei(
             < modulation[(pts[:, 0] / COARSE).astype(np.intp), (pts[:, 1] / COARSE).astype(np.intp)]
         )
         pts = pts[keep]
-    n = len(pts)
-    if n == 0:
+    if len(pts) == 0:
         return 0
-    a = rng.uniform(*style.semi_major_um, n) / mpp
-    b = a * rng.uniform(*style.aspect, n)
-    conc = rng.uniform(*style.haematoxylin, n) * (intensity * 255.0 / HAEM_MAX)
-    if style.aligned and axis_angle is not None:
-        theta = axis_angle[pts[:, 1].astype(np.intp)] + rng.normal(0, 0.15, n)
-    else:
-        theta = rng.uniform(0, np.pi, n)
-    radius = int(np.ceil(a.max())) + 1
-    off = np.arange(-radius, radius + 1, dtype=np.float32)
-    dy, dx = off[:, None], off[None, :]
-    ioff = off.astype(np.intp)
-    h, w = hmap.shape
-    for s in range(0, n, batch):
-        sl = slice(s, s + batch)
-        cy, cx = pts[sl, 0], pts[sl, 1]
+    nuclei = _Nuclei.draw(rng, pts, style, mpp, intensity, axis_angle)
+    for s in range(0, len(pts), batch):
+        nuclei.stamp(hmap, slice(s, s + batch), chromatin)
+    return len(pts)
+
+
+@dataclass(frozen=True)
+class _Nuclei:
+    """Centres (y, x), semi-axes `a` >= `b` (px), haematoxylin `conc` (0..255 scale) and
+    orientation `theta` of a set of nuclei."""
+
+    pts: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    conc: np.ndarray
+    theta: np.ndarray
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, pts: np.ndarray, style: NucleusStyle, mpp: float,
+             intensity: float, axis_angle: np.ndarray | None) -> _Nuclei:  # fmt: skip
+        n = len(pts)
+        a = rng.uniform(*style.semi_major_um, n) / mpp
+        b = a * rng.uniform(*style.aspect, n)
+        conc = rng.uniform(*style.haematoxylin, n) * (intensity * 255.0 / HAEM_MAX)
+        if style.aligned and axis_angle is not None:
+            theta = axis_angle[pts[:, 1].astype(np.intp)] + rng.normal(0, 0.15, n)
+        else:
+            theta = rng.uniform(0, np.pi, n)
+        return cls(pts, a, b, conc, theta)
+
+    def stamp(self, hmap: np.ndarray, sl: slice, chromatin: np.ndarray | None) -> None:
+        """Stamp the nuclei `sl` as anti-aliased ellipses (darker wins) into `hmap`."""
+        radius = int(np.ceil(self.a.max())) + 1
+        off = np.arange(-radius, radius + 1, dtype=np.float32)
+        dy, dx = off[:, None], off[None, :]
+        ioff = off.astype(np.intp)
+        h, w = hmap.shape
+        cy, cx = self.pts[sl, 0], self.pts[sl, 1]
         iy, ix = np.floor(cy).astype(np.intp), np.floor(cx).astype(np.intp)
         fy = (iy - cy + 0.5).astype(np.float32)[:, None, None]
         fx = (ix - cx + 0.5).astype(np.float32)[:, None, None]
-        cos = np.cos(theta[sl]).astype(np.float32)[:, None, None]
-        sin = np.sin(theta[sl]).astype(np.float32)[:, None, None]
-        aa = a[sl].astype(np.float32)[:, None, None]
-        bb = b[sl].astype(np.float32)[:, None, None]
+        cos = np.cos(self.theta[sl]).astype(np.float32)[:, None, None]
+        sin = np.sin(self.theta[sl]).astype(np.float32)[:, None, None]
+        aa = self.a[sl].astype(np.float32)[:, None, None]
+        bb = self.b[sl].astype(np.float32)[:, None, None]
         yy, xx = dy + fy, dx + fx
         u = (xx * cos + yy * sin) / aa
         v = (yy * cos - xx * sin) / bb
         # ~ signed distance to the rim in px -> a 1-px anti-aliased edge
         val = np.clip((1.0 - np.sqrt(u * u + v * v)) * bb + 0.5, 0.0, 1.0)
-        val *= conc[sl].astype(np.float32)[:, None, None]
+        val *= self.conc[sl].astype(np.float32)[:, None, None]
         rows, cols = np.broadcast_arrays(
             iy[:, None, None] + ioff[None, :, None], ix[:, None, None] + ioff[None, None, :]
         )
@@ -190,7 +213,6 @@ def stamp_nuclei(
             t = chromatin.shape[0]
             val *= chromatin[rows % t, cols % t]
         np.maximum.at(hmap, (rows, cols), np.clip(val, 0, 255).astype(np.uint8))
-    return n
 
 
 def stain_lut(stain: Stain) -> np.ndarray:
@@ -207,7 +229,7 @@ def stain_lut(stain: Stain) -> np.ndarray:
     zero = np.zeros(shape, np.float32)
     displaced = 1.0 - 0.6 * np.minimum(hn, 1.0)
     # (eosin, haematoxylin, grey OD) per region
-    regions = [
+    regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
         (zero, zero, 0.012 * t),
         (stain.stroma_eosin * (1 + t) * displaced, hn, zero),
         (stain.tumour_eosin * (1 + 0.5 * t) * displaced, stain.tumour_haematoxylin + hn, zero),
@@ -238,11 +260,11 @@ def render_tissue(
     """Render an H&E-like RGB image (height, width, 3) uint8.
 
     White background with slight grain; pink, fibrous stroma with sparse spindle nuclei
-    inside ``tissue_mask`` (a biopsy core from :func:`tissue_core_mask` when None); dense,
-    atypical tumour nuclei in tumour nests in ``tumour_mask``; larger, rounder, denser,
-    darker nuclei in ``signal_mask`` (``signal_strength`` scales the difference) and weakly
-    abnormal ones in ``decoy_mask``. ``nuclei_density`` scales the tumour nucleus density.
-    ``centre_y`` (the core's centre line per column) orients the stromal nuclei.
+    inside `tissue_mask` (a biopsy core from `tissue_core_mask` when None); dense, atypical
+    tumour nuclei in tumour nests in `tumour_mask`; larger, rounder, denser, darker nuclei in
+    `signal_mask` (`signal_strength` scales the difference) and weakly abnormal ones in
+    `decoy_mask`. `nuclei_density` scales the tumour nucleus density. `centre_y` (the core's
+    centre line per column) orients the stromal nuclei.
     """
     shape = (height, width)
     if tissue_mask is None:
@@ -254,35 +276,49 @@ def render_tissue(
     region[tumour] = 2
     signal = empty if signal_mask is None else signal_mask & tumour
     decoy = empty if decoy_mask is None else decoy_mask & tumour & ~signal
-    um = 1.0 / mpp  # px per µm
+    tex_idx = _texture(rng, shape, mpp)
+    masks = {"stroma": tissue_mask & ~tumour, "tumour": tumour & ~signal & ~decoy,
+             "signal": signal, "decoy": decoy}  # fmt: skip
+    nuclei = _nuclei(rng, shape, masks, mpp, stain, nuclei_density, signal_strength, centre_y)
+    index = region.astype(np.int32) << 16
+    index |= tex_idx.astype(np.int32) << 8
+    index |= nuclei
+    return stain_lut(stain)[index]
 
-    # Texture: eosin streaks along the core plus patchy intensity, drawn coarse, + grain.
+
+def _texture(rng: np.random.Generator, shape: tuple[int, int], mpp: float) -> np.ndarray:
+    """Texture index (uint8): eosin streaks along the core plus patchy intensity, drawn
+    coarse and upsampled, plus a tiled grain."""
+    height, width = shape
+    um = 1.0 / mpp  # px per µm
     coarse = coarse_shape(shape, COARSE)
     texture = 0.22 * smooth_noise(rng, coarse, 6 * um / COARSE, anisotropy=4.0)
     texture += 0.10 * smooth_noise(rng, coarse, 40 * um / COARSE)
     tex = upsample_linear(texture * (128 / TEXTURE_RANGE) + 128, COARSE, shape)
     grain = rng.normal(0.0, 6.0, (256, 256)).astype(np.float32)
     tex += np.tile(grain, (-(-height // 256), -(-width // 256)))[:height, :width]
-    tex_idx = np.clip(tex, 0, 255).astype(np.uint8)
-    del tex
+    return np.clip(tex, 0, 255).astype(np.uint8)
 
-    # Nuclei into a uint8 haematoxylin map.
+
+def _nuclei(rng: np.random.Generator, shape: tuple[int, int], masks: dict[str, np.ndarray],
+            mpp: float, stain: Stain, nuclei_density: float, signal_strength: float,
+            centre_y: np.ndarray | None) -> np.ndarray:  # fmt: skip
+    """The uint8 haematoxylin map of every compartment's nuclei (`masks`: stroma, tumour,
+    signal, decoy)."""
+    um = 1.0 / mpp
     nuclei = np.zeros(shape, dtype=np.uint8)
     chromatin = 1.0 + 0.15 * smooth_noise(rng, (128, 128), 1.5 * um)
     angle = None if centre_y is None else np.arctan(np.gradient(np.asarray(centre_y, float)))
-    nests = np.clip(0.55 + 0.35 * smooth_noise(rng, coarse, 30 * um / COARSE), 0.0, 1.0)
+    nests = np.clip(0.55 + 0.35 * smooth_noise(rng, coarse_shape(shape, COARSE),
+                                               30 * um / COARSE), 0.0, 1.0)  # fmt: skip
     base = NUCLEUS_STYLES["tumour"]
     tumour_style = replace(base, density=base.density * nuclei_density)
     # nests thin the plain tumour out; compensate so its mean density is tumour_style's
     nested = replace(tumour_style, density=tumour_style.density / max(float(nests.mean()), 0.1))
-    opts = {"chromatin": chromatin, "intensity": stain.nucleus_scale}
-    stroma_style = NUCLEUS_STYLES["stroma"]
-    stamp_nuclei(nuclei, rng, tissue_mask & ~tumour, stroma_style, mpp, axis_angle=angle, **opts)
-    stamp_nuclei(nuclei, rng, tumour & ~signal & ~decoy, nested, mpp, modulation=nests, **opts)
-    stamp_nuclei(nuclei, rng, signal, signal_style(signal_strength, tumour_style), mpp, **opts)
-    stamp_nuclei(nuclei, rng, decoy, signal_style(DECOY_STRENGTH, tumour_style), mpp, **opts)
-
-    index = region.astype(np.int32) << 16
-    index |= tex_idx.astype(np.int32) << 8
-    index |= nuclei
-    return stain_lut(stain)[index]
+    stamp = partial(stamp_nuclei, nuclei, rng, chromatin=chromatin,
+                    intensity=stain.nucleus_scale)  # fmt: skip
+    stamp(masks["stroma"], NUCLEUS_STYLES["stroma"], mpp, axis_angle=angle)
+    stamp(masks["tumour"], nested, mpp, modulation=nests)
+    stamp(masks["signal"], signal_style(signal_strength, tumour_style), mpp)
+    stamp(masks["decoy"], signal_style(DECOY_STRENGTH, tumour_style), mpp)
+    return nuclei

@@ -1,7 +1,7 @@
 """Write tiled, pyramidal TIFF / Aperio-SVS files with tifffile.
 
 Used by the synthetic demo cohort and by tests that need real slide files: the output opens
-in OpenSlide (vendor ``aperio`` or ``generic-tiff``), cuCIM and tifffile. Levels are
+in OpenSlide (vendor `aperio` or `generic-tiff`), cuCIM and tifffile. Levels are
 successive pages (as in Aperio SVS), each half the size of the previous one.
 """
 
@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import tifffile
+
+from balnmp_cache.errors import OptionError
 
 __all__ = ["COMPRESSIONS", "downsample_mean", "write_pyramidal_tiff"]
 
@@ -45,7 +47,7 @@ COMPRESSIONS: dict[str, _Codec] = {
 
 
 def downsample_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Block-mean downsample of an (H, W, C) uint8 array by an integer ``factor``.
+    """Block-mean downsample of an (H, W, C) uint8 array by an integer `factor`.
 
     Output is (H // factor, W // factor, C); the ragged right/bottom edge is dropped, as
     Aperio does. Sums strided views into one accumulator of the output size, so memory is
@@ -78,7 +80,7 @@ def _aperio_description(
     app_mag: float | None,
     filename: str,
 ) -> str:
-    """Aperio ImageDescription: header line, then ``key = value`` fields split by ``|``."""
+    """Aperio ImageDescription: header line, then `key = value` fields split by `|`."""
     if level_size is None:
         geometry = f"{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) {codec.label}/RGB"
         if codec.label == "JPEG":
@@ -106,73 +108,99 @@ def write_pyramidal_tiff(
     app_mag: float | None = None,
     quality: int = 90,
 ) -> Path:
-    """Write ``image`` (H, W, 3) uint8 as a tiled pyramidal TIFF and return the path.
+    """Write `image` (H, W, 3) uint8 as a tiled pyramidal TIFF and return the path.
 
-    ``levels`` pages, each downsampled 2x from the input. ``svs=True`` writes an Aperio
-    ImageDescription (``AppMag``/``MPP``) on level 0, so OpenSlide reports
-    ``openslide.mpp-x`` and ``aperio.AppMag``; ``svs=False`` writes a plain tiled TIFF
-    whose XResolution/YResolution (ResolutionUnit CENTIMETER) carry ``mpp``. ``app_mag``
-    defaults to 10 / mpp (0.5 µm/px -> 20x). The file is written to a temporary name
-    and renamed into place, so a reader never sees a half-written slide.
+    `levels` pages, each downsampled 2x from the input. `svs=True` writes an Aperio
+    ImageDescription (`AppMag`/`MPP`) on level 0, so OpenSlide reports `openslide.mpp-x`
+    and `aperio.AppMag`; `svs=False` writes a plain tiled TIFF whose
+    XResolution/YResolution (ResolutionUnit CENTIMETER) carry `mpp`. `app_mag` defaults to
+    10 / mpp (0.5 µm/px -> 20x). The file is written to a temporary name and renamed into
+    place, so a reader never sees a half-written slide.
     """
     path = Path(path)
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"{path}: image must be (H, W, 3) uint8, got shape {image.shape} {image.dtype}"
-        )
-    codec = COMPRESSIONS.get(compression)
-    if codec is None:
-        raise ValueError(
-            f"{path}: unknown compression {compression!r}; choose one of {sorted(COMPRESSIONS)}"
-        )
-    if tile < 16 or tile % 16:
-        raise ValueError(f"{path}: tile must be a positive multiple of 16, got {tile}")
-    if levels < 1:
-        raise ValueError(f"{path}: levels must be >= 1, got {levels}")
-    if mpp is not None and not mpp > 0:
-        raise ValueError(f"{path}: mpp must be positive or None, got {mpp}")
-    height, width = image.shape[:2]
-    if min(height, width) >> (levels - 1) < 1:
-        raise ValueError(
-            f"{path}: a {width}x{height} image cannot hold {levels} levels; use fewer levels"
-        )
+    codec = _check_args(path, image, mpp, levels, tile, compression, quality)
     if app_mag is None and mpp is not None:
         app_mag = round(10.0 / mpp, 3)
-    if not 1 <= quality <= 100:
-        raise ValueError(f"{path}: JPEG quality must be in 1..100, got {quality}")
-
+    page = _Page(image.shape[1], image.shape[0], tile, codec, quality, mpp, app_mag, svs,
+                 path.name)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31) as writer:
             for level in range(levels):
-                factor = 2**level
-                data = downsample_mean(image, factor)
-                kwargs: dict[str, Any] = {
-                    "tile": (tile, tile),
-                    "photometric": "rgb",
-                    "compression": codec.tiff_name,
-                    "compressionargs": codec.args(quality),
-                    "metadata": None,
-                }
-                if svs:
-                    size = None if level == 0 else (data.shape[1], data.shape[0])
-                    kwargs["description"] = _aperio_description(
-                        width, height, size, tile, codec, quality, mpp, app_mag, path.name
-                    )
-                elif level > 0:
-                    # Generic TIFF readers (OpenSlide, cuCIM) need reduced levels marked
-                    # as reduced-resolution subfiles; Aperio files keep type 0.
-                    kwargs["subfiletype"] = 1
-                if mpp is not None:
-                    per_cm = 1e4 / (mpp * factor)
-                    kwargs["resolution"] = (per_cm, per_cm)
-                    kwargs["resolutionunit"] = "CENTIMETER"
-                writer.write(data, **kwargs)
+                data = downsample_mean(image, 2**level)
+                writer.write(data, **page.kwargs(level, data))
                 del data
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _check_args(path: Path, image: np.ndarray, mpp: float | None, levels: int, tile: int,
+                compression: str, quality: int) -> _Codec:  # fmt: skip
+    """Refuse what cannot be written (naming the file); returns the codec."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise OptionError(
+            f"{path}: image must be (H, W, 3) uint8, got shape {image.shape} {image.dtype}"
+        )
+    codec = COMPRESSIONS.get(compression)
+    if codec is None:
+        raise OptionError(
+            f"{path}: unknown compression {compression!r}; choose one of {sorted(COMPRESSIONS)}"
+        )
+    if tile < 16 or tile % 16:
+        raise OptionError(f"{path}: tile must be a positive multiple of 16, got {tile}")
+    if levels < 1:
+        raise OptionError(f"{path}: levels must be >= 1, got {levels}")
+    if mpp is not None and not mpp > 0:
+        raise OptionError(f"{path}: mpp must be positive or None, got {mpp}")
+    height, width = image.shape[:2]
+    if min(height, width) >> (levels - 1) < 1:
+        raise OptionError(
+            f"{path}: a {width}x{height} image cannot hold {levels} levels; use fewer levels"
+        )
+    if not 1 <= quality <= 100:
+        raise OptionError(f"{path}: JPEG quality must be in 1..100, got {quality}")
+    return codec
+
+
+@dataclass(frozen=True)
+class _Page:
+    """What every page of one file shares; `kwargs` gives tifffile's arguments per level."""
+
+    width: int
+    height: int
+    tile: int
+    codec: _Codec
+    quality: int
+    mpp: float | None
+    app_mag: float | None
+    svs: bool
+    filename: str
+
+    def kwargs(self, level: int, data: np.ndarray) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "tile": (self.tile, self.tile),
+            "photometric": "rgb",
+            "compression": self.codec.tiff_name,
+            "compressionargs": self.codec.args(self.quality),
+            "metadata": None,
+        }
+        if self.svs:
+            size = None if level == 0 else (data.shape[1], data.shape[0])
+            kwargs["description"] = _aperio_description(
+                self.width, self.height, size, self.tile, self.codec, self.quality, self.mpp,
+                self.app_mag, self.filename,
+            )  # fmt: skip
+        elif level > 0:
+            # Generic TIFF readers (OpenSlide, cuCIM) need reduced levels marked as
+            # reduced-resolution subfiles; Aperio files keep type 0.
+            kwargs["subfiletype"] = 1
+        if self.mpp is not None:
+            per_cm = 1e4 / (self.mpp * 2**level)
+            kwargs["resolution"] = (per_cm, per_cm)
+            kwargs["resolutionunit"] = "CENTIMETER"
+        return kwargs

@@ -2,21 +2,45 @@
 
 `grid.tile_slide` plans the patches; `tissue` finds tissue on a thumbnail; `annotations` and
 `polygons` read and rasterise tumour outlines; `qc` draws what was tiled, for a human to check.
+Names are imported on first use, so reading the tissue presets does not load matplotlib.
 """
 
 from __future__ import annotations
 
-from balnmp_cache.errors import AnnotationError, TilingError
-from balnmp_cache.tiling.annotations import (
-    Annotations,
-    AnnotationWarning,
-    Polygon,
-    find_annotation,
-    load_annotations,
-)
-from balnmp_cache.tiling.grid import PatchGrid, ReadPlan, plan_read, tile_slide
-from balnmp_cache.tiling.qc import save_qc
-from balnmp_cache.tiling.tissue import PRESETS, TissueParams, tissue_mask
+from typing import TYPE_CHECKING, Any
+
+from balnmp_cache._registry import resolve
+
+if TYPE_CHECKING:
+    from balnmp_cache.errors import AnnotationError, TilingError
+    from balnmp_cache.tiling.annotations import (
+        Annotations,
+        AnnotationWarning,
+        Polygon,
+        find_annotation,
+        load_annotations,
+    )
+    from balnmp_cache.tiling.grid import PatchGrid, ReadPlan, plan_read, tile_slide
+    from balnmp_cache.tiling.qc import save_qc
+    from balnmp_cache.tiling.tissue import PRESETS, TissueParams, tissue_mask
+
+_EXPORTS = {
+    "PRESETS": "balnmp_cache.tiling.tissue",
+    "AnnotationError": "balnmp_cache.errors",
+    "AnnotationWarning": "balnmp_cache.tiling.annotations",
+    "Annotations": "balnmp_cache.tiling.annotations",
+    "PatchGrid": "balnmp_cache.tiling.grid",
+    "Polygon": "balnmp_cache.tiling.annotations",
+    "ReadPlan": "balnmp_cache.tiling.grid",
+    "TilingError": "balnmp_cache.errors",
+    "TissueParams": "balnmp_cache.tiling.tissue",
+    "find_annotation": "balnmp_cache.tiling.annotations",
+    "load_annotations": "balnmp_cache.tiling.annotations",
+    "plan_read": "balnmp_cache.tiling.grid",
+    "save_qc": "balnmp_cache.tiling.qc",
+    "tile_slide": "balnmp_cache.tiling.grid",
+    "tissue_mask": "balnmp_cache.tiling.tissue",
+}
 
 __all__ = [
     "PRESETS",
@@ -35,3 +59,14 @@ __all__ = [
     "tile_slide",
     "tissue_mask",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'balnmp_cache.tiling' has no attribute {name!r}")
+    return resolve(f"{module}:{name}")
+
+
+def __dir__() -> list[str]:
+    return __all__

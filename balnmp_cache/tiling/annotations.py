@@ -1,12 +1,12 @@
 """Tumour annotations: BALNMP JSON and QuPath GeoJSON polygons in level-0 pixels.
 
-The BALNMP paper extracted patches only inside pathologist-drawn cancer regions; ``contains``
-and ``rasterize`` answer "is this inside the tumour?" for patch centres and for masks.
+The BALNMP paper extracted patches only inside pathologist-drawn cancer regions; `contains`
+and `rasterize` answer "is this inside the tumour?" for patch centres and for masks.
 
 Every polygon (exterior + holes) is filled with the even-odd rule, the same rule in
-``contains`` and ``rasterize``. That also repairs self-intersecting polygons: both lobes of a
+`contains` and `rasterize`. That also repairs self-intersecting polygons: both lobes of a
 figure-eight are kept; a region wound twice over (the centre of a pentagram) is left out. A
-warning names the polygon, or ``on_invalid="error"`` rejects the file instead.
+warning names the polygon, or `on_invalid="error"` rejects the file instead.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from balnmp_cache.errors import AnnotationError
+from balnmp_cache.errors import AnnotationError, OptionError
 from balnmp_cache.tiling.polygons import even_odd_contains, even_odd_raster, ring_self_intersects
 
 __all__ = [
@@ -57,7 +57,7 @@ class Polygon:
 
 @dataclass
 class Annotations:
-    """Tumour regions of one slide: ``positive`` minus ``negative`` (level-0 px)."""
+    """Tumour regions of one slide: `positive` minus `negative` (level-0 px)."""
 
     positive: list[Polygon] = field(default_factory=list)
     negative: list[Polygon] = field(default_factory=list)
@@ -90,7 +90,7 @@ class Annotations:
 
     def rasterize(self, shape: tuple[int, int], downsample: float) -> np.ndarray:
         """Bool mask (h, w): pixel (r, c) covers level-0 [c*ds, (c+1)*ds) x [r*ds, (r+1)*ds)
-        and is inside when its centre is (the ``contains`` rule)."""
+        and is inside when its centre is (the `contains` rule)."""
         h, w = int(shape[0]), int(shape[1])
         mask = np.zeros((h, w), dtype=bool)
         for poly in self.positive:
@@ -110,7 +110,7 @@ class Annotations:
 
 
 def find_annotation(annotations_dir: str | Path, slide_id: str) -> Path | None:
-    """``<dir>/<slide_id>.json`` or ``.geojson`` if present, else None."""
+    """`<dir>/<slide_id>.json` or `.geojson` if present, else None."""
     root = Path(annotations_dir)
     for suffix in ANNOTATION_SUFFIXES:
         candidate = root / f"{slide_id}{suffix}"
@@ -120,12 +120,12 @@ def find_annotation(annotations_dir: str | Path, slide_id: str) -> Path | None:
 
 
 def load_annotations(path: str | Path, *, on_invalid: str = "repair") -> Annotations:
-    """Read BALNMP JSON (``{"positive": [{"name", "vertices"}], "negative": [...]}``) or
+    """Read BALNMP JSON (`{"positive": [{"name", "vertices"}], "negative": [...]}`) or
     QuPath GeoJSON (Polygon/MultiPolygon with holes, Feature, FeatureCollection, or a list of
-    Features). A blank file gives empty Annotations. ``on_invalid``: "repair" (warn, fill
+    Features). A blank file gives empty Annotations. `on_invalid`: "repair" (warn, fill
     self-intersecting polygons even-odd, drop degenerate ones) or "error"."""
     if on_invalid not in ("repair", "error"):
-        raise ValueError(f"on_invalid must be 'repair' or 'error', not {on_invalid!r}")
+        raise OptionError(f"on_invalid must be 'repair' or 'error', not {on_invalid!r}")
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -261,7 +261,7 @@ _FORMATS = {"balnmp": (_is_balnmp, _parse_balnmp), "geojson": (_is_geojson, _par
 
 @dataclass
 class _Checker:
-    """Turns raw rings into validated Polygons; repairs or rejects per ``on_invalid``."""
+    """Turns raw rings into validated Polygons; repairs or rejects per `on_invalid`."""
 
     path: Path
     on_invalid: str

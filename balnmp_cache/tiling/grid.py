@@ -3,7 +3,7 @@
 Positions are laid out in physical units (µm) from the slide's top-left corner, so the same
 tissue scanned at 40x and at 20x gives patches at the same places. Each patch is read at the
 best pyramid level (the coarsest one not coarser than the target, with a small tolerance)
-with ``read_size`` px and resized to ``patch_size`` by the encoder pipeline when they differ.
+with `read_size` px and resized to `patch_size` by the encoder pipeline when they differ.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -27,6 +27,9 @@ from balnmp_cache.tiling.tissue import (
     tissue_mask,
 )
 
+if TYPE_CHECKING:
+    from balnmp_cache.slides.base import Slide
+
 __all__ = ["PatchGrid", "ReadPlan", "TilingError", "plan_read", "tile_slide"]
 
 # A level up to this much coarser than the target µm/px is still used (then resized up):
@@ -36,7 +39,7 @@ LEVEL_TOLERANCE = 0.025
 
 @dataclass(frozen=True)
 class ReadPlan:
-    """How to read one patch: ``read_size`` px at ``level``, resized to ``patch_size``."""
+    """How to read one patch: `read_size` px at `level`, resized to `patch_size`."""
 
     level: int
     read_size: int
@@ -54,7 +57,7 @@ class ReadPlan:
 
 @dataclass
 class PatchGrid:
-    """Kept patches of one slide: top-left level-0 ``coords`` (N, 2) int64 and their tissue
+    """Kept patches of one slide: top-left level-0 `coords` (N, 2) int64 and their tissue
     (or tumour-and-tissue) fraction; the mask they were chosen on is kept for QC."""
 
     coords: np.ndarray
@@ -72,17 +75,17 @@ class PatchGrid:
         return int(len(self.coords))
 
 
-def _slide_name(slide: Any) -> str:
+def _slide_name(slide: Slide) -> str:
     return f"slide '{getattr(slide, 'slide_id', '?')}' ({getattr(slide, 'path', '?')})"
 
 
 def plan_read(
-    slide: Any, patch_size: int = 256, mpp: float | None = 0.5, level: int | None = None
+    slide: Slide, patch_size: int = 256, mpp: float | None = 0.5, level: int | None = None
 ) -> ReadPlan:
-    """Pick the pyramid level and read size for ``patch_size`` px at ``mpp`` µm/px.
+    """Pick the pyramid level and read size for `patch_size` px at `mpp` µm/px.
 
-    ``level`` given: read ``patch_size`` px at that level as is (no µm/px needed).
-    ``mpp=None`` and no level: level 0, native resolution.
+    `level` given: read `patch_size` px at that level as is (no µm/px needed).
+    `mpp=None` and no level: level 0, native resolution.
     """
     if int(patch_size) < 1:
         raise TilingError(f"patch_size must be a positive number of pixels, got {patch_size}")
@@ -90,9 +93,12 @@ def plan_read(
     slide_mpp = float(slide.mpp) if slide.mpp else None
     fixed = getattr(slide, "fixed_coords", None)
     if fixed is not None:
-        ps0 = int(slide.fixed_patch_size)
-        scale = ps0 / patch_size
-        return ReadPlan(0, ps0, patch_size, ps0, slide_mpp * scale if slide_mpp else None,
+        if slide.fixed_patch_size is None:
+            raise TilingError(f"{_slide_name(slide)} lists patch positions but no patch size")
+        fixed_size = int(slide.fixed_patch_size)
+        scale = fixed_size / patch_size
+        return ReadPlan(0, fixed_size, patch_size, fixed_size,
+                        slide_mpp * scale if slide_mpp else None,
                         slide_mpp, 1.0, scale)
     if level is None and mpp is None:
         level = 0
@@ -123,7 +129,7 @@ def plan_read(
                     downsamples[best], scale)
 
 
-def _plan_at_level(slide: Any, patch_size: int, level: int, slide_mpp: float | None) -> ReadPlan:
+def _plan_at_level(slide: Slide, patch_size: int, level: int, slide_mpp: float | None) -> ReadPlan:
     if not 0 <= level < slide.level_count:
         raise TilingError(
             f"{_slide_name(slide)} has levels 0..{slide.level_count - 1}; level {level} "
@@ -135,7 +141,7 @@ def _plan_at_level(slide: Any, patch_size: int, level: int, slide_mpp: float | N
 
 
 def grid_positions(dims: tuple[int, int], stride0: float) -> np.ndarray:
-    """All top-left positions ``round(i * stride0)`` inside the slide, (N, 2) int64 (x, y)."""
+    """All top-left positions `round(i * stride0)` inside the slide, (N, 2) int64 (x, y)."""
     w, h = int(dims[0]), int(dims[1])
     xs = np.round(np.arange(math.ceil(w / stride0)) * stride0).astype(np.int64)
     ys = np.round(np.arange(math.ceil(h / stride0)) * stride0).astype(np.int64)
@@ -144,7 +150,7 @@ def grid_positions(dims: tuple[int, int], stride0: float) -> np.ndarray:
 
 
 def box_fractions(mask: np.ndarray, boxes: np.ndarray, ds: float) -> np.ndarray:
-    """Fraction of each level-0 box (x0, y0, x1, y1) covered by ``mask`` (a pixel covers
+    """Fraction of each level-0 box (x0, y0, x1, y1) covered by `mask` (a pixel covers
     [c*ds, (c+1)*ds)); exact for partial pixels, area outside the mask counts as empty."""
     h, w = mask.shape
     integral = np.zeros((h + 1, w + 1), dtype=np.float64)
@@ -171,16 +177,16 @@ def box_fractions(mask: np.ndarray, boxes: np.ndarray, ds: float) -> np.ndarray:
 
 
 def slide_tissue_mask(
-    slide: Any, params: TissueParams, patch_size_level0: float
+    slide: Slide, params: TissueParams, patch_size_level0: float
 ) -> tuple[np.ndarray, float]:
     """Tissue mask on a thumbnail resized to exactly ceil(W/ds) x ceil(H/ds); returns
     (mask, ds) where mask pixel (r, c) covers level-0 [c*ds, (c+1)*ds) x [r*ds, (r+1)*ds)."""
-    dims = tuple(int(d) for d in slide.dimensions)
+    dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))
     ds = mask_downsample_for(dims, slide.mpp, patch_size_level0, params)
     tw, th = max(1, math.ceil(dims[0] / ds)), max(1, math.ceil(dims[1] / ds))
     thumb = np.asarray(slide.thumbnail(thumbnail_size(dims, ds)))[..., :3]
     if thumb.shape[:2] != (th, tw):
-        thumb = np.asarray(Image.fromarray(thumb).resize((tw, th), Image.BILINEAR))
+        thumb = np.asarray(Image.fromarray(thumb).resize((tw, th), Image.Resampling.BILINEAR))
     mask_mpp = slide.mpp * ds if slide.mpp else None
     return tissue_mask(thumb, params, mpp=mask_mpp), ds
 
@@ -192,7 +198,7 @@ def _as_annotations(annotations: str | Path | Annotations | None) -> Annotations
 
 
 def tile_slide(
-    slide: Any,
+    slide: Slide,
     patch_size: int = 256,
     mpp: float | None = 0.5,
     annotations: str | Path | Annotations | None = None,
@@ -201,9 +207,9 @@ def tile_slide(
     overlap: int = 0,
     tissue: str | TissueParams = "biopsy",
 ) -> PatchGrid:
-    """Patches of ``patch_size`` px at ``mpp`` µm/px whose tissue fraction is at least
-    ``min_tissue`` (and > 0); with ``annotations`` the fraction counts only tissue inside the
-    tumour (positive minus negative regions). ``overlap`` is in output px. Patch-folder
+    """Patches of `patch_size` px at `mpp` µm/px whose tissue fraction is at least
+    `min_tissue` (and > 0); with `annotations` the fraction counts only tissue inside the
+    tumour (positive minus negative regions). `overlap` is in output px. Patch-folder
     slides return their own coordinates unchanged."""
     if not 0.0 <= float(min_tissue) <= 1.0:
         raise TilingError(f"min_tissue must be within [0, 1], got {min_tissue}")

@@ -3,8 +3,8 @@ self-intersection test, for tumour annotations of thousands of vertices and patc
 tens of thousands of points (no shapely needed).
 
 Rings are (K, 2) float arrays of (x, y), closed implicitly. All functions use the same rule:
-an edge counts for a horizontal line y when min(y0, y1) <= y < max(y0, y1), so ``contains``
-at pixel centres and ``rasterize`` agree exactly.
+an edge counts for a horizontal line y when min(y0, y1) <= y < max(y0, y1), so `contains`
+at pixel centres and `rasterize` agree exactly.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def even_odd_contains(
 
 
 def even_odd_raster(rings: list[np.ndarray], shape: tuple[int, int], ds: float) -> np.ndarray:
-    """Scanline fill at pixel centres, same rule as ``even_odd_contains``; O(crossings + px)."""
+    """Scanline fill at pixel centres, same rule as `even_odd_contains`; O(crossings + px)."""
     h, w = shape
     mask = np.zeros((h, w), dtype=bool)
     e = _edges(rings) / ds - 0.5  # pixel-centre coordinates: centre of (r, c) is (c, r)
@@ -80,7 +80,7 @@ def _orient(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 def ring_self_intersects(ring: np.ndarray, max_pairs: int = 50_000_000) -> bool:
     """True when two non-adjacent edges properly cross. A sweep over x tests only edges whose
-    x-ranges overlap (near-linear for drawn outlines); gives up (False) past ``max_pairs``."""
+    x-ranges overlap (near-linear for drawn outlines); gives up (False) past `max_pairs`."""
     e = _edges([ring])
     m = len(e)
     if m < 4:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,6 +19,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from balnmp_cache.slides.base import Slide
+    from balnmp_cache.tiling.grid import PatchGrid
+
 __all__ = ["save_qc"]
 
 TISSUE_COLOUR = "#1a9e3a"
@@ -26,7 +32,7 @@ TUMOUR_COLOUR = "#d7191c"
 PATCH_COLOUR = "#2b6cd6"
 
 
-def _title(slide: Any, grid: Any) -> str:
+def _title(grid: PatchGrid) -> str:
     plan = grid.plan
     target = f"{plan.target_mpp:g} µm/px" if plan.target_mpp else f"level {plan.level} native"
     scan = f"{plan.slide_mpp:g} µm/px" if plan.slide_mpp else "µm/px unknown"
@@ -40,7 +46,7 @@ def _title(slide: Any, grid: Any) -> str:
     return "\n".join(lines)
 
 
-def _draw_tissue(ax: Any, grid: Any, scale: float) -> bool:
+def _draw_tissue(ax: Axes, grid: PatchGrid, scale: float) -> bool:
     mask = grid.tissue_mask
     if mask is None or min(mask.shape) < 2 or not mask.any():
         return False
@@ -53,8 +59,8 @@ def _draw_tissue(ax: Any, grid: Any, scale: float) -> bool:
     return True
 
 
-def _draw_regions(ax: Any, grid: Any, scale: float) -> bool:
-    regions = getattr(grid, "regions", None)
+def _draw_regions(ax: Axes, grid: PatchGrid, scale: float) -> bool:
+    regions = grid.regions
     if regions is None or regions.is_empty:
         return False
     for polys, style in ((regions.positive, "-"), (regions.negative, "--")):
@@ -65,7 +71,7 @@ def _draw_regions(ax: Any, grid: Any, scale: float) -> bool:
     return True
 
 
-def _draw_patches(ax: Any, grid: Any, scale: float, display_per_px: float) -> None:
+def _draw_patches(ax: Axes, grid: PatchGrid, scale: float, display_per_px: float) -> None:
     if not len(grid):
         return
     size = grid.plan.patch_size_level0 * scale
@@ -74,12 +80,12 @@ def _draw_patches(ax: Any, grid: Any, scale: float, display_per_px: float) -> No
     y = grid.coords[:, 1] * scale
     boxes = np.stack([np.c_[x, y], np.c_[x + size, y], np.c_[x + size, y + size],
                       np.c_[x, y + size]], axis=1)
-    ax.add_collection(PolyCollection(boxes, facecolors=PATCH_COLOUR + "22",
+    ax.add_collection(PolyCollection(list(boxes), facecolors=PATCH_COLOUR + "22",
                                      edgecolors=PATCH_COLOUR, linewidths=width))
 
 
-def save_qc(slide: Any, grid: Any, out_png: str | Path, max_size: int = 1200) -> Path:
-    """Write the QC picture of ``grid`` on ``slide`` to ``out_png`` (atomically); returns it."""
+def save_qc(slide: Slide, grid: PatchGrid, out_png: str | Path, max_size: int = 1200) -> Path:
+    """Write the QC picture of `grid` on `slide` to `out_png` (atomically); returns it."""
     out_png = Path(out_png)
     thumb = np.asarray(slide.thumbnail(max_size))[..., :3]
     w0 = slide.dimensions[0]
@@ -106,7 +112,7 @@ def save_qc(slide: Any, grid: Any, out_png: str | Path, max_size: int = 1200) ->
     ax.set_axis_off()
     if handles:
         ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
-    fig.suptitle(_title(slide, grid), fontsize=9, x=0.01, ha="left", y=0.995, va="top")
+    fig.suptitle(_title(grid), fontsize=9, x=0.01, ha="left", y=0.995, va="top")
 
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from balnmp_cache.errors import OptionError, TilingError
+
 __all__ = ["PRESETS", "TissueParams", "gpu_available", "tissue_mask"]
 
 
@@ -68,8 +70,8 @@ def get_params(tissue: str | TissueParams) -> TissueParams:
     try:
         return PRESETS[tissue]
     except KeyError:
-        raise ValueError(
-            f"unknown tissue preset {tissue!r}; choose one of {sorted(PRESETS)}"
+        raise OptionError(
+            f"unknown tissue preset {tissue!r} (--tissue); choose one of {', '.join(PRESETS)}"
         ) from None
 
 
@@ -116,7 +118,7 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if gpu_available() else "cpu"
     if device not in _BACKENDS:
-        raise ValueError(f"tissue_mask device must be 'auto', 'cpu' or 'cuda', not {device!r}")
+        raise OptionError(f"tissue_mask device must be 'auto', 'cpu' or 'cuda', not {device!r}")
     return device
 
 
@@ -128,7 +130,12 @@ def _px(um: float, mpp: float) -> float:
 
 
 def otsu_threshold(hist: np.ndarray) -> int:
-    """Otsu threshold of a 256-bin histogram: values > threshold are the upper class."""
+    """Otsu threshold of a 256-bin histogram: values > threshold are the upper class.
+
+    Exact in float64 (no pixels: 255; one value: 0). Not scikit-image's `threshold_otsu`:
+    it casts the counts to float32 and, on thumbnails of millions of pixels, picks another
+    threshold in about one case of eight (tests/test_tissue.py).
+    """
     hist = np.asarray(hist, dtype=np.float64)
     total = hist.sum()
     if total <= 0:
@@ -175,7 +182,7 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def _dilate(be: _ArrayBackend, mask: Any, radius: int) -> Any:
-    """Dilation by a disk of ``radius`` px (all pixels within that Euclidean distance). Large
+    """Dilation by a disk of `radius` px (all pixels within that Euclidean distance). Large
     radii use an exact distance transform: O(pixels) instead of O(pixels * r^2)."""
     if radius <= 0 or not bool(mask.any()):
         return mask
@@ -208,7 +215,7 @@ _MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 
 
 
 def _median(be: _ArrayBackend, img: Any, size: int) -> Any:
-    """Median over ``size`` x ``size`` windows, edges replicated (scipy's mode="nearest").
+    """Median over `size` x `size` windows, edges replicated (scipy's mode="nearest").
     Edge-preserving and exact, so CPU and GPU agree; 3 x 3 (the presets at their mask
     resolution) runs as a sorting network, several times faster than a rank filter."""
     if size <= 1:
@@ -264,16 +271,16 @@ def tissue_mask(
 ) -> np.ndarray:
     """Boolean tissue mask of an RGB thumbnail (H, W, 3) uint8.
 
-    ``mpp`` is the thumbnail's µm/px (defaults to ``params.mask_mpp``) and converts the
-    µm sizes of ``params`` to pixels. ``device``: "auto" (CUDA when CuPy sees a device),
+    `mpp` is the thumbnail's µm/px (defaults to `params.mask_mpp`) and converts the
+    µm sizes of `params` to pixels. `device`: "auto" (CUDA when CuPy sees a device),
     "cpu" or "cuda"; both give the same mask.
     """
     params = get_params(params)
     arr = rgb if hasattr(rgb, "__cuda_array_interface__") else np.asarray(rgb)
     if arr.ndim != 3 or arr.shape[2] < 3:
-        raise ValueError(f"tissue_mask needs an (H, W, 3) RGB image, got shape {arr.shape}")
+        raise TilingError(f"tissue_mask needs an (H, W, 3) RGB image, got shape {arr.shape}")
     if arr.dtype != np.uint8:
-        raise ValueError(f"tissue_mask needs a uint8 image, got {arr.dtype}")
+        raise TilingError(f"tissue_mask needs a uint8 image, got {arr.dtype}")
     mpp = float(mpp) if mpp else params.mask_mpp
     resolved = _resolve_device(device)
     if resolved == "cpu" and hasattr(arr, "get"):
@@ -333,8 +340,8 @@ def mask_downsample_for(
     patch_size_level0: float,
     params: TissueParams,
 ) -> float:
-    """Level-0 px per mask px: ``params.mask_mpp`` when µm/px is known, but at least 8 mask
-    px per patch side and never a mask side above ``params.max_mask_side``."""
+    """Level-0 px per mask px: `params.mask_mpp` when µm/px is known, but at least 8 mask
+    px per patch side and never a mask side above `params.max_mask_side`."""
     finest = max(dims) / params.max_mask_side
     per_patch = patch_size_level0 / 8.0
     wanted = params.mask_mpp / slide_mpp if slide_mpp else patch_size_level0 / 16.0
