@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from balnmp_cache._options import click_options
+from balnmp_cache._options_click import click_options
 from balnmp_cache._version import __version__
 from balnmp_cache.errors import BalnmpError
 from balnmp_cache.extract.options import ExtractOptions

@@ -1,7 +1,7 @@
 """`FitConfig`: the training options, each declared once (help, default, allowed values).
 
 `fit(**options)`, the `train`/`cv` command-line options, `config.yaml` keys and the
-scikit-learn wrapper's parameters all derive from these fields (see `balnmp_mil._options`).
+scikit-learn wrapper's parameters all derive from these fields (see `balnmp_cache._options`).
 Choices are the registries' names, read when checked: `--optimizer` and `--schedule` from
 `balnmp_mil.training.optim`, `--monitor` from `balnmp_mil.training.monitor`, `--merge` from
 `balnmp_mil.training.inference`.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from balnmp_mil._options import Check, Flag, Interval, OneOf, Text, option, validate
+from balnmp_cache._options import Constraint, Flag, Interval, OneOf, Text, check_options, option
 from balnmp_mil.training.inference import MERGES
 from balnmp_mil.training.monitor import MONITORS
 from balnmp_mil.training.optim import OPTIMIZERS, SCHEDULES
@@ -20,7 +20,7 @@ from balnmp_mil.training.optim import OPTIMIZERS, SCHEDULES
 __all__ = ["ClassWeights", "FitConfig"]
 
 
-class ClassWeights(Check):
+class ClassWeights(Constraint):
     """Class weights: "balanced", None, or one non-negative weight per class."""
 
     def convert(self, value: object, name: str, flag: str) -> object:
@@ -29,7 +29,7 @@ class ClassWeights(Check):
         if isinstance(value, (list, tuple)) and value:
             weights = [Interval(float, 0).convert(v, name, flag) for v in value]
             return [float(w) for w in weights]  # type: ignore[arg-type]  # floats, checked
-        raise self._refuse(value, name, flag, "balanced, none or comma-separated weights "
+        raise self.refuse(value, name, flag, "must be balanced, none or comma-separated weights "
                            "(one per class, e.g. 1,2.5)")
 
     def metavar(self) -> str:
@@ -88,4 +88,4 @@ class FitConfig:
                                    help="Show a progress bar over the epochs.")
 
     def __post_init__(self) -> None:
-        validate(self)
+        check_options(self)

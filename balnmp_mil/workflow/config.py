@@ -1,7 +1,7 @@
 """What defines a run: `TrainConfig` (one training run) and `CVConfig` (k-fold CV).
 
 Each option is declared once, as a field with its help, default and allowed values
-(`balnmp_mil._options`): the `train`/`cv` click options, the keys of a run's `config.yaml`
+(`balnmp_cache._options`): the `train`/`cv` click options, the keys of a run's `config.yaml`
 (unknown keys refused by name) and the Python keywords all derive from these fields. A
 `TrainConfig` is a `FitConfig` too, so every training option is a run option.
 """
@@ -13,17 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from balnmp_mil._options import (
+from balnmp_cache._options import (
     Flag,
     Interval,
     ListOf,
     Mapping,
     OneOf,
     Text,
+    check_options,
     option,
     option_fields,
-    validate,
 )
+from balnmp_cache.errors import OptionError
 from balnmp_mil.data.clinical import VARIANTS
 from balnmp_mil.data.cohort import ON_MISSING
 from balnmp_mil.data.labels import TASKS
@@ -100,7 +101,7 @@ class TrainConfig(FitConfig):
                               help="Bootstrap resamples for the AUC CI.")
 
     def __post_init__(self) -> None:
-        validate(self)
+        check_options(self)
         if self.clinical_only and self.clinical is None:
             raise InputError("--clinical-only needs --clinical TABLE (the clinical data)")
         if not self.val + self.test < 1:
@@ -137,7 +138,7 @@ class TrainConfig(FitConfig):
                 del values[key]
         try:
             return cls(**values)
-        except InputError as exc:
+        except (InputError, OptionError) as exc:
             if source == "command line":
                 raise
             raise InputError(f"{source}: {exc}") from exc
