@@ -8,10 +8,9 @@ docs/architecture.md): `slides`, `tiling`, `encoders` -> `store` -> `extract` ->
 
 # No `from __future__ import annotations` here: it would bind a package attribute named
 # `annotations` that shadows the old `balnmp_cache.annotations` module path.
-from typing import Any
 
 from balnmp_cache import _compat
-from balnmp_cache._registry import resolve
+from balnmp_cache._registry import lazy_face
 from balnmp_cache._version import __version__
 
 _compat.install()
@@ -31,12 +30,4 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'balnmp_cache' has no attribute {name!r}")
-    return resolve(f"{module}:{name}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from balnmp_cache.errors import RegistryError
 
-__all__ = ["Registry", "resolve"]
+__all__ = ["Registry", "lazy_face", "resolve"]
 
 T = TypeVar("T")
 
@@ -104,3 +104,20 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def lazy_face(package: str, exports: dict[str, str]
+              ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package face whose names (`name -> "module"`) are imported on first use: returns the
+    module-level `__getattr__` and `__dir__` (PEP 562), so `import package.sub` stays cheap."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return resolve(f"{module}:{name}")
+
+    def __dir__() -> list[str]:
+        return sorted(exports)
+
+    return __getattr__, __dir__

@@ -7,10 +7,8 @@ architecture (see docs/architecture.md): `segment` -> `models`, `data` -> `train
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from balnmp_cache import _compat
+from balnmp_cache._registry import lazy_face
 from balnmp_cache._version import __version__
 
 _compat.install()
@@ -28,12 +26,4 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'balnmp_mil' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

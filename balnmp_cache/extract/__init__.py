@@ -9,9 +9,9 @@ line can build its options (`extract.options`) without loading torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from balnmp_cache._registry import resolve
+from balnmp_cache._registry import lazy_face
 
 if TYPE_CHECKING:
     from balnmp_cache.errors import ExtractError
@@ -47,12 +47,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'balnmp_cache.extract' has no attribute {name!r}")
-    return resolve(f"{module}:{name}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

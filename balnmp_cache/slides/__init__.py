@@ -7,9 +7,9 @@ Names are imported on first use, so `balnmp_mil` can use `slides.ids` without lo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from balnmp_cache._registry import resolve
+from balnmp_cache._registry import lazy_face
 
 if TYPE_CHECKING:
     from balnmp_cache.errors import SlideError
@@ -50,12 +50,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'balnmp_cache.slides' has no attribute {name!r}")
-    return resolve(f"{module}:{name}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

@@ -7,9 +7,9 @@ Names are imported on first use, so reading the tissue presets does not load mat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from balnmp_cache._registry import resolve
+from balnmp_cache._registry import lazy_face
 
 if TYPE_CHECKING:
     from balnmp_cache.errors import AnnotationError, TilingError
@@ -61,12 +61,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'balnmp_cache.tiling' has no attribute {name!r}")
-    return resolve(f"{module}:{name}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS)
