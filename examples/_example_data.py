@@ -57,13 +57,16 @@ def write_example_cohort(out: str | Path, n_patients: int = 40, dim: int = 64, s
                               attrs={"encoder": "example", "target_mpp": 0.5},
                               coords_attrs={"patch_size": 256}) as w:
                 w.append(feats, coords)
-    elif layout == "clam":  # what CLAM's extract_features_fp.py leaves behind
+    elif layout == "clam":  # what CLAM's extract_features_fp.py leaves in h5_files/
         features = out / "clam"
         (features / "h5_files").mkdir(parents=True, exist_ok=True)
         for sid, (feats, coords) in bags.items():
             with h5py.File(features / "h5_files" / f"{sid}.h5", "w") as f:
-                f["features"] = feats
-                f["coords"] = coords
+                # float32 features, int32 coords, chunks of 32 rows, resizable, no attributes
+                for key, a in (("features", feats), ("coords", coords.astype(np.int32))):
+                    d = f.create_dataset(key, shape=a.shape, maxshape=(None, *a.shape[1:]),
+                                         chunks=(32, *a.shape[1:]), dtype=a.dtype)
+                    d[:] = a
     else:
         raise ValueError(f"layout must be 'balnmp' or 'clam', not {layout!r}")
     clinical_csv = out / "clinical.csv"

@@ -8,7 +8,9 @@ The one home of random test data (fixtures shared by several test modules live i
 - `planted_bags` / `planted_cohort`: MIL bags whose positive label plants a few shifted
   instances, so a model learns in a few epochs;
 - `bcnb_table`: a clinical table with BCNB's column names and value spellings;
-- `make_tiny_cohort`: a store plus its BCNB table, for the `balnmp-mil` command-line tests.
+- `make_tiny_cohort`: a store plus its BCNB table, for the `balnmp-mil` command-line tests;
+- `clam_*` / `trident_*`: the files CLAM (53e2409) and TRIDENT (a91fa84) write, byte for byte
+  (the same open/append pattern, chunks, dtypes and attribute types as their writers).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ STORE_ATTRS = {
     "patch_size": 224, "patch_size_level0": 448, "target_mpp": 0.5, "slide_mpp": 0.25,
     "level": 0, "tissue": "biopsy", "annotations": None,
 }  # fmt: skip
-COORDS_ATTRS = {"patch_size": 224, "patch_size_level0": 448, "level0_magnification": 40.0,
+COORDS_ATTRS = {"patch_size": 224, "patch_size_level0": 448, "level0_magnification": 40,
                 "target_magnification": 20.0}  # fmt: skip
 
 
@@ -188,3 +190,114 @@ def fast_args(epochs: int = 3) -> list[str]:
     """`balnmp-mil` options that keep a test run to a second or two on 2 CPU cores."""
     return ["--epochs", str(epochs), "--device", "cpu", "--n-bootstrap", "50",
             "--model-arg", "embed_dim=16", "--model-arg", "attention_dim=8"]
+
+
+# ------------------------------------------------------------------ the peers' own files
+def _peer_dataset(f: Any, name: str, array: np.ndarray, rows: int) -> Any:
+    """A dataset the way CLAM's and TRIDENT's `save_hdf5`/`save_h5` create one, not yet
+    written: callers rebind it (`d = ...; d[:] = array`) as the peers do, which releases the
+    previous dataset at the same moment and so keeps the file's bytes equal to theirs."""
+    return f.create_dataset(name, shape=array.shape, maxshape=(None, *array.shape[1:]),
+                            chunks=(rows, *array.shape[1:]), dtype=array.dtype)  # fmt: skip
+
+
+def clam_patches_h5(path: Path, coords: Any, *, patch_size: int, patch_level: int,
+                    downsample: Sequence[float], level_dim: Sequence[int],
+                    parts: Sequence[int] | None = None,
+                    save_path: str | None = None) -> Path:  # fmt: skip
+    """CLAM's `create_patches_fp.py` -> `patches/<id>.h5`: `coords` int64 (N, 2), chunks (1, 2),
+    written contour by contour (`parts`: rows per contour; attributes with the first);
+    `patch_size` is px at `patch_level`; `save_path` is the folder CLAM was told to write to."""
+    import h5py
+
+    coords = np.asarray(coords, np.int64).reshape(-1, 2)
+    start = 0
+    for i, n in enumerate(parts or [len(coords)]):
+        part = coords[start : start + n]
+        with h5py.File(path, "w" if i == 0 else "a") as f:
+            if i == 0:
+                d = _peer_dataset(f, "coords", part, 1)
+                d[:] = part
+                d.attrs["patch_size"] = int(patch_size)
+                d.attrs["patch_level"] = int(patch_level)
+                d.attrs["downsample"] = tuple(float(v) for v in downsample)
+                d.attrs["downsampled_level_dim"] = np.asarray(level_dim, np.int64)
+                d.attrs["level_dim"] = tuple(int(v) for v in level_dim)
+                d.attrs["name"] = path.stem
+                d.attrs["save_path"] = str(path.parent) if save_path is None else save_path
+            else:
+                d = f["coords"]
+                d.resize(len(d) + n, axis=0)
+                d[-n:] = part
+        start += n
+    return path
+
+
+def clam_features(folder: Path, slide_id: str, features: Any, coords: Any,
+                  batch_size: int = 256) -> None:  # fmt: skip
+    """CLAM's `extract_features_fp.py` -> `h5_files/<id>.h5` (`features` float32, `coords`
+    int32, chunks of 32 rows, reopened per batch, no attributes at all) and `pt_files/<id>.pt`
+    (`torch.save` of the float32 tensor)."""
+    import h5py
+    import torch
+
+    features = np.asarray(features, np.float32)
+    coords = np.asarray(coords, np.int32).reshape(-1, 2)
+    for sub in ("h5_files", "pt_files"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for a in range(0, len(features), batch_size):
+        with h5py.File(folder / "h5_files" / f"{slide_id}.h5", "w" if a == 0 else "a") as f:
+            for key, part in (("features", features[a : a + batch_size]),
+                              ("coords", coords[a : a + batch_size])):  # fmt: skip
+                if key not in f:
+                    d = _peer_dataset(f, key, part, 32)
+                    d[:] = part
+                else:
+                    d = f[key]
+                    d.resize(len(d) + len(part), axis=0)
+                    d[-len(part) :] = part
+    torch.save(torch.from_numpy(features), folder / "pt_files" / f"{slide_id}.pt")
+
+
+def trident_coords_attrs(name: str, coords_dir: Path, *, patch_size: int = 256,
+                         mag0: int = 40, target: float = 20, overlap: int = 0,
+                         size: tuple[int, int] = (4096, 4096)) -> dict[str, Any]:  # fmt: skip
+    """TRIDENT's `coords_to_h5` attributes; `target` an int (its Python API) or a float (its
+    `run_batch_of_slides.py`, whose `patch_size_level0` is then float64 too)."""
+    return {"patch_size": patch_size, "patch_size_level0": patch_size * mag0 // target,
+            "level0_magnification": mag0, "target_magnification": target, "overlap": overlap,
+            "name": name, "savetodir": str(coords_dir), "level0_width": size[0],
+            "level0_height": size[1]}  # fmt: skip
+
+
+def trident_slide(coords_dir: Path, encoder: str, name: str, features: Any, coords: Any,
+                  attrs: dict[str, Any], saveas: str = "h5",
+                  features_dir: str | None = None) -> None:
+    """TRIDENT's patching and feature extraction of one slide: `patches/<name>_patches.h5`
+    (`coords` int64, chunks (1, 2), `attrs` in the order given: it is part of the bytes) and
+    `features_<encoder>/<name>.h5` (`features` as the encoder returned them, float32 (0,) for
+    a slide without patches; chunks of one row) or, `saveas="pt"`, `<name>.pt` (`torch.save` of the numpy array). `features_dir`: the
+    `savetodir` TRIDENT records on `features` (default: where the file is written)."""
+    import h5py
+    import torch
+
+    coords = np.asarray(coords, np.int64).reshape(-1, 2)
+    features = np.asarray(features) if len(coords) else np.empty((0,), np.float32)
+    feats_dir = coords_dir / f"features_{encoder}"
+    for folder in (coords_dir / "patches", feats_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(coords_dir / "patches" / f"{name}_patches.h5", "w") as f:
+        d = _peer_dataset(f, "coords", coords, 1)
+        d[:] = coords
+        d.attrs.update(attrs)
+    if saveas == "pt":
+        torch.save(features, feats_dir / f"{name}.pt")
+        return
+    with h5py.File(feats_dir / f"{name}.h5", "w") as f:
+        d = _peer_dataset(f, "features", features, 1)
+        d[:] = features
+        d.attrs.update({"name": name, "savetodir": features_dir or str(feats_dir),
+                         "encoder": encoder})
+        d = _peer_dataset(f, "coords", coords, 1)
+        d[:] = coords
+        d.attrs.update(sorted(attrs.items()))  # copied as read back: h5py lists them by name

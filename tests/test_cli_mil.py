@@ -253,6 +253,42 @@ def test_heatmap_finds_the_bag_extraction_stored(run, tmp_path, suffix):
     assert "x: 6 patches" in res.output
 
 
+def test_heatmap_never_draws_a_guessed_footprint(run, tmp_path):
+    """CLAM's h5_files carry no attributes and its pt_files no coordinates: heatmap refuses,
+    naming the option that supplies what is missing, instead of drawing 256 px squares (or
+    every patch at (-1, -1)); CLAM's patches/ beside them gives the true footprint."""
+    import torch
+    from _data import clam_features, clam_patches_h5
+
+    from balnmp_cache.synthetic.tiff import write_pyramidal_tiff
+
+    out, _ = run
+    image = np.full((512, 512, 3), 235, np.uint8)
+    slide = write_pyramidal_tiff(tmp_path / "hm.tiff", image, mpp=0.5, levels=2, tile=256)
+    cells = np.random.default_rng(0).permutation(16)[:10]
+    coords = np.stack([cells % 4, cells // 4], axis=1) * 128
+    feats = np.random.default_rng(1).normal(size=(10, DIM))
+    clam = tmp_path / "clam"
+    clam_features(clam, "hm", feats, coords)
+    args = ["heatmap", out, slide, "--out", tmp_path / "hm.png", "--features", clam,
+            "--thumbnail-size", "256", "--top-k", "2"]  # fmt: skip
+    res = invoke(*args)
+    assert res.exit_code == 2 and "--patch-size-level0" in res.output, res.output
+    assert "patches/" in res.output and not (tmp_path / "hm.png").exists()
+    assert invoke(*args, "--patch-size-level0", "128").exit_code == 0
+    (clam / "patches").mkdir()
+    clam_patches_h5(clam / "patches" / "hm.h5", coords, patch_size=64, patch_level=1,
+                    downsample=(2.0, 2.0), level_dim=(256, 256))  # fmt: skip
+    res = invoke(*args)
+    assert res.exit_code == 0 and "hm: 10 patches" in res.output, res.output
+    pt_only = tmp_path / "pt" / "pt_files"
+    pt_only.mkdir(parents=True)
+    torch.save(torch.from_numpy(feats.astype(np.float32)), pt_only / "hm.pt")
+    res = invoke(*args[:5], "--features", pt_only.parent, "--patch-size-level0", "128")
+    assert res.exit_code == 2 and "has no patch coordinates" in res.output, res.output
+    assert "--features" in res.output
+
+
 # ------------------------------------------------------------------------------ input errors
 def _tables(cohort, tmp_path):
     t = cohort.table

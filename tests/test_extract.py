@@ -54,6 +54,9 @@ def test_store_matches_design(cohort, extracted) -> None:  # noqa: ANN001
             cattrs = dict(coords.attrs)
             assert cattrs["patch_size"] == 32 and cattrs["patch_size_level0"] == 64
             assert cattrs["level0_magnification"] == 20 and cattrs["target_magnification"] == 10
+            # CLAM's patch attributes: 32 px read at level 1, as CLAM's readers would
+            assert cattrs["patch_level"] == 1 and cattrs["name"] == res.slide_id
+            assert list(cattrs["downsample"]) == [2.0, 2.0] and cattrs["overlap"] == 0
             # coords lie on the 64 px level-0 grid inside the slide
             c = coords[:]
             assert (c % 64 == 0).all() and (c >= 0).all() and (c[:, 0] < 1024).all()

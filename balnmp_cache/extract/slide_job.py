@@ -29,6 +29,7 @@ from balnmp_cache.extract.options import ExtractOptions
 from balnmp_cache.extract.pipeline import EncoderRunner, PipelineError, encode_patches
 from balnmp_cache.slides.ids import SLIDE_SUFFIXES
 from balnmp_cache.slides.ids import slide_id_from_path as slide_id_of
+from balnmp_cache.store.peer_attrs import coords_attrs_for
 
 if TYPE_CHECKING:
     from balnmp_cache.slides.base import Slide
@@ -75,11 +76,6 @@ class JobSpec:
     mpp_overrides: dict[str, float] | None = None  # the --mpp-overrides table, read once
     stale_after: float = 600.0  # seconds without a heartbeat before a lock is taken over
     extra_attrs: dict[str, Any] = field(default_factory=dict)  # stored with every slide
-
-
-def _magnification(mpp: float | None) -> float | None:
-    """Objective power implied by µm/px (10 / mpp: 0.25 -> 40x), as TRIDENT records it."""
-    return round(10.0 / mpp, 3) if mpp else None
 
 
 class SlideJob:
@@ -245,13 +241,14 @@ class SlideJob:
             "reader": slide.backend,
             **self.spec.extra_attrs,
         }
-        coords_attrs = {
-            "patch_size": plan.patch_size,
-            "patch_size_level0": plan.patch_size_level0,
-            "level0_magnification": _magnification(plan.slide_mpp),
-            "target_magnification": _magnification(plan.target_mpp),
-            "level": plan.level,
-        }
+        pyramid = getattr(slide, "fixed_coords", None) is None  # not a folder of patches
+        coords_attrs = coords_attrs_for(
+            sid, patch_size=plan.patch_size, patch_size_level0=plan.patch_size_level0,
+            read_size=plan.read_size, level=plan.level, slide_mpp=plan.slide_mpp,
+            overlap=round(plan.patch_size - grid.stride_level0 / plan.level0_per_px),
+            level_dimensions=slide.level_dimensions if pyramid else None,
+            level_downsamples=slide.level_downsamples if pyramid else None,
+        )  # fmt: skip
         return attrs, coords_attrs
 
     def _encode(self, slide: Slide, grid: PatchGrid, path: Path, sid: str,

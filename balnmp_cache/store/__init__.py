@@ -1,7 +1,8 @@
 """The feature store: per-slide bags of patch embeddings on disk, and the cohort loader.
 
 `FeatureStore` fronts every registered format (`backend.BACKENDS`: per-slide HDF5 and Zarr,
-CLAM and TRIDENT caches, packs); `load_bags` is the one loader the MIL stage uses. This folder
+CLAM and TRIDENT caches, packs); `load_bags` is the one loader the MIL stage uses;
+`export.export_store` writes a store in CLAM's or TRIDENT's own layout. This folder
 is all that `balnmp_mil` may import of `balnmp_cache`, with the slide-id rule
 (`balnmp_cache.slides.ids`). Formats are described in docs/format.md.
 """

@@ -104,10 +104,13 @@ def predict_cmd(run: Path, features: Path, out: Path, labels: Path | None,
 @click.option("--backend", default="auto", show_default=True,
               help="Slide reader: auto, cucim, openslide, image, patches.")
 @click.option("--mpp", type=float, help="Level-0 µm/px when the slide does not record it.")
+@click.option("--patch-size-level0", type=float,
+              help="Side of a patch in level-0 px, for stores that do not record it (CLAM "
+                   "h5_files without patches/).")
 @handle_input_errors
 def heatmap_cmd(run: Path, slide: Path, out: Path, features: Path | None, patient: str | None,
                 clinical: Path | None, top_k: int, thumbnail_size: int, backend: str,
-                mpp: float | None) -> None:
+                mpp: float | None, patch_size_level0: float | None) -> None:
     """Draw the attention of the saved run RUN on SLIDE over its thumbnail (PNG).
 
     The slide's bag is read from the run's feature store (or --features) by slide id (file
@@ -118,5 +121,5 @@ def heatmap_cmd(run: Path, slide: Path, out: Path, features: Path | None, patien
 
     result = heatmap_run(run, slide, out, features=features, patient=patient,
                          clinical=clinical, top_k=top_k, thumbnail_size=thumbnail_size,
-                         backend=backend, mpp=mpp)
+                         backend=backend, mpp=mpp, patch_size_level0=patch_size_level0)
     click.echo(result.summary())

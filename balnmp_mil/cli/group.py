@@ -1,4 +1,4 @@
-"""`balnmp-mil`: train, cross-validate, evaluate, predict, pack and draw heatmaps on cached bags.
+"""`balnmp-mil`: train, cross-validate, evaluate, predict, pack, export and draw heatmaps on cached bags.
 
 The commands only parse arguments; the work is in `balnmp_mil.workflow` (usable as a library).
 Exit status: 0 ok, 1 unexpected failure, 2 bad usage or bad input (the message names the file,
@@ -29,6 +29,7 @@ for _name, _target in (
     ("heatmap", "balnmp_mil.cli.apply:heatmap_cmd"),
     ("pack", "balnmp_mil.cli.store:pack_cmd"),
     ("inspect", "balnmp_mil.cli.store:inspect_cmd"),
+    ("export", "balnmp_mil.cli.store:export_cmd"),
 ):
     COMMANDS.register(_name, _target)
 

@@ -1,4 +1,4 @@
-"""`balnmp-mil pack` and `balnmp-mil inspect`: cohort packs and a store summary.
+"""`balnmp-mil pack`, `inspect` and `export`: cohort packs, a store summary, peers' layouts.
 
 Registered in the main group's `COMMANDS`. Exit status: 0 all good, 1 problems found
 (inspect), 2 bad input (message names the file).
@@ -42,6 +42,33 @@ def pack_cmd(features: Path, out: Path, fmt: str, overwrite: bool) -> None:
     n = sum(i.n_patches for i in infos)
     click.echo(f"packed {len(infos)} slides, {n} patches x {infos[0].feature_dim} "
                f"({infos[0].dtype}) -> {path} ({_size(path) / 1e6:.1f} MB)")
+
+
+def _export_layouts() -> list[str]:
+    from balnmp_cache.store.export import EXPORTERS
+
+    return EXPORTERS.names()
+
+
+@click.command("export")
+@click.argument("features", type=click.Path(path_type=Path))
+@click.option("--to", "to", required=True, type=click.Choice(_export_layouts()),
+              help="Whose layout: CLAM's (h5_files/, pt_files/, patches/) or TRIDENT's "
+                   "(<mag>x_<ps>px_<ov>px_overlap/features_<encoder>/).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder to write (CLAM's feature folder, or TRIDENT's job folder).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export (atomically); never "
+                                                    "another folder.")
+@handle_input_errors
+def export_cmd(features: Path, to: str, out: Path, overwrite: bool) -> None:
+    """Write FEATURES in CLAM's or TRIDENT's own layout (float32), for their code to train on.
+
+    See docs/format.md ("Exporting to CLAM and TRIDENT") for what each peer reads and how to
+    point CLAM's main.py or TRIDENT's ABMIL tutorial at the folder.
+    """
+    from balnmp_cache.store.export import export_store
+
+    click.echo(export_store(features, out, to, overwrite=overwrite).summary())
 
 
 @dataclass

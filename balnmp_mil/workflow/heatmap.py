@@ -59,12 +59,36 @@ def bag_attention(model: MILModel, features: np.ndarray, clinical: np.ndarray | 
     return att.reshape(-1), probs
 
 
+def patch_footprint(attrs: dict, coords: np.ndarray, where: str,
+                    patch_size_level0: float | None = None) -> float:
+    """The level-0 side of the bag's patches: `patch_size_level0` if given, else the store's
+    (a CLAM cache records it only in CLAM's `patches/`). Refuses, never guesses, when the
+    footprint or the coordinates are unknown."""
+    if (coords < 0).any():
+        raise InputError(
+            f"{where} has no patch coordinates (a CLAM pt_files cache stores none), so there is "
+            "nothing to place on the slide; point --features at a CLAM folder that also holds "
+            "h5_files/ or CLAM's patches/ (create_patches_fp.py output)")
+    size0 = attrs.get("patch_size_level0") if patch_size_level0 is None else patch_size_level0
+    if size0 is None:
+        raise InputError(
+            f"{where} does not record the size of its patches in level-0 pixels "
+            "(`patch_size_level0`; CLAM's h5_files and pt_files carry none); pass "
+            "--patch-size-level0 PX, or put CLAM's patches/ folder (create_patches_fp.py "
+            "output) beside h5_files/ in --features")
+    if not float(size0) > 0:
+        raise InputError(f"--patch-size-level0 must be a positive number of pixels, got {size0}")
+    return float(size0)
+
+
 def heatmap_run(run_path: str | Path, slide: str | Path, out: str | Path,
                 features: str | Path | None = None, patient: str | None = None,
                 clinical: str | Path | None = None, top_k: int = 8,
                 thumbnail_size: int = 2048, backend: str = "auto",
-                mpp: float | None = None) -> HeatmapResult:
-    """Draw the attention of run `run_path` on SLIDE's bag (from FEATURES or the run's store)."""
+                mpp: float | None = None,
+                patch_size_level0: float | None = None) -> HeatmapResult:
+    """Draw the attention of run `run_path` on SLIDE's bag (from FEATURES or the run's store);
+    `patch_size_level0` supplies the patch side when the store does not record it."""
     from balnmp_cache.store import load_bags
     from balnmp_mil.evaluation.plots import plot_attention_heatmap
 
@@ -84,6 +108,8 @@ def heatmap_run(run_path: str | Path, slide: str | Path, out: str | Path,
     coords = np.asarray(packed.coords).reshape(-1, 2)
     if coords.shape[0] == 0:
         raise InputError(f"slide {sid} has no patches in {store}; nothing to draw")
+    size0 = patch_footprint(packed.attrs[0] if packed.attrs else {}, coords,
+                            f"slide {sid} in {store}", patch_size_level0)
     clin = None
     if run.clinical_encoder is not None:
         table = clinical or run.config.get("clinical")
@@ -91,8 +117,6 @@ def heatmap_run(run_path: str | Path, slide: str | Path, out: str | Path,
             raise InputError(f"run {run.path} uses clinical data; pass --clinical TABLE")
         clin = clinical_matrix(run.clinical_encoder, table, [patient or sid])
     att, probs = bag_attention(run.model, np.asarray(packed.features), clin)
-    attrs = packed.attrs[0] if packed.attrs else {}
-    size0 = float(attrs.get("patch_size_level0") or attrs.get("patch_size") or 256)
 
     from balnmp_cache.slides.registry import (
         open_slide,  # lazy: the one slide reader use in balnmp_mil
