@@ -18,11 +18,13 @@ __all__ = [
     "InputError",
     "LabelError",
     "MILError",
+    "MILWarning",
     "ModelError",
     "RegistryError",
     "RunDirError",
     "SplitError",
     "StoreError",
+    "StoreMismatchError",
 ]
 
 
@@ -57,6 +59,16 @@ class RunDirError(MILError):
 class ModelError(MILError):
     """A model that cannot be built or run as asked (a hyper-parameter it does not take or
     allow, clinical data of the wrong width)."""
+
+
+class StoreMismatchError(MILError):
+    """Features unlike those a run was trained on (encoder, weights, dimension, µm/px, patch
+    size); the message names both values and `--allow-store-mismatch`."""
+
+
+class MILWarning(UserWarning):
+    """A check that could not be made or a choice made for the user (a split part without a
+    class, an old run without a store record): the command goes on, and says so."""
 
 
 class EvaluationError(MILError):

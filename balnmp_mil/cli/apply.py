@@ -2,6 +2,7 @@
 
 Options that a run also has (`--ci`, `--n-bootstrap`, `--device`, `--on-missing`,
 `--allow-mixed`) come from their `TrainConfig` declarations; left out, the run's own value.
+`--allow-store-mismatch` too, but it is never saved with a run: left out, it is off.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def _run_options(*names: str) -> Callable[[F], F]:
 
     def deco(func: F) -> F:
         for name in reversed(names):
-            shown = "cuda when available" if name == "device" else "the run's"
+            shown = {"device": "cuda when available", "allow_store_mismatch": "off"}.get(
+                name, "the run's")
             func = option_of(TrainConfig, name, default_text=shown)(func)
         return func
 
@@ -41,8 +43,9 @@ def _run_options(*names: str) -> Callable[[F], F]:
 @click.option("--labels", type=_PATH, help="Labels of the new patients (with --features).")
 @click.option("--clinical", type=_PATH, help="Clinical table of the new patients (clinical "
                                              "runs; default: the run's table).")
-@_run_options("ci", "n_bootstrap", "device", "on_missing", "allow_mixed")
-@click.option("--out", type=_PATH, help="Also write the metrics as JSON here.")
+@_run_options("ci", "n_bootstrap", "device", "on_missing", "allow_mixed",
+              "allow_store_mismatch")
+@click.option("--out", type=_PATH, help="Also write the metrics as JSON here (atomically).")
 @handle_input_errors
 def evaluate_cmd(run: Path, features: Path | None, labels: Path | None, clinical: Path | None,
                  out: Path | None, device: str | None, **overrides: Any) -> None:
@@ -55,7 +58,7 @@ def evaluate_cmd(run: Path, features: Path | None, labels: Path | None, clinical
     from balnmp_cache.store._atomic import check_output
     from balnmp_mil.errors import InputError
     from balnmp_mil.workflow.apply import evaluate_run
-    from balnmp_mil.workflow.rundir import write_json
+    from balnmp_mil.workflow.rundir import write_file, write_json
 
     if out is not None:
         check_output(out, [("RUN", run), ("--features", features), ("--labels", labels),
@@ -63,7 +66,7 @@ def evaluate_cmd(run: Path, features: Path | None, labels: Path | None, clinical
     result = evaluate_run(run, features, labels, clinical, device=device, **overrides)
     click.echo(result.summary(), nl=False)
     if out is not None:
-        write_json(out, result.metrics)
+        write_file(out, lambda tmp: write_json(tmp, result.metrics))
         click.echo(f"metrics: {out}")
 
 
@@ -75,7 +78,7 @@ def evaluate_cmd(run: Path, features: Path | None, labels: Path | None, clinical
                                            "(patient_id, slide_id) and adds the true label.")
 @click.option("--clinical", type=_PATH, help="Clinical table (runs trained with clinical "
                                              "data; default: the run's table).")
-@_run_options("device", "on_missing", "allow_mixed")
+@_run_options("device", "on_missing", "allow_mixed", "allow_store_mismatch")
 @handle_input_errors
 def predict_cmd(run: Path, features: Path, out: Path, labels: Path | None,
                 clinical: Path | None, device: str | None, **overrides: Any) -> None:
@@ -107,10 +110,12 @@ def predict_cmd(run: Path, features: Path, out: Path, labels: Path | None,
 @click.option("--patch-size-level0", type=float,
               help="Side of a patch in level-0 px, for stores that do not record it (CLAM "
                    "h5_files without patches/).")
+@_run_options("allow_store_mismatch")
 @handle_input_errors
 def heatmap_cmd(run: Path, slide: Path, out: Path, features: Path | None, patient: str | None,
                 clinical: Path | None, top_k: int, thumbnail_size: int, backend: str,
-                mpp: float | None, patch_size_level0: float | None) -> None:
+                mpp: float | None, patch_size_level0: float | None,
+                allow_store_mismatch: bool | None) -> None:
     """Draw the attention of the saved run RUN on SLIDE over its thumbnail (PNG).
 
     The slide's bag is read from the run's feature store (or --features) by slide id (file
@@ -121,5 +126,6 @@ def heatmap_cmd(run: Path, slide: Path, out: Path, features: Path | None, patien
 
     result = heatmap_run(run, slide, out, features=features, patient=patient,
                          clinical=clinical, top_k=top_k, thumbnail_size=thumbnail_size,
-                         backend=backend, mpp=mpp, patch_size_level0=patch_size_level0)
+                         backend=backend, mpp=mpp, patch_size_level0=patch_size_level0,
+                         allow_store_mismatch=bool(allow_store_mismatch))
     click.echo(result.summary())

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import signal
 import threading
+import warnings
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
 from balnmp_cache._registry import Registry
 from balnmp_cache._version import __version__
-from balnmp_mil.cli.common import Terminated
+from balnmp_mil.cli.common import Terminated, command_line_wording
 
 COMMANDS: Registry[click.Command] = Registry("command")
 for _name, _target in (
@@ -38,6 +39,17 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """A user's warning as one line, `Warning: <message>` on stderr (the command-line way to
+    say it); library deprecations keep Python's format."""
+    if issubclass(category, DeprecationWarning) or not issubclass(category, UserWarning):
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+    else:
+        text = f"Warning: {command_line_wording(str(message))}\n"
+    click.echo(text, file=file, err=True, nl=False)
+
+
 class _Commands(click.Group):
     """A group whose commands come from `COMMANDS`, imported on first use; SIGTERM unwinds
     like Ctrl-C (temporary files removed) and exits with its own status."""
@@ -47,7 +59,9 @@ class _Commands(click.Group):
             return super().main(*args, **kwargs)
         previous = signal.signal(signal.SIGTERM, _terminate)
         try:
-            return super().main(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return super().main(*args, **kwargs)
         finally:
             signal.signal(signal.SIGTERM, previous)
 

@@ -1,7 +1,9 @@
 """`balnmp-mil pack`, `inspect` and `export`: cohort packs, a store summary, peers' layouts.
 
 Registered in the main group's `COMMANDS`. Exit status: 0 all good, 1 problems found
-(inspect), 2 bad input (message names the file).
+(inspect: each slide named), 2 bad input (message names the file). Given something that is
+not a feature store (a table, a slide, a run directory, an empty folder, a damaged pack),
+`inspect` says what it is and what to do (`balnmp_mil.workflow.diagnose`), with status 2.
 """
 
 from __future__ import annotations
@@ -127,7 +129,16 @@ def _fmt(values: list[str]) -> str:
 @handle_input_errors
 def inspect_cmd(features: Path, quick: bool) -> None:
     """Summarise a feature store or pack: slides, patches, dim, encoder, µm/px, problems."""
+    from balnmp_mil.errors import InputError
+    from balnmp_mil.workflow.diagnose import not_a_store
+
+    message = not_a_store(features)
+    if message is not None:
+        raise InputError(message)
     s = summarize(features, check_features=not quick)
+    if s.n_slides == 0:
+        raise InputError(f"{s.path} is a {s.format} feature store without slides; "
+                         f"extract-features SLIDES --out {s.path} writes them")
     n = np.asarray(s.patches, dtype=np.int64)
     click.echo(f"store:     {s.path} ({s.format})")
     click.echo(f"slides:    {s.n_slides}")

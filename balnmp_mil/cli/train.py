@@ -56,7 +56,7 @@ def train_cmd(ctx: click.Context, config: Path | None, out: Path, overwrite: boo
     from balnmp_mil.workflow import train_run
 
     cfg = TrainConfig.from_dict(*_data(ctx, TrainConfig, config))
-    result = train_run(cfg, out, overwrite=overwrite)
+    result = train_run(cfg, out, overwrite=overwrite, config=config)
     click.echo(result.summary())
 
 
@@ -77,5 +77,5 @@ def cv_cmd(ctx: click.Context, config: Path | None, out: Path, overwrite: bool,
     from balnmp_mil.workflow import cv_run
 
     cfg = CVConfig.from_dict(*_data(ctx, CVConfig, config))
-    result = cv_run(cfg, out, overwrite=overwrite)
+    result = cv_run(cfg, out, overwrite=overwrite, config=config)
     click.echo(result.summary())

@@ -1,8 +1,10 @@
 """Cohorts: bags from the feature store joined with labels, clinical data and splits.
 
 `cohort.load_cohort` builds a `Cohort` (packed bags, resident on the device); `load` reads the
-store in chunks; `labels` reads label tables and the BCNB tasks; `clinical` encodes the BCNB
-clinical table (fitted on training patients only); `splits` makes and reads patient splits.
+store in chunks; `tables` reads one table from a file; `labels` resolves label tables and the
+BCNB tasks (`label_values`: what a label means, which class is positive); `provenance`
+records what bags were extracted with; `clinical` encodes the BCNB clinical table (fitted on
+training patients only); `splits` makes, checks and reads patient splits.
 """
 
 from __future__ import annotations

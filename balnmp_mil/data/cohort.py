@@ -20,7 +20,8 @@ import torch
 from balnmp_mil.data.labels import LabelTable, patient_rows, read_table, resolve_labels
 from balnmp_mil.data.layout import BAG_LEVELS, gather_slides
 from balnmp_mil.data.load import LoadedBags, load_chunked
-from balnmp_mil.errors import CohortError
+from balnmp_mil.data.provenance import store_record
+from balnmp_mil.errors import CohortError, LabelError
 from balnmp_mil.segment import gather_ranges
 
 if TYPE_CHECKING:
@@ -216,11 +217,18 @@ Labels = str | os.PathLike[str] | pd.DataFrame | LabelTable
 Clinical = str | os.PathLike[str] | pd.DataFrame | bool | None  # True: the label table
 
 
-def _resolve(labels: Labels, task: str | None) -> tuple[LabelTable, pd.DataFrame]:
+def _resolve(labels: Labels, task: str | None, positive: str | None
+             ) -> tuple[LabelTable, pd.DataFrame]:
+    """The resolved labels and the raw table; errors about the table name its file."""
     if isinstance(labels, LabelTable):
         return labels, labels.frame
-    df = labels if isinstance(labels, pd.DataFrame) else read_table(labels)
-    return resolve_labels(df, task=task), df
+    if isinstance(labels, pd.DataFrame):
+        return resolve_labels(labels, task=task, positive=positive), labels
+    df = read_table(labels, "labels file")
+    try:
+        return resolve_labels(df, task=task, positive=positive), df
+    except LabelError as exc:
+        raise LabelError(f"labels file {labels}: {exc}") from exc
 
 
 @dataclass
@@ -254,10 +262,12 @@ def load_cohort(
     on_missing: str = "error",
     allow_mixed: bool = False,
     dtype: torch.dtype = torch.float32,
+    positive: str | None = None,
 ) -> Cohort:
     """Labelled bags from a feature store or pack, packed on `device`.
 
-    `labels`: CSV/XLSX path, DataFrame or LabelTable (see `resolve_labels`).
+    `labels`: CSV/XLSX path, DataFrame or LabelTable (see `resolve_labels`); `positive`: the
+    positive class of a binary `label` column (default: `1`, `True` or a recognised name).
     `clinical`: table path/DataFrame (or True: the label table itself); raw rows are kept in
     `cohort.clinical_table` so the caller fits its encoder on the training split only.
     `on_missing`: "error" (default) or "warn" (skip labelled slides absent from the store).
@@ -271,7 +281,7 @@ def load_cohort(
                           f"{', '.join(ON_MISSING)}")
     from balnmp_cache.store import FeatureStore, PackedBags
 
-    table, label_df = _resolve(labels, task)
+    table, label_df = _resolve(labels, task, positive)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     request = _Request(table, label_df, clinical, bag_level, dev, dtype, on_missing, allow_mixed)
     if isinstance(store_or_pack, (PackedBags, FeatureStore)):
@@ -369,4 +379,5 @@ def _meta(packed: PackedBags | LoadedBags, request: _Request, found: dict[str, A
         "missing_slides": missing,
         "n_unlabelled_slides": found["n_unlabelled_slides"],
         "dtype": str(request.dtype).replace("torch.", ""),
+        "store_record": store_record(packed.attrs, int(packed.features.shape[1])),
     }

@@ -1,19 +1,24 @@
-"""Label tables: read CSV/XLSX, find id/label columns, map BCNB ALN status to the paper's tasks.
+"""Label tables: find id/label columns, map BCNB ALN status to the paper's tasks, and say which
+class of a binary task is positive.
 
-Ids are always `str` (BCNB's integer patient ids become `"1"`, `"2"`, ...).
+Ids are always `str` (BCNB's integer patient ids become `"1"`, `"2"`, ...). A binary task's
+positive class is always its second (`class_names[1]`): the later class of a BCNB task (N+);
+what a `label` column's values mean, and its positive class, is `label_values`' rule.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from balnmp_cache._registry import Registry
+from balnmp_mil.data.label_values import label_classes
+from balnmp_mil.data.tables import read_table
 from balnmp_mil.errors import ClinicalError, LabelError
 
 __all__ = [
@@ -86,22 +91,6 @@ class LabelTable:
         return dict(zip(self.frame["patient_id"], self.frame["label"].astype(int), strict=True))
 
 
-def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a CSV/TSV/XLSX table; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise LabelError(f"table {path} does not exist; pass a CSV or XLSX file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".xlsx", ".xlsm", ".xls"):
-            return pd.read_excel(path)
-        if suffix in (".tsv", ".tab"):
-            return pd.read_csv(path, sep="\t")
-        return pd.read_csv(path, sep=None, engine="python")
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise LabelError(f"cannot read table {path}: {exc}; expected CSV, TSV or XLSX") from exc
-
-
 def _norm(name: object) -> str:
     return re.sub(r"[^0-9a-z+]", "", str(name).lower())
 
@@ -157,44 +146,31 @@ def _aln_labels(values: pd.Series, ids: pd.Series, task: Task) -> tuple[np.ndarr
     return labels, labels >= 0
 
 
-def _label_column(values: pd.Series, ids: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """Integer labels as is (0..max), or class names sorted into 0..C-1."""
-    missing = values.isna().to_numpy()
-    if missing.any():
-        raise LabelError(
-            f"missing label for {list(ids[missing])[:10]}; fill in or remove those rows"
-        )
-    numeric = pd.to_numeric(values, errors="coerce")
-    if not numeric.isna().any() and np.all(np.mod(numeric, 1) == 0):
-        ints = numeric.astype(np.int64).to_numpy()
-        if ints.min() < 0:
-            raise LabelError(f"labels must be >= 0; got {ints.min()} (patient {ids.iloc[ints.argmin()]})")
-        return ints, [str(i) for i in range(int(ints.max()) + 1)]
-    names = sorted({str(v).strip() for v in values})
-    index = {n: i for i, n in enumerate(names)}
-    return np.array([index[str(v).strip()] for v in values], dtype=np.int64), names
-
-
-def resolve_labels(df: pd.DataFrame, task: str | None = None) -> LabelTable:
+def resolve_labels(df: pd.DataFrame, task: str | None = None, positive: str | None = None,
+                   classes: Sequence[str] | None = None) -> LabelTable:
     """Ids and integer labels from a table.
 
-    `task` None: the `label` column as is (ints, or class names sorted alphabetically).
-    `task` in `TASKS`: the BCNB `ALN status` column (or a `label` column holding statuses)
-    mapped to the task's classes; rows outside the task are dropped and counted.
+    `task` None: the `label` column (class indices, or class names sorted alphabetically; of
+    two classes the positive one second: `positive`, else a recognised name, see
+    `label_values`). `task` in `TASKS`: the BCNB `ALN status` column (or a `label` column
+    holding statuses) mapped to the task's classes (positive: the later); rows outside the
+    task are dropped and counted. `classes`: the class names of a trained run, onto which the
+    `label` column's values are mapped (new patients of a run).
     """
     pcol = find_column(df, *PATIENT_COLUMNS, required=False)
     scol = find_column(df, *SLIDE_COLUMNS, required=False)
     if scol is None and pcol is None:
         raise LabelError(
-            f"the label table needs a patient_id or slide_id column; it has {list(df.columns)}"
+            "the label table needs a patient_id or slide_id column; it has "
+            f"{list(map(str, df.columns))}: name the id column patient_id"
         )
     sids = None if scol is None else df[scol].map(normalize_id)
     pids = df[pcol].map(normalize_id) if pcol is not None else df[scol].map(normalize_id)
     if task is None:
-        labels, class_names = _plain_labels(df, pids)
+        labels, class_names = _plain_labels(df, pids, positive, classes)
         keep = np.ones(len(df), dtype=bool)
     else:
-        labels, keep, class_names = _task_labels(df, pids, task)
+        labels, keep, class_names = _task_labels(df, pids, task, positive)
     frame = pd.DataFrame(
         {
             "patient_id": pids.to_numpy()[keep],
@@ -214,12 +190,17 @@ def resolve_labels(df: pd.DataFrame, task: str | None = None) -> LabelTable:
     )
 
 
-def _task_labels(df: pd.DataFrame, pids: pd.Series, task: str
+def _task_labels(df: pd.DataFrame, pids: pd.Series, task: str, positive: str | None
                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(labels, rows kept, class names) of a BCNB task from the ALN status column."""
     if task not in TASKS:
         raise LabelError(TASKS.unknown(task))
     t = TASKS.get(task)
+    if positive is not None and (len(t.class_names) != 2 or positive != t.class_names[1]):
+        counted = (f"counts {t.class_names[1]} as positive" if len(t.class_names) == 2
+                   else "has three classes and no positive one")
+        raise LabelError(f"--task {task} {counted}; --positive {positive} does not apply: "
+                         "leave it out")
     col = find_column(df, *ALN_COLUMNS, required=False) or find_column(
         df, *LABEL_COLUMNS, required=False
     )
@@ -232,8 +213,9 @@ def _task_labels(df: pd.DataFrame, pids: pd.Series, task: str
     return labels, keep, list(t.class_names)
 
 
-def _plain_labels(df: pd.DataFrame, pids: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """(labels, class names) from the `label` column, used as is."""
+def _plain_labels(df: pd.DataFrame, pids: pd.Series, positive: str | None,
+                  classes: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+    """(labels, class names) from the `label` column (see `label_values.label_classes`)."""
     col = find_column(df, *LABEL_COLUMNS, required=False)
     if col is None:
         hint = (
@@ -242,7 +224,7 @@ def _plain_labels(df: pd.DataFrame, pids: pd.Series) -> tuple[np.ndarray, list[s
             else ""
         )
         raise LabelError(f"the label table has no 'label' column{hint}")
-    return _label_column(df[col], pids)
+    return label_classes(df[col], pids, positive, classes)
 
 
 def _check_consistent(frame: pd.DataFrame, has_slides: bool) -> None:
@@ -250,19 +232,31 @@ def _check_consistent(frame: pd.DataFrame, has_slides: bool) -> None:
     per_patient = frame.groupby("patient_id", sort=False)["label"].nunique()
     bad = per_patient[per_patient > 1]
     if len(bad):
-        raise LabelError(f"patients with conflicting labels: {list(bad.index)[:10]}")
+        raise LabelError(f"patients with conflicting labels: {list(bad.index)[:10]}; give each "
+                         "patient one label (all their rows the same)")
     key = "slide_id" if has_slides else "patient_id"
-    dup = frame[key][frame[key].duplicated()]
+    counts = frame[key].value_counts(sort=False)
+    dup = counts[counts > 1]
     if len(dup):
-        raise LabelError(f"duplicated {key} rows in the label table: {list(dup)[:10]}")
+        what = "slide" if has_slides else "patient"
+        shown = ", ".join(f"{what} {k} has {n} rows" for k, n in list(dup.items())[:10])
+        fix = ("keep one row per slide" if has_slides else
+               "keep one row per patient, or add a slide_id column when a patient has "
+               "several slides")
+        raise LabelError(f"duplicated rows in the label table: {shown}; {fix}")
 
 
 def patient_rows(table: str | os.PathLike[str] | pd.DataFrame,
                  patient_ids: list[str]) -> pd.DataFrame:
     """Rows of `table` (a path or DataFrame) indexed by patient id, one per patient of
     `patient_ids`, in that order (a patient's first row wins)."""
-    df = table if isinstance(table, pd.DataFrame) else read_table(table)
-    col = find_column(df, *PATIENT_COLUMNS)
+    df = table if isinstance(table, pd.DataFrame) else read_table(table, "clinical table")
+    try:
+        col = find_column(df, *PATIENT_COLUMNS)
+    except LabelError as exc:
+        if isinstance(table, pd.DataFrame):
+            raise
+        raise LabelError(f"clinical table {table}: {exc}") from exc
     rows = df.copy()
     rows.index = pd.Index(rows[col].map(normalize_id), name="patient_id")
     rows = rows[~rows.index.duplicated(keep="first")]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from balnmp_mil.errors import SplitError
+from balnmp_mil.errors import MILWarning, SplitError
 
 FORMAT = "balnmp-splits"
 
@@ -102,6 +103,56 @@ def _check_frac(name: str, value: float) -> None:
         raise SplitError(f"{name} fraction must be in [0, 1), got {value}")
 
 
+def class_counts(labels: Labels, class_names: Sequence[str]) -> dict[str, int]:
+    """Patients per class name."""
+    y = np.asarray(labels.detach().cpu().numpy() if hasattr(labels, "detach") else labels)
+    return {name: int((y.ravel() == c).sum()) for c, name in enumerate(class_names)}
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
+
+
+def check_classes(labels: Labels, class_names: Sequence[str]) -> None:
+    """A cohort a classifier can learn from: two classes or more, each with patients."""
+    counts = class_counts(labels, class_names)
+    present = [name for name, n in counts.items() if n]
+    if len(present) < 2:
+        raise SplitError(f"all {sum(counts.values())} patients are of one class "
+                         f"({present[0] if present else 'none'}); a classifier needs patients "
+                         "of at least two classes: check the labels (and --task)")
+    empty = [name for name, n in counts.items() if not n]
+    if empty:
+        raise SplitError(f"class {', '.join(empty)} has no patient ({_counts_text(counts)}); "
+                         "every class needs patients: check the labels (and --task)")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def check_split_sizes(labels: Labels, class_names: Sequence[str]) -> None:
+    """At least two patients per class: one to train on, one to test on. (Fewer than one per
+    part leaves a part without the class; the caller warns of that, with the numbers.)"""
+    for name, n in class_counts(labels, class_names).items():
+        if n < 2:
+            raise SplitError(f"class {name} has {_plural(n, 'patient')}; a split needs at "
+                             "least 2 per class (one to train on, one to test on): label more "
+                             "patients (or choose another --task)")
+
+
+def check_fold_sizes(labels: Labels, class_names: Sequence[str], k: int) -> None:
+    """At least two patients per class; warns (with the numbers) when a class has fewer
+    patients than folds, so that some folds test none of it."""
+    check_split_sizes(labels, class_names)
+    counts = class_counts(labels, class_names)
+    name, n = min(counts.items(), key=lambda item: item[1])
+    if n < k:
+        warnings.warn(f"class {name} has {_plural(n, 'patient')}, fewer than --folds {k}: "
+                      f"{k - n} of the folds test no patient of class {name} (their AUC is "
+                      f"undefined); pass --folds {n} or fewer", MILWarning, stacklevel=2)
+
+
 def stratified_split(patient_ids: Ids, labels: Labels, val: float = 0.15,
                      test: float = 0.2, seed: int = 0) -> Split:
     """One stratified split; `val` and `test` are fractions of all patients.
@@ -166,23 +217,39 @@ def save_splits(splits: Split | Sequence[Split], path: str | Path) -> Path:
     return path
 
 
+def _parts(path: Path, item: object) -> dict[str, list[str]]:
+    """One split of a splits file: lists of patient ids (str or int) for train/val/test."""
+    if not isinstance(item, dict):
+        raise SplitError(f"{path} is not a balnmp splits file (a split is "
+                         f"{type(item).__name__}, not a mapping of train/val/test)")
+    parts = {name: item.get(name, []) for name in ("train", "val", "test")}
+    for name, ids in parts.items():
+        if not isinstance(ids, list) or not all(isinstance(p, (str, int)) for p in ids):
+            raise SplitError(f"{path} is not a balnmp splits file ({name} is not a list of "
+                             "patient ids)")
+    return parts
+
+
 def load_splits(path: str | Path) -> Split | list[Split]:
     """Read `save_splits` output: a Split if one was saved, else the list of folds.
 
-    Overlapping patients in a file raise SplitError naming the patient and the file.
+    Overlapping patients in a file raise SplitError naming the patient and the file; so does
+    a file that is not JSON or not shaped as `save_splits` writes it.
     """
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise SplitError(f"splits file {path} does not exist") from e
-    except (OSError, json.JSONDecodeError) as e:
-        raise SplitError(f"cannot read splits file {path}: {e}") from e
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "splits" not in doc:
-        raise SplitError(f"{path} is not a balnmp splits file (expected format {FORMAT!r})")
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise SplitError(f"cannot read splits file {path}: {e}; pass the splits.json of a "
+                         "balnmp-mil run") from e
+    if (not isinstance(doc, dict) or doc.get("format") != FORMAT
+            or not isinstance(doc.get("splits"), list) or not doc["splits"]):
+        raise SplitError(f"{path} is not a balnmp splits file (expected format {FORMAT!r}, "
+                         "as a run's splits.json)")
     try:
-        items = [Split(train=s.get("train", []), val=s.get("val", []), test=s.get("test", []))
-                 for s in doc["splits"]]
+        items = [Split(**_parts(path, s)) for s in doc["splits"]]
     except SplitError as e:
-        raise SplitError(f"{path}: {e}") from e
+        raise SplitError(e.args[0] if str(path) in str(e) else f"{path}: {e}") from e
     return items[0] if doc.get("kind") == "single" else items

@@ -111,7 +111,7 @@ def train_report(
         f"Features: `{config.get('features')}`  \nLabels: `{config.get('labels')}`  \n"
         f"Clinical: `{config.get('clinical') or 'none'}`"
         + (f" ({config.get('clinical_variant')})" if config.get("clinical") else "")
-        + f"  \nClasses: {', '.join(names)}  \nSeed: {config.get('seed')}\n",
+        + f"  \nClasses: {', '.join(names)}{_positive(names)}  \nSeed: {config.get('seed')}\n",
         "## Threshold 0.5\n" if len(names) <= 2 else "## Predicted class = argmax\n",
         metrics_table({s: metrics[s] for s in present}),
     ]
@@ -135,15 +135,24 @@ def train_report(
     return "\n".join(parts)
 
 
-def cv_report(folds: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> str:
+def _positive(names: Sequence[str]) -> str:
+    """' (positive class: N+)' for two classes; nothing for more."""
+    return f" (positive class: {names[1]})" if len(names) == 2 else ""
+
+
+def cv_report(folds: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
+              class_names: Sequence[str] = ()) -> str:
     """The text of a cross-validation run's `report.md` (mean ± sd plus per-fold rows)."""
     per_fold = {f"{r['setting']} · fold {r['fold']}": r for r in folds}
+    classes = (f"Classes: {', '.join(class_names)}{_positive(class_names)}  \n"
+               if class_names else "")
     return "\n".join(
         [
             f"# balnmp-mil cross-validation: {config.get('folds')} folds, task "
             f"{config.get('task') or 'label'}\n",
             f"Features: `{config.get('features')}`  \nLabels: `{config.get('labels')}`  \n"
-            f"Clinical: `{config.get('clinical') or 'none'}`  \nSeed: {config.get('seed')}\n",
+            f"Clinical: `{config.get('clinical') or 'none'}`  \n{classes}"
+            f"Seed: {config.get('seed')}\n",
             "## Test AUC and metrics over folds (mean ± sd, threshold 0.5)\n",
             cv_table(folds),
             "\n## Per fold (test split)\n",

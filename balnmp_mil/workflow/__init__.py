@@ -2,7 +2,8 @@
 
 `config` declares what defines a run; `steps` are the pieces `train` and `cv` share; `apply`
 evaluates and predicts with a saved run; `heatmap` draws its attention on a slide; `rundir`
-writes and reads run directories atomically.
+writes and reads run directories atomically; `compat` checks a store against the record of
+the store a run was trained on; `diagnose` says what a path that is not a store is.
 """
 
 from __future__ import annotations

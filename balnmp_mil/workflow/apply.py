@@ -17,16 +17,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from balnmp_cache.store._atomic import check_output, fsync_file, publish, side_name
-from balnmp_mil.errors import InputError
+from balnmp_cache.store._atomic import check_output
+from balnmp_mil.errors import InputError, LabelError
 from balnmp_mil.evaluation.report import metrics_table
 from balnmp_mil.workflow import rundir
+from balnmp_mil.workflow.compat import check_store
 from balnmp_mil.workflow.config import SPLIT_NAMES, TrainConfig, resolve_device
+from balnmp_mil.workflow.diagnose import check_store_path
 from balnmp_mil.workflow.steps import (
     CLINICAL_LOGREG,
     ClinicalLogReg,
     evaluate_parts,
     labels_numpy,
+    positive_class,
     positive_scores,
 )
 
@@ -49,7 +52,7 @@ def clinical_matrix(encoder: ClinicalEncoder, table: str | Path,
     from balnmp_mil.data.clinical_fields import patient_labels
     from balnmp_mil.data.labels import read_table
 
-    df = read_table(table)
+    df = read_table(table, "clinical table")
     first: dict[str, int] = {}
     for i, pid in enumerate(patient_labels(df, encoder.columns)):
         first.setdefault(pid, i)
@@ -78,25 +81,45 @@ def apply_run(run: rundir.Run, cohort: Cohort, clinical: str | Path | None = Non
     return predict(run.model, cohort)
 
 
-def _check_features(path: str | Path) -> None:
-    if not Path(path).exists():
-        raise InputError(f"feature store {path} does not exist")
+def check_run_store(run: rundir.Run, record: dict[str, Any], features: str | Path,
+                    allow: bool) -> None:
+    """The bags about to be used (their `store_record`) against the run's record; a
+    clinical-only run reads no features and is not checked."""
+    if run.model is None:
+        return
+    check_store(record, run.store_record, store=str(features), run=f"run {run.path}",
+                allow=allow, model_dim=run.model_config.get("in_dim"))
+
+
+def _labels(run: rundir.Run, cfg: TrainConfig, labels: str | Path) -> Any:
+    """New patients' labels, mapped onto the run's classes (a `LabelTable`)."""
+    from balnmp_mil.data.labels import read_table, resolve_labels
+
+    if not Path(labels).is_file():
+        raise InputError(f"labels file {labels} does not exist")
+    df = read_table(labels, "labels file")
+    classes = None if cfg.task is not None else run.class_names
+    try:
+        return resolve_labels(df, task=cfg.task, positive=cfg.positive, classes=classes)
+    except LabelError as exc:
+        raise LabelError(f"labels file {labels}: {exc}") from exc
 
 
 def load_labelled(run: rundir.Run, cfg: TrainConfig, features: str | Path,
                   labels: str | Path, device: str) -> Cohort:
-    """A cohort of new labelled patients with the run's task, bag level and store policy."""
+    """A cohort of new labelled patients with the run's task, classes, bag level and store
+    policy, checked against the store the run was trained on."""
     from balnmp_mil.data.cohort import load_cohort
 
-    _check_features(features)
-    if not Path(labels).is_file():
-        raise InputError(f"labels file {labels} does not exist")
-    cohort = load_cohort(features, labels, task=cfg.task, bag_level=cfg.bag_level,
+    check_store_path(features)
+    table = _labels(run, cfg, labels)
+    cohort = load_cohort(features, table, task=cfg.task, bag_level=cfg.bag_level,
                          device=device, on_missing=cfg.on_missing,
                          allow_mixed=cfg.allow_mixed)
     if list(cohort.class_names) != run.class_names:
         raise InputError(f"labels {labels} give classes {cohort.class_names} but run "
                          f"{run.path} was trained on {run.class_names}")
+    check_run_store(run, cohort.meta["store_record"], features, cfg.allow_store_mismatch)
     return cohort
 
 
@@ -105,11 +128,14 @@ def load_unlabelled(run: rundir.Run, cfg: TrainConfig, features: str | Path,
     """Every slide of a store as its own patient (labels unknown: set to 0, never reported)."""
     from balnmp_cache.store import load_bags
     from balnmp_mil.data.cohort import cohort_from_bags
+    from balnmp_mil.data.provenance import store_record
 
-    _check_features(features)
+    check_store_path(features)
     packed = load_bags(features, on_problem=cfg.on_missing, allow_mixed=cfg.allow_mixed)
     offs = np.asarray(packed.offsets)
     feats = np.asarray(packed.features)
+    check_run_store(run, store_record(packed.attrs, feats.shape[1]), features,
+                    cfg.allow_store_mismatch)
     bags = [feats[offs[i]:offs[i + 1]] for i in range(len(packed.slide_ids))]
     return cohort_from_bags(bags, np.zeros(len(bags), dtype=np.int64),
                             patient_ids=list(packed.slide_ids), class_names=run.class_names,
@@ -124,7 +150,9 @@ class EvalResult:
     metrics: dict[str, Any]
 
     def summary(self) -> str:
-        text = "Threshold 0.5\n" + metrics_table(self.reports)
+        positive = self.metrics.get("positive_class")
+        text = f"positive class: {positive}\n" if positive else ""
+        text += "Threshold 0.5\n" + metrics_table(self.reports)
         youden = {p: m["at_youden"] for p, m in self.metrics.items()
                   if isinstance(m, dict) and m.get("at_youden")}
         if youden:
@@ -145,12 +173,13 @@ def evaluate_run(run_path: str | Path, features: str | Path | None = None,
     cfg = run_config(run, **overrides)
     names = run.class_names
     if features is None and labels is None:
-        preds = pd.read_csv(run.path / rundir.PREDICTIONS, dtype={"patient_id": str})
+        preds = rundir.read_predictions(run)
         probs_cols = [f"prob_{n}" for n in names]
         parts = [p for p in SPLIT_NAMES if p in set(preds["split"])]
         y = {p: preds.loc[preds["split"] == p, "label"].to_numpy(np.int64) for p in parts}
         probs = {p: preds.loc[preds["split"] == p, probs_cols].to_numpy(float) for p in parts}
         reports, metrics, _ = evaluate_parts(y, probs, names, cfg)
+        metrics["positive_class"] = positive_class(names)
         return EvalResult(reports, metrics)
     if features is None or labels is None:
         raise InputError("evaluating on new data needs both --features and --labels")
@@ -170,6 +199,7 @@ def evaluate_run(run_path: str | Path, features: str | Path | None = None,
             n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, class_names=names).to_dict()
         metrics["youden_threshold"] = threshold
         metrics["youden_split"] = f"val of {run.path}"
+    metrics["positive_class"] = positive_class(names)
     return EvalResult(reports, metrics)
 
 
@@ -198,15 +228,7 @@ def predict_run(run_path: str | Path, features: str | Path, out: str | Path,
     for c, name in enumerate(run.class_names):
         frame[f"prob_{name}"] = probs[:, c]
     frame["prediction"] = [run.class_names[i] for i in _predicted(probs)]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = side_name(out, "tmp")
-    try:
-        frame.to_csv(tmp, index=False)
-        fsync_file(tmp)
-        publish(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    rundir.write_file(out, lambda tmp: frame.to_csv(tmp, index=False))
     return frame
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from balnmp_cache._options import (
+    Constraint,
     Flag,
     Interval,
     ListOf,
@@ -34,13 +35,15 @@ from balnmp_mil.evaluation.metrics import CI_METHODS
 from balnmp_mil.models import MODELS
 from balnmp_mil.training.config import FitConfig
 
-__all__ = ["SETTINGS", "SPLIT_NAMES", "CVConfig", "TrainConfig", "check_inputs",
+__all__ = ["SETTINGS", "SPLIT_NAMES", "CVConfig", "TrainConfig",
            "fit_options", "resolve_device", "resolved_config", "run_fields"]
 
 SPLIT_NAMES = ("train", "val", "test")
 SETTINGS = ("image", "image+clinical", "clinical")
 FIT_FIELDS = tuple(f.name for f in dataclasses.fields(FitConfig))
 PATH_FIELDS = ("features", "labels", "clinical", "splits")
+# Consent given to one command (and asked again by the next): not written to config.yaml.
+NOT_SAVED = ("allow_store_mismatch",)
 
 C = TypeVar("C", bound="TrainConfig")
 
@@ -53,6 +56,22 @@ def parse_pair(pair: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise InputError(f"{pair!r}: expected KEY=VALUE, e.g. embed_dim=128")
     return key.strip(), yaml.safe_load(value)
+
+
+class ClassName(Constraint):
+    """A class of the `label` column: its name, or a YAML number or boolean read as the table
+    writes it (`1`, `True`)."""
+
+    def convert(self, value: object, name: str, flag: str) -> object:
+        if isinstance(value, (bool, int)):
+            return str(value)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        raise self.refuse(value, name, flag, "must be a class of the label column, e.g. 1 or "
+                          "positive")
+
+    def metavar(self) -> str:
+        return "CLASS"
 
 
 @dataclass(kw_only=True)
@@ -76,6 +95,9 @@ class TrainConfig(FitConfig):
         help="Clinical table column of a field (repeatable), e.g. age='Patient age'.")
     task: str | None = option(None, check=OneOf(TASKS), default_text="the `label` column as is",
                               help="ALN task of the BALNMP paper.")
+    positive: str | None = option(None, check=ClassName(), default_text=(
+        "1, True or a name such as positive, yes, N+; BCNB tasks: N+"), help=(
+        "The positive class of a binary `label` column (one of its two values)."))
     model: str = option("abmil", check=OneOf(MODELS), commands=("train",),
                         help="Registered MIL model.")
     model_kwargs: dict[str, Any] = option(
@@ -90,6 +112,9 @@ class TrainConfig(FitConfig):
         "Labelled slides absent from FEATURES: fail (error) or skip with a warning (warn)."))
     allow_mixed: bool = option(False, check=Flag(), help=(
         "Combine slides of different encoders, weights or µm/px in one cohort."))
+    allow_store_mismatch: bool = option(False, check=Flag(), help=(
+        "Go on although FEATURES has another encoder, weights, µm/px or patch size than the "
+        "run (applied, or whose --config is reused) was trained on; never saved with a run."))
     val: float = option(0.15, check=Interval(float, 0, 1, closed="left"),
                         help="Validation fraction of patients.")
     test: float = option(0.2, check=Interval(float, 0, 1, closed="neither"),
@@ -188,17 +213,6 @@ def resolve_device(device: str | None) -> str:
     return str(device)
 
 
-def check_inputs(cfg: TrainConfig) -> None:
-    """Check the paths a run reads before any expensive work (the options checked themselves
-    when the config was made); errors say what to do."""
-    if not Path(cfg.features).exists():
-        raise InputError(f"feature store {cfg.features} does not exist; run extract-features first")
-    for what, path in (("labels file", cfg.labels), ("clinical table", cfg.clinical),
-                       ("splits file", cfg.splits)):
-        if path is not None and not Path(path).is_file():
-            raise InputError(f"{what} {path} does not exist")
-
-
 def fit_options(cfg: TrainConfig) -> dict[str, Any]:
     """The FitConfig fields of a run config, as `fit` keywords."""
     return {name: getattr(cfg, name) for name in FIT_FIELDS}
@@ -206,7 +220,7 @@ def fit_options(cfg: TrainConfig) -> dict[str, Any]:
 
 def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
     """The config as saved in `config.yaml`: every option, with absolute paths."""
-    data = cfg.to_dict()
+    data = {k: v for k, v in cfg.to_dict().items() if k not in NOT_SAVED}
     for key in PATH_FIELDS:
         if data.get(key) is not None:
             data[key] = str(Path(data[key]).resolve())

@@ -18,18 +18,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from balnmp_cache._version import __version__
 from balnmp_mil.evaluation.report import COLUMNS, cv_report, cv_table
 from balnmp_mil.workflow import rundir
-from balnmp_mil.workflow.config import CVConfig, check_inputs, resolve_device, resolved_config
+from balnmp_mil.workflow.config import CVConfig, resolve_device, resolved_config
 from balnmp_mil.workflow.steps import (
     attach_clinical,
+    check_inputs,
     clinical_only_fit,
     fit_and_predict,
+    labels_named,
     labels_numpy,
     load_training_cohort,
+    positive_class,
     positive_scores,
 )
+from balnmp_mil.workflow.train import run_meta
 
 if TYPE_CHECKING:
     from balnmp_mil.data.cohort import Cohort
@@ -43,9 +46,11 @@ class CVResult:
     folds: list[dict[str, Any]]
     table: str
     seconds: float
+    positive: str | None = None
 
     def summary(self) -> str:
-        return f"{self.table}\nrun: {self.path}  in {self.seconds:.1f} s"
+        head = f"positive class: {self.positive}\n" if self.positive else ""
+        return f"{head}{self.table}\nrun: {self.path}  in {self.seconds:.1f} s"
 
 
 def _fold_settings(cfg: CVConfig, cohort: Cohort, idx: dict[str, np.ndarray], device: str
@@ -66,20 +71,24 @@ def _fold_settings(cfg: CVConfig, cohort: Cohort, idx: dict[str, np.ndarray], de
     return out
 
 
-def cv_run(cfg: CVConfig, out: str | Path, overwrite: bool = False) -> CVResult:
-    """Run k-fold cross-validation and write the cv run directory (atomically)."""
-    from balnmp_mil.data.splits import kfold_splits, save_splits
+def cv_run(cfg: CVConfig, out: str | Path, overwrite: bool = False,
+           config: str | Path | None = None) -> CVResult:
+    """Run k-fold cross-validation and write the cv run directory (atomically); `config` as
+    for `train_run`."""
+    from balnmp_mil.data.splits import check_classes, check_fold_sizes, kfold_splits, save_splits
     from balnmp_mil.evaluation.metrics import evaluate
     start = time.perf_counter()
     out = rundir.check_target(out, overwrite, cfg.inputs())
     check_inputs(cfg)
     device = resolve_device(cfg.device)
-    cohort = load_training_cohort(cfg, device)
+    cohort = load_training_cohort(cfg, device, config)
     y_all = labels_numpy(cohort)
+    with labels_named(cfg):
+        check_classes(y_all, cohort.class_names)
+        check_fold_sizes(y_all, cohort.class_names, cfg.folds)
     folds = kfold_splits(cohort.patient_ids, y_all, k=cfg.folds, val=cfg.val, seed=cfg.seed)
     saved = resolved_config(cfg)
-    saved["meta"] = {"balnmp_version": __version__, "device": device, "out": str(out),
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    saved["meta"] = run_meta(cohort, device, Path(out))
     rows: list[dict[str, Any]] = []
     frames: list[pd.DataFrame] = []
     with rundir.staged_run(out, overwrite, cfg.inputs()) as tmp:
@@ -105,8 +114,9 @@ def cv_run(cfg: CVConfig, out: str | Path, overwrite: bool = False) -> CVResult:
                                                                         index=False)
         rundir.write_json(tmp / rundir.METRICS, _cv_metrics(rows, preds, cohort.class_names, cfg))
         _plot_pooled(preds, cohort.class_names, tmp / rundir.ROC, cfg)
-        (tmp / rundir.REPORT).write_text(cv_report(rows, saved))
-    return CVResult(Path(out), rows, cv_table(rows), time.perf_counter() - start)
+        (tmp / rundir.REPORT).write_text(cv_report(rows, saved, cohort.class_names))
+    return CVResult(Path(out), rows, cv_table(rows), time.perf_counter() - start,
+                    positive_class(list(cohort.class_names)))
 
 
 def _cv_metrics(rows: list[dict], preds: pd.DataFrame, class_names: list[str],
@@ -130,7 +140,8 @@ def _cv_metrics(rows: list[dict], preds: pd.DataFrame, class_names: list[str],
         entry["pooled"] = pooled.to_dict()
         settings[str(setting)] = entry
     return {"task": cfg.task, "folds": cfg.folds, "class_names": class_names,
-            "settings": settings, "per_fold": rows}
+            "positive_class": positive_class(class_names), "settings": settings,
+            "per_fold": rows}
 
 
 def _plot_pooled(preds: pd.DataFrame, class_names: list[str], out: Path, cfg: CVConfig) -> None:

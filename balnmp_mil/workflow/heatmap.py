@@ -18,7 +18,8 @@ from balnmp_cache.slides.ids import slide_id_from_path as slide_id_of
 from balnmp_cache.store._atomic import check_output
 from balnmp_mil.errors import InputError
 from balnmp_mil.workflow import rundir
-from balnmp_mil.workflow.apply import clinical_matrix
+from balnmp_mil.workflow.apply import check_run_store, clinical_matrix
+from balnmp_mil.workflow.diagnose import check_store_path
 
 if TYPE_CHECKING:
     from balnmp_mil.models import MILModel
@@ -85,11 +86,13 @@ def heatmap_run(run_path: str | Path, slide: str | Path, out: str | Path,
                 features: str | Path | None = None, patient: str | None = None,
                 clinical: str | Path | None = None, top_k: int = 8,
                 thumbnail_size: int = 2048, backend: str = "auto",
-                mpp: float | None = None,
-                patch_size_level0: float | None = None) -> HeatmapResult:
-    """Draw the attention of run `run_path` on SLIDE's bag (from FEATURES or the run's store);
+                mpp: float | None = None, patch_size_level0: float | None = None,
+                allow_store_mismatch: bool = False) -> HeatmapResult:
+    """Draw the attention of run `run_path` on SLIDE's bag (from FEATURES or the run's store,
+    checked against the store the run was trained on unless `allow_store_mismatch`);
     `patch_size_level0` supplies the patch side when the store does not record it."""
     from balnmp_cache.store import load_bags
+    from balnmp_mil.data.provenance import store_record
     from balnmp_mil.evaluation.plots import plot_attention_heatmap
 
     run = rundir.load_run(run_path, device="cpu")
@@ -104,7 +107,10 @@ def heatmap_run(run_path: str | Path, slide: str | Path, out: str | Path,
     store = features or run.config.get("features")
     if store is None or not Path(store).exists():
         raise InputError(f"feature store {store} does not exist; pass --features")
+    check_store_path(store)
     packed = load_bags(store, slide_ids=[sid])
+    check_run_store(run, store_record(packed.attrs, np.asarray(packed.features).shape[1]),
+                    store, allow_store_mismatch)
     coords = np.asarray(packed.coords).reshape(-1, 2)
     if coords.shape[0] == 0:
         raise InputError(f"slide {sid} has no patches in {store}; nothing to draw")

@@ -1,17 +1,25 @@
-"""The steps `train` and `cv` share: load the cohort, split it, attach clinical data, fit and
-predict, evaluate each part, and the clinical-only logistic regression (the paper's third row).
+"""The steps `train` and `cv` share: check the inputs, load the cohort (and check it against
+the run whose `--config` it reuses, and that its classes can be split), split it, attach
+clinical data, fit and predict, evaluate each part, and the clinical-only logistic regression
+(the paper's third row).
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from balnmp_mil.errors import InputError, LabelError
+from balnmp_mil.errors import InputError, MILWarning, SplitError
+from balnmp_mil.workflow.compat import check_store, config_record
 from balnmp_mil.workflow.config import SPLIT_NAMES, TrainConfig, fit_options
+from balnmp_mil.workflow.diagnose import check_store_path
 
 if TYPE_CHECKING:
     from balnmp_mil.data.clinical import ClinicalEncoder
@@ -75,21 +83,37 @@ def clinical_only_fit(
     return model.to_dict(), probs, [], None
 
 
-def load_training_cohort(cfg: TrainConfig, device: str) -> Cohort:
-    """`load_cohort` with the run's labels, clinical table, task, bag level and store policy.
+def check_inputs(cfg: TrainConfig) -> None:
+    """Check the paths a run reads before any expensive work (the options checked themselves
+    when the config was made); errors say what to do."""
+    check_store_path(cfg.features)
+    for what, path in (("labels file", cfg.labels), ("clinical table", cfg.clinical),
+                       ("splits file", cfg.splits)):
+        if path is not None and Path(path).is_dir():
+            raise InputError(f"{what} {path} is a folder; pass the file")
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{what} {path} does not exist")
 
-    Label-table errors are prefixed with the labels file, so the message names it.
-    """
+
+def load_training_cohort(cfg: TrainConfig, device: str, config: str | Path | None = None
+                         ) -> Cohort:
+    """`load_cohort` with the run's labels, clinical table, task, positive class, bag level
+    and store policy. `config`: the `--config` file `cfg` came from; when it is a run's, the
+    bags must match the store that run was trained on (`--allow-store-mismatch` to go on)."""
     from balnmp_mil.data.cohort import load_cohort
 
-    try:
-        return load_cohort(
-            cfg.features, cfg.labels, clinical=cfg.clinical, task=cfg.task,
-            bag_level=cfg.bag_level, device=device, on_missing=cfg.on_missing,
-            allow_mixed=cfg.allow_mixed,
-        )
-    except LabelError as exc:
-        raise InputError(f"labels file {cfg.labels}: {exc}") from exc
+    cohort = load_cohort(
+        cfg.features, cfg.labels, clinical=cfg.clinical, task=cfg.task,
+        bag_level=cfg.bag_level, device=device, on_missing=cfg.on_missing,
+        allow_mixed=cfg.allow_mixed, positive=cfg.positive,
+    )
+    if config is not None:
+        recorded, is_run = config_record(config)
+        if is_run:
+            check_store(cohort.meta["store_record"], recorded, store=str(cfg.features),
+                        run=f"the run of --config {config}", allow=cfg.allow_store_mismatch,
+                        applying=False)
+    return cohort
 
 
 def labels_numpy(cohort: Cohort) -> np.ndarray:
@@ -97,15 +121,53 @@ def labels_numpy(cohort: Cohort) -> np.ndarray:
 
 
 def make_split(cfg: TrainConfig, cohort: Cohort) -> Split:
-    """The saved split (`--splits`) checked against the cohort, or a new stratified one."""
-    from balnmp_mil.data.splits import Split, load_splits, stratified_split
+    """A new stratified split (the cohort checked to have enough patients of each class), or
+    the saved one (`--splits`) checked against the cohort; parts without a class warned of."""
+    from balnmp_mil.data.splits import check_classes, check_split_sizes, stratified_split
 
+    y = labels_numpy(cohort)
+    with labels_named(cfg):
+        check_classes(y, cohort.class_names)
+        if cfg.splits is None:
+            check_split_sizes(y, cohort.class_names)
     if cfg.splits is None:
-        return stratified_split(
-            cohort.patient_ids, labels_numpy(cohort), val=cfg.val, test=cfg.test, seed=cfg.seed
-        )
-    loaded = load_splits(cfg.splits)
+        split = stratified_split(cohort.patient_ids, y, val=cfg.val, test=cfg.test,
+                                 seed=cfg.seed)
+    else:
+        split = _saved_split(cfg, cohort)
+    _check_train_classes(cohort, split, "the train part" if cfg.splits is None
+                         else f"the train part of splits file {cfg.splits}")
+    warn_missing_classes(cohort, split)
+    return split
+
+
+@contextlib.contextmanager
+def labels_named(cfg: TrainConfig) -> Iterator[None]:
+    """Errors about the cohort's classes name the labels file they come from."""
+    try:
+        yield
+    except SplitError as exc:
+        raise SplitError(f"labels file {cfg.labels}: {exc}") from exc
+
+
+def _check_train_classes(cohort: Cohort, split: Split, where: str) -> None:
+    """Refuse a training part without a class: the model could not learn it."""
+    y = labels_numpy(cohort)
+    rows = split.indices(cohort.patient_ids)["train"]
+    absent = [n for c, n in enumerate(cohort.class_names) if not (y[rows] == c).any()]
+    if absent:
+        raise SplitError(f"{where} has no patient of class {', '.join(absent)}; the model "
+                         "could not learn it: label more patients, or pass another --splits")
+
+
+def _saved_split(cfg: TrainConfig, cohort: Cohort) -> Split:
+    from balnmp_mil.data.splits import Split, load_splits
+
+    loaded = load_splits(cfg.splits)  # type: ignore[arg-type]  # set: cfg.splits is not None
     split = loaded if isinstance(loaded, Split) else loaded[0]
+    if not isinstance(loaded, Split):
+        warnings.warn(f"splits file {cfg.splits} holds {len(loaded)} folds (a cv run's); "
+                      "train uses fold 0 (its train/val/test parts)", MILWarning, stacklevel=3)
     known = set(cohort.patient_ids)
     for part in SPLIT_NAMES:
         missing = [p for p in getattr(split, part) if p not in known]
@@ -114,7 +176,42 @@ def make_split(cfg: TrainConfig, cohort: Cohort) -> Split:
                 f"splits file {cfg.splits}: patient {missing[0]} ({part} split) is not in the "
                 f"cohort built from {cfg.features} and {cfg.labels}"
             )
+    if not split.train:
+        raise SplitError(f"splits file {cfg.splits} has no training patients; pass the "
+                         "splits.json of a run (or leave --splits out)")
+    used = set(split.train) | set(split.val) | set(split.test)
+    left = [p for p in cohort.patient_ids if p not in used]
+    if left:
+        warnings.warn(f"{len(left)} patients of the cohort are in no part of splits file "
+                      f"{cfg.splits} and are left out (e.g. {', '.join(left[:5])})",
+                      MILWarning, stacklevel=3)
     return split
+
+
+def warn_missing_classes(cohort: Cohort, split: Split) -> None:
+    """Warn, with the numbers, of a val or test part that lacks a class (its AUC is undefined;
+    without val the Youden threshold falls back to train)."""
+    from balnmp_mil.data.splits import class_counts
+
+    y = labels_numpy(cohort)
+    for part, rows in split.indices(cohort.patient_ids).items():
+        if part == "train" or not len(rows):
+            continue
+        counts = class_counts(y[rows], cohort.class_names)
+        absent = [n for n, k in counts.items() if not k]
+        if not absent:
+            continue
+        youden = (" and the Youden threshold is chosen on train"
+                  if part == "val" and len(counts) == 2 else "")
+        shown = ", ".join(f"{n} {k}" for n, k in counts.items())
+        warnings.warn(f"the {part} part has no patient of class {', '.join(absent)} "
+                      f"({len(rows)} patients: {shown}); its AUC is undefined{youden}",
+                      MILWarning, stacklevel=3)
+
+
+def positive_class(class_names: list[str]) -> str | None:
+    """The positive class of a binary task (always the second), None for more classes."""
+    return class_names[1] if len(class_names) == 2 else None
 
 
 def split_indices(cohort: Cohort, split: Split) -> dict[str, np.ndarray]:

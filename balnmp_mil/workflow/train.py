@@ -19,21 +19,17 @@ import pandas as pd
 from balnmp_cache._version import __version__
 from balnmp_mil.evaluation.report import fmt_auc, train_report
 from balnmp_mil.workflow import rundir
-from balnmp_mil.workflow.config import (
-    SPLIT_NAMES,
-    TrainConfig,
-    check_inputs,
-    resolve_device,
-    resolved_config,
-)
+from balnmp_mil.workflow.config import SPLIT_NAMES, TrainConfig, resolve_device, resolved_config
 from balnmp_mil.workflow.steps import (
     attach_clinical,
+    check_inputs,
     clinical_only_fit,
     evaluate_parts,
     fit_and_predict,
     labels_numpy,
     load_training_cohort,
     make_split,
+    positive_class,
     predictions_frame,
     roc_curves,
     split_indices,
@@ -55,7 +51,9 @@ class RunResult:
     def summary(self) -> str:
         """A few lines for the terminal: AUC [CI] per split and the files written."""
         model = self.metrics.get("model") or self.config.model
-        lines = [f"{model} on {self.config.task or 'label'} (seed {self.config.seed})"]
+        positive = self.metrics.get("positive_class")
+        lines = [f"{model} on {self.config.task or 'label'} (seed {self.config.seed})"
+                 + (f"; positive class: {positive}" if positive else "")]
         for name in SPLIT_NAMES:
             if name in self.metrics:
                 m = self.metrics[name]
@@ -67,8 +65,21 @@ class RunResult:
         return "\n".join(lines)
 
 
-def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False) -> RunResult:
-    """Train, evaluate and write one run directory atomically (see module docstring)."""
+def run_meta(cohort: Any, device: str, out: Path) -> dict[str, Any]:
+    """The `meta` block of a run's `config.yaml`: who wrote it, where and when, and the
+    record of the store it was trained on (checked when the run is applied or reused)."""
+    return {"balnmp_version": __version__, "run_format": rundir.RUN_FORMAT, "device": device,
+            "out": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "n_patients": len(cohort), "n_bags": int(cohort.n_bags),
+            "store": cohort.meta.get("store_record")}
+
+
+def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False,
+              config: str | Path | None = None) -> RunResult:
+    """Train, evaluate and write one run directory atomically (see module docstring).
+
+    `config`: the `--config` file `cfg` was read from; when it is a run's `config.yaml`,
+    FEATURES must match the store that run was trained on (see `workflow.compat`)."""
     from balnmp_mil.data.splits import save_splits
     from balnmp_mil.evaluation.plots import plot_roc, plot_training_curves
 
@@ -76,14 +87,12 @@ def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False) -> Run
     out = rundir.check_target(out, overwrite, cfg.inputs())
     check_inputs(cfg)
     device = resolve_device(cfg.device)
-    cohort = load_training_cohort(cfg, device)
+    cohort = load_training_cohort(cfg, device, config)
     split = make_split(cfg, cohort)
     idx = split_indices(cohort, split)
     class_names = list(cohort.class_names)
     saved = resolved_config(cfg)
-    saved["meta"] = {"balnmp_version": __version__, "device": device, "out": str(out),
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     "n_patients": len(cohort), "n_bags": int(cohort.n_bags)}
+    saved["meta"] = run_meta(cohort, device, Path(out))
     with rundir.staged_run(out, overwrite, cfg.inputs()) as tmp:
         rundir.write_config(tmp / rundir.CONFIG, saved)
         save_splits(split, tmp / rundir.SPLITS)
@@ -101,7 +110,7 @@ def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False) -> Run
         reports, metrics, threshold = evaluate_parts(y, probs, class_names, cfg)
         model_name = "clinical_logreg" if cfg.clinical_only else cfg.model
         metrics.update(task=cfg.task, model=model_name, class_names=class_names,
-                       best_epoch=best_epoch)
+                       positive_class=positive_class(class_names), best_epoch=best_epoch)
         rundir.write_json(tmp / rundir.METRICS, metrics)
         predictions_frame(cohort, idx, probs, class_names).to_csv(
             tmp / rundir.PREDICTIONS, index=False)
