@@ -226,6 +226,18 @@ def test_overwrite_replaces_the_record_and_every_slide(cohort, store: Path) -> N
                    "resnet34").exit_code == 0
 
 
+def test_overwrite_of_some_slides_names_those_left_with_the_old_settings(cohort, store: Path,  # noqa: ANN001
+                                                                         tmp_path: Path) -> None:  # fmt: skip
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copyfile(cohort.slides_dir / "1.svs", one / "1.svs")
+    with pytest.warns(ResumeWarning, match=r"--encoder 'resnet18'.*slides '2', '3'.*keep the old"):
+        res = extract(one, store, cohort.annotations_dir, "--encoder", "resnet34", "--overwrite")
+    assert res.exit_code == 0, res.output
+    res = extract(cohort.slides_dir, store, cohort.annotations_dir, "--encoder", "resnet34")
+    assert_refused(res, "slides '2', '3'", "--encoder 'resnet18' (asked for 'resnet34')")
+
+
 @pytest.mark.parametrize(("fmt", "name"), [("zarr", "features"), ("h5", "features.zarr")])
 def test_an_out_of_the_other_format_is_refused(cohort, tmp_path: Path, fmt: str, name: str) -> None:  # noqa: ANN001, E501
     out = tmp_path / name
@@ -337,3 +349,33 @@ def test_two_concurrent_jobs_of_different_settings_cannot_both_succeed(cohort, t
     fs = FeatureStore(out)
     assert fs.slide_ids == ["1", "2", "3"]
     assert {fs.attrs(s)["encoder"] for s in fs.slide_ids} == {winner}
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-link", "no-hard-links"])
+def test_exactly_one_of_racing_creators_makes_the_record(tmp_path: Path, links: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`create_new`, under the settings record: one winner, complete content, no temp left."""
+    import errno
+    import threading
+
+    from balnmp_cache.store._atomic import create_new
+
+    if not links:
+        def no_link(src, dst):  # noqa: ANN001, ANN202
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    target, barrier, won = tmp_path / "record.json", threading.Barrier(8), []
+
+    def race(i: int) -> None:
+        barrier.wait()
+        if create_new(target, json.dumps({"by": i}).encode()):
+            won.append(i)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and json.loads(target.read_text()) == {"by": won[0]}
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"]

@@ -133,7 +133,7 @@ class ResumeCheck:
     def start(self, paths: Sequence[Path]) -> None:
         """Before any work: the store's record, then every finished slide of `paths`."""
         if self.options.overwrite:
-            self.record.replace()
+            self._overwrite(paths)
             return
         self.record.check()
         problems: dict[str, list[str]] = {}
@@ -159,6 +159,20 @@ class ResumeCheck:
         self._warn_unverified(unverified)
         self._verified.update(unverified)
         self.record.claim()
+
+    def _overwrite(self, paths: Sequence[Path]) -> None:
+        """`--overwrite`: this job's settings become the store's; slides outside its list
+        that keep other settings are named (the next resume would refuse them)."""
+        changed = self.record.mismatch()
+        self.record.replace()
+        others = sorted(set(self.store.slide_ids) - {slide_id_of(p) for p in paths})
+        if changed and others:
+            warnings.warn(
+                f"--out {self.out}: --overwrite changes the store's settings ({', '.join(changed)}) "
+                f"but {_slides(others)} are not among this job's slides and keep the old ones; "
+                "extract them too with --overwrite (a resume refuses them), or use another --out",
+                ResumeWarning, stacklevel=3,
+            )  # fmt: skip
 
     def state(self, path: Path) -> str:
         """"finished" (verified), "absent" or "damaged" (to extract again); other settings
