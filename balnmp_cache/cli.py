@@ -4,7 +4,9 @@ The options are the fields of `ExtractOptions` (`extract/options.py`), turned in
 options there: their defaults, help texts, ranges and choices are declared once.
 Exit status: 0 all slides done (or skipped), 1 some slides failed (listed), 2 bad usage or bad
 input (a message naming the file or option; also a full disk, a read-only or missing output
-folder), 130 interrupted (Ctrl-C). Anything else is a bug and keeps its traceback.
+folder, a store made with other settings), 128 + the signal when stopped by one (130 SIGINT
+or Ctrl-C, 143 SIGTERM, 129 SIGHUP) after removing the job's temp files and locks. Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from balnmp_cache.extract.options import ExtractOptions
 if TYPE_CHECKING:
     from balnmp_cache.extract.job import ExtractSummary
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130  # a signal: 128 + its number
 
 # OS errors a user causes (and can fix) -> what to do about them on the command line.
 USER_OS_ERRORS = {
@@ -36,6 +38,9 @@ USER_OS_ERRORS = {
     errno.EPERM: "operation not permitted: choose a folder you may write (--out, --qc)",
     errno.ENOENT: "no such file or folder: check the path",
     errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EEXIST: "a file is in the way of a folder: move it away, or choose another --out",
+    errno.EISDIR: "is a folder where a file is needed: move it away, or choose another --out",
+    errno.ENAMETOOLONG: "the file name is too long: choose a shorter --out",
 }  # fmt: skip
 
 
@@ -43,7 +48,9 @@ USER_OS_ERRORS = {
     "extract-features",
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Exit status: 0 all slides done or skipped, 1 some slides failed (listed), 2 bad "
-           "usage or input (also a full disk or an unwritable --out), 130 interrupted.",
+           "usage or input (also a full disk, an unwritable --out, a store made with other "
+           "settings), 130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM, e.g. a "
+           "SLURM time limit); temp files and locks are removed, rerun to resume.",
 )
 @click.argument(
     "slides", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
@@ -57,12 +64,17 @@ def main(slides: tuple[Path, ...], out: Path, **options: Any) -> None:
 
     Resumable: finished slides are skipped; several jobs (or a SLURM array) may share --out.
     """
+    from balnmp_cache.extract import signals
+
     try:
-        summary = _run(list(slides), out, options)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: slides finished so far are kept in {out}; rerun the same "
+        with signals.handled():
+            summary = _run(list(slides), out, options)
+    except KeyboardInterrupt as exc:  # `signals.Interrupted`, or Ctrl-C before it is handled
+        by = f" by {exc.name}" if isinstance(exc, signals.Interrupted) else ""
+        click.echo(f"interrupted{by}: slides finished so far are kept in {out} (the slide being "
+                   "written was discarded, its temp file and lock removed); rerun the same "
                    "command to resume", err=True)  # fmt: skip
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(exc.exit_status if isinstance(exc, signals.Interrupted) else EXIT_INTERRUPTED)
     click.echo(summary.format())
     if summary.n_failed:
         names = ", ".join(r.slide_id for r in summary.failed)

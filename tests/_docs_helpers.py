@@ -39,10 +39,10 @@ def make_tiny_demo(root: Path) -> Path:
     demo = root / "demo"
     cohort = make_demo_cohort(demo / "cohort", n_patients=DEMO_PATIENTS, seed=0, width=1024,
                               height=512, tumour_patches=(4, 6))
-    # The settings of `make demo` (resnet18, random weights, 0.5 µm/px, 224 px patches), with a
-    # 32 px encoder input to keep the session fixture to seconds.
+    # The settings of `make demo` and of the docs' snippets (resnet18, random weights, 0.5 µm/px,
+    # 224 px patches), so that a snippet resumes this store instead of being refused.
     summary = extract_features([cohort.slides_dir], demo / "features", encoder="resnet18",
-                               weights="none", mpp=0.5, patch_size=224, input_size=32,
+                               weights="none", mpp=0.5, patch_size=224,
                                annotations=cohort.annotations_dir, device="cpu", progress=False)
     assert summary.n_failed == 0, summary.format()
     return demo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from _extract_helpers import fast_cli_args, tiny_cohort
 from click.testing import CliRunner
 
 from balnmp_cache.cli import main
+from balnmp_cache.extract.signals import Interrupted
 from balnmp_cache.store import FeatureStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -101,6 +103,8 @@ def _raising(exc: BaseException):  # noqa: ANN202
     "exc,code,needle",
     [
         (KeyboardInterrupt(), 130, "interrupted: slides finished so far are kept"),
+        (Interrupted(signal.SIGTERM), 143, "interrupted by SIGTERM: slides finished so far"),
+        (Interrupted(signal.SIGINT), 130, "interrupted by SIGINT: slides finished so far"),
         (OSError(errno.ENOSPC, "No space left on device", "/x/1.h5"), 2, "/x/1.h5: the disk is full"),
         (OSError(errno.EROFS, "Read-only file system"), 2, "read-only: choose a writable --out"),
         (PermissionError(errno.EACCES, "Permission denied", "/x"), 2, "/x: permission denied"),

@@ -141,7 +141,7 @@ def test_resuming_with_another_encoder_is_refused(cohort, extracted) -> None:  #
     with pytest.raises(ExtractError, match=r"encoder 'resnet18' \(asked for 'alexnet'\).*--overwrite"):
         extract_features(cohort.slides_dir, out, annotations=cohort.annotations_dir,
                          **{**FAST, "encoder": "alexnet"})
-    with pytest.raises(ExtractError, match=r"target_mpp 1.0 \(asked for 0.5\)"):
+    with pytest.raises(ExtractError, match=r"--mpp 1.0 \(asked for 0.5\)"):
         extract_features(cohort.slides_dir, out, annotations=cohort.annotations_dir,
                          **{**FAST, "mpp": 0.5})
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")} == before

@@ -60,7 +60,8 @@ def test_killed_job_leaves_nothing_finished_looking_and_rerun_completes(cohort, 
     lock = read_lock(out / ".locks" / f"{victim}.lock")
     assert lock is not None and lock.pid == proc.pid  # left behind by the dead job
 
-    summary = extract_features(cohort.slides_dir, out, **FAST)
+    # the same settings as the killed job (another --input-size would be refused)
+    summary = extract_features(cohort.slides_dir, out, **{**FAST, "input_size": 224})
     assert summary.n_failed == 0
     assert {r.slide_id: r.status for r in summary.results}[victim] == "done"
     assert FeatureStore(out).slide_ids == ["1", "2", "3"]

@@ -27,6 +27,7 @@ from balnmp_cache.extract.slide_job import (
 )
 from balnmp_cache.slides.ids import is_slide_folder
 from balnmp_cache.store._atomic import check_output
+from balnmp_cache.store.backend import backend_class, existing_format
 
 Slides = str | Path | Sequence[str | Path]
 
@@ -112,15 +113,27 @@ def find_slides(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
     return [by_id[s] for s in sorted(by_id)]
 
 
-def _check_out(out: Path, slides: Slides, annotations: str | Path | None) -> None:
-    """`--out` must be a folder apart from the slide folders and annotations it reads:
-    features written into a slide folder would be found as slides by the next job."""
+def _check_out(out: Path, slides: Slides, options: ExtractOptions) -> None:
+    """`--out` must be a folder apart from the slide folders and annotations it reads
+    (features written into a slide folder would be found as slides by the next job), under
+    folders rather than files, and empty, new, or a store of `--format`."""
     items = [slides] if isinstance(slides, (str, Path)) else list(slides)
     folders = [("SLIDE_OR_DIR", p) for p in items if Path(p).is_dir() or Path(p) == out]
-    check_output(out, [*folders, ("--annotations", annotations)], ExtractError)
+    check_output(out, [*folders, ("--annotations", options.annotations)], ExtractError)
     if out.exists() and not out.is_dir():
         raise ExtractError(f"--out {out} is a file; a feature store is a folder (or a .zarr "
                            "store): choose another --out")
+    above = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
+    if above is not None and not above.is_dir():
+        raise ExtractError(f"--out {out}: {above} is a file, not a folder; choose another --out")
+    found = existing_format(out)
+    if found is not None and found != options.format:
+        if backend_class(found).writable:
+            raise ExtractError(f"--out {out} holds a {found!r} feature store: pass --format "
+                               f"{found} to add to it, or choose another --out for "
+                               f"--format {options.format}")
+        raise ExtractError(f"--out {out} is a {found!r} store, which balnmp reads but does "
+                           "not write: choose another --out")
 
 
 def _load_overrides(
@@ -142,7 +155,7 @@ def run_extraction(slides: Slides, out: str | Path, options: ExtractOptions) -> 
     out = Path(out)
     shard = resolve_shard(options.shard)  # --shard, else the SLURM array's
     devices = parse_devices(options.devices)
-    _check_out(out, slides, options.annotations)
+    _check_out(out, slides, options)
     paths = find_slides(slides)
     if shard is not None:
         paths = shard.select(paths, key=[slide_id_of(p) for p in paths])

@@ -19,9 +19,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from balnmp_cache.extract import signals
+
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 _BREAK_STALE_S = 60.0
+_OWNERLESS_STALE_S = 10.0  # a lock file that names no owner this long after its creation
 
 
 @dataclass
@@ -68,7 +71,10 @@ def is_stale(path: Path, stale_after: float = STALE_AFTER_S) -> bool:
     info = read_lock(path)
     if info is not None and info.host == socket.gethostname() and not _pid_alive(info.pid):
         return True
-    return time.time() - mtime > stale_after
+    age = time.time() - mtime
+    if info is None and age > min(_OWNERLESS_STALE_S, stale_after):
+        return True  # its creator died between creating and writing it
+    return age > stale_after
 
 
 @dataclass
@@ -95,14 +101,16 @@ class SlideLock:
                 os.utime(self.path)
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the lock file if it is still ours."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        current = read_lock(self.path)
-        if current is not None and current.token == self.info.token:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+        """Stop the heartbeat and remove the lock file if it is still ours (a signal waits
+        until it is gone: see `signals.critical`)."""
+        with signals.critical():
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            current = read_lock(self.path)
+            if current is not None and current.token == self.info.token:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
 
     def __enter__(self) -> SlideLock:
         return self
@@ -112,16 +120,22 @@ class SlideLock:
 
 
 def _create(path: Path) -> LockInfo | None:
+    """Create the lock file holding its owner, or None when it exists. Never left empty: a
+    signal waits until it is written, an error removes it."""
     info = LockInfo(socket.gethostname(), os.getpid(), time.time(), uuid.uuid4().hex)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return None
-    try:
-        os.write(fd, json.dumps(info.__dict__).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with signals.critical():
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return None
+        try:
+            os.write(fd, json.dumps(info.__dict__).encode())
+            os.fsync(fd)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
     return info
 
 

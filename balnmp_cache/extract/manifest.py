@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from balnmp_cache.errors import ExtractError
+from balnmp_cache.extract import signals
 from balnmp_cache.extract.locks import try_lock
 from balnmp_cache.store._atomic import publish, side_name
 
@@ -46,8 +47,18 @@ def read_manifest(out: str | Path) -> dict[str, SlideResult]:
     path = manifest_path(out)
     if not path.exists():
         return {}
+    try:
+        return _read_rows(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ExtractError(
+            f"{path} cannot be read ({exc}); delete it (it is rebuilt as slides are processed: "
+            "the store, not the manifest, says which slides are finished)"
+        ) from exc
+
+
+def _read_rows(path: Path) -> dict[str, SlideResult]:
     rows: dict[str, SlideResult] = {}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         for rec in csv.DictReader(f):
             try:
                 rows[rec["id"]] = SlideResult(
@@ -71,14 +82,13 @@ def _write(path: Path, rows: Iterable[SlideResult]) -> None:
     tmp = side_name(path, "tmp")
     try:
         _write_rows(tmp, rows)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no temp file behind
-        raise
-    publish(tmp, path)
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no temp file behind (nor the old one)
 
 
 def _write_rows(tmp: Path, rows: Iterable[SlideResult]) -> None:
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for row in sorted(rows, key=lambda r: r.slide_id):
@@ -107,7 +117,7 @@ def update_manifest(out: str | Path, rows: Iterable[SlideResult], timeout: float
                 f"{lock_path}"
             )
         time.sleep(0.05)
-    with lock:
+    with lock, signals.critical():  # a signal waits until the new manifest is in place
         current = read_manifest(out)
         for row in rows:
             current[row.slide_id] = row

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from balnmp_cache.errors import ExtractError
 from balnmp_cache.extract.manifest import read_manifest, update_manifest
@@ -24,14 +24,19 @@ from balnmp_cache.extract.slide_job import (
     slide_id_of,
 )
 
-if TYPE_CHECKING:
-    from threading import Event
+__all__ = ["StopFlag", "run_slides"]
 
-__all__ = ["run_slides"]
+
+class StopFlag(Protocol):
+    """A flag shared by device workers (a `threading.Event` or a multiprocessing one)."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
 
 
 def _build_job(spec: JobSpec, device: str | None) -> SlideJob:
-    """The encoder on its device and the job around it; refuses a store of other settings."""
+    """The encoder on its device and the job around it."""
     import torch
 
     from balnmp_cache.encoders.base import build_encoder
@@ -48,39 +53,7 @@ def _build_job(spec: JobSpec, device: str | None) -> SlideJob:
                         input_size=o.input_size)  # fmt: skip
     out_dtype = torch.float32 if o.dtype == "float32" else torch.float16
     runner = EncoderRunner(enc, dev, o.precision, out_dtype=out_dtype)
-    job = SlideJob(spec, enc, runner)
-    if not o.overwrite:
-        _check_same_settings(job)
-    return job
-
-
-def _check_same_settings(job: SlideJob) -> None:
-    """Resuming into a store made with another encoder or resolution would skip its slides as
-    "finished" and leave a cohort of mixed features: refuse, naming what differs."""
-    store, enc, o = job.store, job.encoder, job.options
-    done = store.slide_ids
-    if not done:
-        return
-    have = store.attrs(done[0])
-    want: dict[str, object] = {"encoder": enc.name, "weights": enc.weights_id,
-                               "feature_dim": enc.feature_dim}
-    if o.level is None and have.get("target_mpp") is not None:
-        want.update(target_mpp=o.mpp, patch_size=o.patch_size)
-    diff = [f"{k} {have.get(k)!r} (asked for {v!r})" for k, v in want.items()
-            if k in have and not _same(have.get(k), v)]
-    if diff:
-        raise ExtractError(
-            f"--out {job.spec.out} already holds features of slide {done[0]!r} made with "
-            f"{', '.join(diff)}; pass --overwrite to re-extract every slide, or choose another "
-            "--out so each store holds one encoder and resolution"
-        )
-
-
-def _same(a: object, b: object) -> bool:
-    try:
-        return abs(float(a) - float(b)) <= 1e-6  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return str(a) == str(b)
+    return SlideJob(spec, enc, runner)
 
 
 def run_slides(
@@ -88,7 +61,7 @@ def run_slides(
     spec: JobSpec,
     device: str | None,
     position: int = 0,
-    stop: Event | None = None,
+    stop: StopFlag | None = None,
 ) -> list[SlideResult]:
     """Process `paths` in order on one device, updating the manifest after every slide.
 
@@ -97,6 +70,7 @@ def run_slides(
     from tqdm.auto import tqdm
 
     job = _build_job(spec, device)
+    job.resume.start(paths)  # the store's settings and every finished slide, before any work
     o = spec.options
     results: list[SlideResult] = []
     known = read_manifest(spec.out)
@@ -109,6 +83,7 @@ def run_slides(
         for i, path in enumerate(paths):
             if stop is not None and stop.is_set():
                 break  # another device's worker failed without --skip-errors
+            job.resume.check_record()  # another job may have replaced the store's settings
             current, upcoming = upcoming, None
             if i + 1 < len(paths) and not job.is_finished(Path(paths[i + 1])):
                 # open + tile the next slide while this one is encoded
@@ -128,6 +103,7 @@ def run_slides(
         discard(upcoming)
         pool.shutdown(wait=True)
         bar.close()
+    job.resume.finish(paths)
     return results
 
 

@@ -27,6 +27,8 @@ from balnmp_cache.extract.locks import holder, try_lock
 from balnmp_cache.extract.manifest import SlideResult
 from balnmp_cache.extract.options import ExtractOptions
 from balnmp_cache.extract.pipeline import EncoderRunner, PipelineError, encode_patches
+from balnmp_cache.extract.resume import ResumeCheck, annotation_sha256, source_fingerprint
+from balnmp_cache.extract.settings import SETTINGS_ATTR, job_settings
 from balnmp_cache.slides.ids import SLIDE_SUFFIXES
 from balnmp_cache.slides.ids import slide_id_from_path as slide_id_of
 from balnmp_cache.store.peer_attrs import coords_attrs_for
@@ -89,13 +91,17 @@ class SlideJob:
         self.encoder = encoder
         self.runner = runner
         self.store = FeatureStore(spec.out, mode="a", format=spec.options.format)
+        self.settings = job_settings(spec.options, encoder)
+        self.resume = ResumeCheck(spec.out, spec.options, spec.mpp_overrides, self.settings,
+                                  self.store)  # fmt: skip
 
     def lock_path(self, slide_id: str) -> Path:
         return self.spec.out / LOCK_DIR / f"{slide_id}.lock"
 
     def is_finished(self, path: Path) -> bool:
-        """True when the slide would be skipped as finished (and --overwrite is off)."""
-        return not self.options.overwrite and self.store.is_complete(slide_id_of(path))
+        """True when the slide is skipped as finished: --overwrite is off and the stored slide
+        is verified (`resume.py`; one made otherwise raises `ExtractError`)."""
+        return not self.options.overwrite and self.resume.state(path) == "finished"
 
     def run(self, path: Path, prepared: Future[Prepared] | None = None,
             on_batch: Callable[[int], None] | None = None) -> SlideResult:  # fmt: skip
@@ -239,6 +245,9 @@ class SlideJob:
             "min_tissue": self.options.min_tissue,
             "precision": self.runner.precision,
             "reader": slide.backend,
+            SETTINGS_ATTR: self.settings,
+            "source_fingerprint": source_fingerprint(path),
+            "annotations_sha256": annotation_sha256(self.options.annotations, sid),
             **self.spec.extra_attrs,
         }
         pyramid = getattr(slide, "fixed_coords", None) is None  # not a folder of patches
@@ -254,7 +263,8 @@ class SlideJob:
     def _encode(self, slide: Slide, grid: PatchGrid, path: Path, sid: str,
                 on_batch: Callable[[int], None] | None) -> int:  # fmt: skip
         o, plan = self.options, grid.plan
-        attrs, coords_attrs = self._attrs(slide, grid, path, sid)
+        with _stage("open"):  # the slide file's fingerprint is read here
+            attrs, coords_attrs = self._attrs(slide, grid, path, sid)
         n = len(grid.coords)
         with _stage("write"):  # read/encode failures inside keep their own stage
             writer = self.store.writer(sid, self.encoder.feature_dim, o.dtype, attrs,

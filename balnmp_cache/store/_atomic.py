@@ -20,6 +20,7 @@ from pathlib import Path
 
 __all__ = [
     "check_output",
+    "create_new",
     "exchange",
     "fsync_dir",
     "fsync_file",
@@ -122,11 +123,54 @@ def publish(staged: Path, target: Path) -> None:
         os.rename(target, old)
         try:
             os.rename(staged, target)
-        except OSError:
+        except BaseException:  # an error, or a signal between the two renames
             os.rename(old, target)
             raise
         remove(old)
     fsync_dir(target.parent)
+
+
+def create_new(target: str | os.PathLike[str], data: bytes) -> bool:
+    """Create `target` holding `data` only if nothing is there yet: True when this call
+    created it, False when it existed. Readers never see it half-written.
+
+    The file is written and fsynced under a temporary name, then hard-linked onto `target`
+    (`link(2)` fails when `target` exists, atomically, NFS included). Where a filesystem has
+    no hard links, `target` is created with `O_CREAT|O_EXCL` and written in place instead.
+    """
+    target = Path(target)
+    staged = side_name(target, "tmp")
+    try:
+        staged.write_bytes(data)
+        fsync_file(staged)
+        try:
+            os.link(staged, target)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            return _create_in_place(target, data)
+        fsync_dir(target.parent)
+        return True
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+_NO_LINKS = (1, 38, 95)  # EPERM, ENOSYS, EOPNOTSUPP: this filesystem has no hard links
+
+
+def _create_in_place(target: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def overlap(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

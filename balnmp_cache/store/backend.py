@@ -145,6 +145,21 @@ DETECTORS: list[tuple[str, Callable[[Path], bool]]] = [
 ]
 
 
+def existing_format(path: str | Path) -> str | None:
+    """The format of what already lies at `path`, or None when nothing store-like is there
+    (missing, an empty folder, a folder of other files). Unlike `infer_format` there is no
+    fallback: a folder counts as `h5` only when it holds a visible `.h5` file."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    for name, detect in DETECTORS:
+        if name != "h5" and detect(p):
+            return name
+    if p.is_dir() and any(c.suffix == ".h5" and not c.name.startswith(".") for c in p.iterdir()):
+        return "h5"
+    return None
+
+
 def infer_format(path: str | Path) -> str:
     """Guess the store format from the path (see DETECTORS)."""
     p = Path(path)

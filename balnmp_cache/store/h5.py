@@ -24,6 +24,7 @@ from balnmp_cache.store._atomic import fsync_file, publish
 from balnmp_cache.store.backend import StoreBackend
 from balnmp_cache.store.types import (
     COORDS_ATTRS,
+    DAMAGED_FIX,
     SlideInfo,
     check_batch,
     plain,
@@ -80,8 +81,8 @@ def open_h5(path: Path, mode: str = "r") -> h5py.File:
         return h5py.File(path, mode)
     except OSError as e:
         raise StoreError(
-            f"{path}: cannot be opened as HDF5 ({e}); the file is corrupted or truncated - "
-            "delete it and extract the slide again"
+            f"{path}: cannot be opened as HDF5 ({e}); the file is corrupted or truncated: "
+            f"{DAMAGED_FIX}"
         ) from e
 
 
@@ -136,7 +137,7 @@ def read_file_into(path: Path, features: np.ndarray, coords: np.ndarray) -> None
         except (OSError, KeyError, TypeError, ValueError) as e:
             raise StoreError(
                 f"{path}: reading the features failed ({e}); the file is corrupted or "
-                "truncated - delete it and extract the slide again"
+                f"truncated: {DAMAGED_FIX}"
             ) from e
 
 

@@ -21,6 +21,9 @@ COORDS_ATTRS = (
     "patch_size", "patch_size_level0", "level0_magnification", "target_magnification",
 )  # fmt: skip
 FEATURE_DTYPES = ("float16", "float32")
+# What to do about a damaged slide, for every format's message: a resume extracts it again.
+DAMAGED_FIX = ("rerun `extract-features` with the options that made the store: it extracts "
+               "damaged slides again (--overwrite redoes every slide)")
 # Attributes a cohort shares; a pack records them on its root when every slide agrees.
 COMMON_ATTRS = ("encoder", "weights", "target_mpp", "patch_size", "patch_size_level0", "tissue")
 

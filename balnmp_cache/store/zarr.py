@@ -30,6 +30,7 @@ from balnmp_cache.store.backend import StoreBackend
 from balnmp_cache.store.pack_index import INDEX_ARRAYS, make_index
 from balnmp_cache.store.types import (
     COORDS_ATTRS,
+    DAMAGED_FIX,
     SlideInfo,
     check_batch,
     plain,
@@ -60,7 +61,20 @@ def _row_chunks(dim: int, itemsize: int, target: int) -> int:
 
 def _fail(where: Path, e: Exception) -> StoreError:
     return StoreError(f"{where}: cannot be read as Zarr ({type(e).__name__}: {e}); the slide is "
-                      "corrupted or truncated - remove it and extract the slide again")
+                      f"corrupted or truncated: {DAMAGED_FIX}")
+
+
+def missing_chunks(arr: zarr.Array, name: str) -> str | None:
+    """What is missing when some of `arr`'s chunk files are absent, else None.
+
+    Zarr reads an absent chunk as its fill value (zeros); balnmp writes every chunk (empty
+    ones too), so a missing chunk file is damage, found here by listing the chunk keys.
+    """
+    expected, present = int(arr.nchunks), int(arr.nchunks_initialized)
+    if present >= expected:
+        return None
+    return (f"{expected - present} of the {expected} chunk files of {name!r} are missing "
+            "(they would read as zeros)")
 
 
 def array_of(group: zarr.Group, name: str) -> zarr.Array:
@@ -179,22 +193,31 @@ class ZarrBackend(StoreBackend):
             feats, coords = array_of(g, "features"), array_of(g, "coords")
             attrs = with_known(dict(g.attrs))
             cattrs = dict(coords.attrs)
+            missing = missing_chunks(feats, "features") or missing_chunks(coords, "coords")
         except ZARR_ERRORS as e:
             raise _fail(where, e) from e
+        if missing:
+            raise StoreError(f"{where}: the slide is damaged: {missing}; {DAMAGED_FIX}")
         if len(feats.shape) != 2 or tuple(coords.shape) != (feats.shape[0], 2):
             raise StoreError(f"{where}: features {feats.shape} / coords {coords.shape} do not "
-                             "match; remove the slide and extract it again")
+                             f"match; {DAMAGED_FIX}")
         n, dim = (int(x) for x in feats.shape)
         attrs["slide_id"] = attrs["slide_id"] or slide_id
         return SlideInfo(slide_id, n, dim, np.dtype(feats.dtype), attrs, cattrs, str(where))
 
     def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
+        where = self.path / slide_id
         g = self._group(slide_id)
         try:
-            read_array_into(array_of(g, "features"), 0, features.shape[0], features)
-            read_array_into(array_of(g, "coords"), 0, coords.shape[0], coords)
+            feats, coords_arr = array_of(g, "features"), array_of(g, "coords")
+            missing = missing_chunks(feats, "features") or missing_chunks(coords_arr, "coords")
+            if not missing:
+                read_array_into(feats, 0, features.shape[0], features)
+                read_array_into(coords_arr, 0, coords.shape[0], coords)
         except ZARR_ERRORS as e:
-            raise _fail(self.path / slide_id, e) from e
+            raise _fail(where, e) from e
+        if missing:  # checked again: the slide may have been damaged since `info`
+            raise StoreError(f"{where}: the slide is damaged: {missing}; {DAMAGED_FIX}")
 
     def writer(self, slide_id: str, feature_dim: int, dtype: np.dtype, attrs: dict,
                coords_attrs: dict) -> ZarrWriter:  # fmt: skip
@@ -251,6 +274,12 @@ class ZarrPackReader:
         try:
             g = zarr.open_group(path, mode="r")
             self.features, self.coords = array_of(g, "features"), array_of(g, "coords")
+            missing = missing_chunks(self.features, "features") or missing_chunks(self.coords,
+                                                                                  "coords")
+            if missing:  # (the index arrays may skip chunks of fill values: not checked)
+                raise StoreError(f"{path}: the pack is damaged: {missing}; pack it again "
+                                 "(`balnmp-mil pack FEATURES --out PACK --format zarr "
+                                 "--overwrite`)")
             arrays = {n: array_of(g, n)[:] for n in INDEX_ARRAYS if n in g}
             for name in (n for n, required in INDEX_ARRAYS.items() if required):
                 if name not in arrays:
@@ -258,6 +287,8 @@ class ZarrPackReader:
                                      "`balnmp-mil pack FEATURES --out PACK --format zarr`")
             self.index = make_index(path, arrays, self.features.shape, self.features.dtype,
                                     dict(g.attrs))
+        except StoreError:
+            raise
         except ZARR_ERRORS as e:
             raise StoreError(f"{path}: Zarr pack cannot be read ({type(e).__name__}: {e}); "
                              "pack it again") from e
