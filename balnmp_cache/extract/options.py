@@ -81,10 +81,11 @@ class ExtractOptions:
 
     encoder: str = option(
         "resnet50", Rule(_encoder),
-        help="Registered encoder name (see docs/extraction.md) or timm:<model>.")
+        help="Registered encoder name (--list-encoders; docs/extraction.md) or timm:<model>.")
     weights: str | Path | None = option(
-        None, Rule(_weights), cli_default="imagenet",
-        help="imagenet | none (seeded random init) | PATH to a local checkpoint.")
+        None, Rule(_weights), default_text="imagenet for the CNNs, hf for foundation models",
+        help="imagenet | hf (the local Hugging Face cache) | none (seeded random init) | PATH "
+             "to a local checkpoint (.safetensors, .bin, .pth).")
     mpp: float | None = option(
         0.5, Interval(float, 0, None, closed="neither"), nullable=True,
         help="Target resolution in µm/px (0.5 ≈ 20x).")
@@ -133,18 +134,28 @@ class ExtractOptions:
     seed: int = option(0, Interval(int), help="Random-init seed for --weights none.")
     flatten: bool = option(
         False, Flag(),
-        help="VGG/AlexNet: the flattened conv map (25,088-d for VGG16) instead of global "
+        help="VGG/AlexNet/DenseNet: the flattened map BALNMP's backbone_builder.py cuts "
+             "(25,088-d for VGG16; DenseNet's without its final ReLU) instead of global "
              "average pooling.")
     dtype: str = option("float16", OneOf(_feature_dtypes), help="Stored feature dtype.")
     input_size: int | None = option(
         None, Interval(int, 16),
-        help="Resize patches to this side for the encoder [default: its native size, e.g. "
-             "224; CNNs accept any size].")
+        help="Resize patches to this side for the encoder, with no crop [default: its model "
+             "card's resize and crop, e.g. 224; CNNs accept any size].")
+    pooling: str | None = option(
+        None, OneOf(("cls", "cls+mean")),
+        help="Transformers: the class token (cls), or it joined to the mean of the patch "
+             "tokens (cls+mean) [default: the encoder's published embedding].")
 
     def __post_init__(self) -> None:
         check_options(self)
 
     @property
     def weights_name(self) -> str:
-        """`weights` as the encoder builder takes it (None means ImageNet)."""
-        return "imagenet" if self.weights is None else str(self.weights)
+        """`weights` as the encoder builder takes it (None: the encoder's default source,
+        ImageNet for the CNNs, the Hugging Face cache for the foundation models)."""
+        if self.weights is not None:
+            return str(self.weights)
+        from balnmp_cache.encoders.base import default_weights
+
+        return default_weights(self.encoder)
