@@ -68,8 +68,8 @@ class EncoderCard:
     `pooling`: how the output becomes one vector; `mpp`: the µm/px it was trained at (the
     `--mpp` to use; None: any); `precision`: recommended autocast on CUDA (None: the runner's
     default); `licence`: licence and access; `weights`: the `--weights` used when none is
-    given; `reference`: where the definition comes from; `unknown`: what the published
-    sources leave open (said in the docs' table).
+    given; `hub`: its Hugging Face repository and files; `reference`: where the definition
+    comes from; `unknown`: what the published sources leave open (said in the docs' table).
     """
 
     feature_dim: int
@@ -79,6 +79,7 @@ class EncoderCard:
     precision: str | None = None
     licence: str = "torchvision weights · public"
     weights: str = "imagenet"
+    hub: str = ""
     reference: str = ""
     flat_dim: int | None = None
     unknown: str = ""

@@ -97,8 +97,8 @@ CTRANSPATH = register_preset(Preset(
     "ctranspath", "swin_tiny_patch4_window7_224", {"embed_layer": ConvStem, "num_classes": 0},
     Preprocess(224, pil=True), "mean", 768,
     HubWeights(("MahmoodLab/hest-bench",), ("fm_v1/ctranspath/CHIEF_CTransPath.pth",),
-               repo_type="dataset"),
-    "weights UNKNOWN (authors' code GPL-3.0, not used) · hest-bench access UNKNOWN",
+               repo_type="dataset", gated=None),
+    "weights UNKNOWN (the authors' code is GPL-3.0, not used here)",
     "Xiyue-Wang/TransPath ctran.py, get_features_CTransPath.py (resize 224, ImageNet); "
     "TRIDENT load.py:421-447 (CHIEF weights)",
     mpp=1.0, precision="fp32", layout=OldSwin(), fixed_input=True,

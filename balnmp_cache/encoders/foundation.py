@@ -65,8 +65,10 @@ class Preset:
         ref = f"alias of {alias_of}" if alias_of else self.reference
         return EncoderCard(feature_dim=self.feature_dim, preprocess=self.preprocess,
                            pooling=POOLINGS[self.pooling], mpp=self.mpp,
-                           precision=self.precision, licence=self.licence, weights="hf",
-                           reference=ref, unknown=self.unknown)  # fmt: skip
+                           precision=self.precision, licence=f"{self.licence} · {self.hub.access}",
+                           weights="hf",
+                           hub=self.hub.describe(), reference=ref,
+                           unknown=self.unknown)  # fmt: skip
 
     def architecture(self) -> nn.Module:
         """The bare backbone, on the current default device (`torch.device("meta")`: not

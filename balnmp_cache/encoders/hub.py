@@ -24,12 +24,22 @@ class HubWeights:
     repos: tuple[str, ...]  # current repository first, then earlier names of it
     files: tuple[str, ...]  # candidate checkpoint files in the repository, preferred first
     repo_type: str = "model"
-    gated: bool = False
+    gated: bool | None = False  # None: not known
     licence_step: str = ""  # what a user must do before the Hub serves the files
+
+    @property
+    def access(self) -> str:
+        return {True: "gated", False: "public", None: "access UNKNOWN"}[self.gated]
 
     @property
     def repo(self) -> str:
         return self.repos[0]
+
+    def describe(self) -> str:
+        """e.g. "MahmoodLab/UNI: pytorch_model.bin (gated)"."""
+        kind = "dataset " if self.repo_type != "model" else ""
+        older = f"; formerly {', '.join(self.repos[1:])}" if len(self.repos) > 1 else ""
+        return f"{kind}{self.repo}: {' or '.join(self.files)}{older}"
 
     def fetch_command(self) -> str:
         """The command that pre-fetches the weights into the cache on a machine online."""
@@ -94,12 +104,11 @@ def _weights_id(repo: str, name: str, path: Path) -> str:
 def _missing(encoder: str, hub: HubWeights, why: str) -> str:
     where = cache_dir() or "~/.cache/huggingface/hub"
     step = f" {hub.licence_step}" if hub.licence_step else ""
-    login = " and log in (hf auth login)" if hub.gated else ""
+    login = " and log in (hf auth login)" if hub.gated is not False else ""
     return (
         f"weights of encoder {encoder!r} are not in the local Hugging Face cache ({where}) "
         f"and were not downloaded: {why}. They come from https://huggingface.co/"
-        f"{'datasets/' if hub.repo_type == 'dataset' else ''}{hub.repo}"
-        f"{' (gated)' if hub.gated else ''}.{step} On a machine with internet (e.g. a login "
+        f"{'datasets/' if hub.repo_type == 'dataset' else ''}{hub.repo} ({hub.access}).{step} On a machine with internet (e.g. a login "
         f"node){login}, run `{hub.fetch_command()}` with the same HF_HOME/HF_HUB_CACHE as the "
         "job, or pass --weights PATH to a local copy of the checkpoint."
     )

@@ -8,11 +8,11 @@ from balnmp_cache.encoders.base import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, En
 __all__ = ["COLUMNS", "encoder_rows", "format_encoder_table"]
 
 COLUMNS = ("name", "dim", "input", "µm/px", "pooling", "precision", "licence · access")
-_MARKDOWN_EXTRA = ("weights", "reference", "not published / assumed")
+_MARKDOWN_EXTRA = ("default weights", "reference", "not published / assumed here")
 
 
-def _triple(values: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+def _triple(values: tuple[float, ...], short: bool) -> str:
+    return "(" + ", ".join(f"{v:.3g}" if short else f"{v:g}" for v in values) + ")"
 
 
 def _dim(card: EncoderCard) -> str:
@@ -30,12 +30,12 @@ def encoder_rows(markdown: bool = False) -> list[tuple[str, ...]]:
             continue
         p = card.preprocess
         norm = "ImageNet" if (p.mean, p.std) == (IMAGENET_MEAN, IMAGENET_STD) else (
-            f"mean {_triple(p.mean)}, std {_triple(p.std)}")
+            f"mean {_triple(p.mean, not markdown)}, std {_triple(p.std, not markdown)}")
         row: tuple[str, ...] = (name, _dim(card), f"{p.describe()}; {norm}",
                "any" if card.mpp is None else f"{card.mpp:g}", card.pooling,
                card.precision or "default", card.licence)  # fmt: skip
         if markdown:
-            row += (card.weights, card.reference, card.unknown or "")
+            row += (card.hub or f"{card.weights} (torchvision)", card.reference, card.unknown)
         rows.append(row)
     return rows
 

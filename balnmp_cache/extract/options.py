@@ -101,7 +101,9 @@ class ExtractOptions:
     num_workers: int | None = option(
         None, Interval(int, 0), help="Reader threads [default: the slide backend's choice].")
     precision: str | None = option(
-        None, OneOf(PRECISIONS), help="Autocast precision [default: bf16 on cuda, fp32 on cpu].")
+        None, OneOf(PRECISIONS),
+        help="Autocast precision [default: on cuda the encoder's recommended one "
+             "(--list-encoders), else bf16; fp32 on cpu].")
     shard: str | Shard | None = option(
         None, Rule(_shard),
         help="Process shard I of N (0-based), e.g. 0/4 [default: from "
