@@ -136,11 +136,17 @@ def test_list_encoders_prints_every_encoder() -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split()[:3] == ["name", "dim", "input"]
-    names = {line.split()[0] for line in lines[1:-1]}
+    names = {line.split()[0] for line in lines[1:-1] if "not available" not in line}
     assert names == set(ENCODERS.names())
+    assert any(line.startswith("musk: not available") for line in lines)
     virchow2 = next(line for line in lines if line.startswith("virchow2 "))
     for needle in ("2,560", "resize 224 bicubic", "0.5", "class token + mean", "fp16", "gated"):
         assert needle in virchow2, needle
+
+
+def test_authors_packages_not_on_the_index_are_named_when_asked_for() -> None:
+    with pytest.raises(EncoderError, match="conch_v1.*not available here.*not on the package"):
+        build_encoder("conch_v1", "hf")
 
 
 def test_docs_encoder_table_is_the_registry() -> None:

@@ -209,3 +209,55 @@ def test_input_size_override_resizes_without_a_crop(tiny_vit) -> None:
 def test_path_to_a_missing_file_is_refused_before_building(tmp_path: Path) -> None:
     with pytest.raises(EncoderError, match="neither 'imagenet', 'none', 'hf'"):
         build_encoder("uni_v1", tmp_path / "nope.safetensors")
+
+
+def _hub_error(kind: str, message: str) -> Exception:
+    """A huggingface_hub error without an HTTP response (none is made offline)."""
+    from huggingface_hub import errors
+
+    cls = getattr(errors, kind)
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    return err
+
+
+def test_online_fetch_tries_each_file_and_explains_refusals(tiny_vit, tmp_path,
+                                                            monkeypatch) -> None:  # fmt: skip
+    """Nothing cached and HF_HUB_OFFLINE unset: the Hub is asked for each candidate file in
+    turn (a missing file is not an error while another remains); an unreachable Hub or a
+    gated repository is a message saying so (the Hub itself is replaced here)."""
+    import huggingface_hub
+
+    torch.save(_state(tiny_vit), tmp_path / "w.bin")
+    snapshot = write_hf_cache(tmp_path / "hub", "test-org/tiny-virchow2", {
+        "pytorch_model.bin": (tmp_path / "w.bin").read_bytes()})  # fmt: skip
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    asked: list[str] = []
+
+    def hub(outcomes: dict[str, object]):
+        def download(repo: str, name: str, **kw: object) -> str:
+            asked.append(name)
+            outcome = outcomes[name]
+            if isinstance(outcome, Exception):
+                raise outcome
+            return str(outcome)
+        return download
+
+    with temp_preset(tiny_vit.name, "test-two-files", hub=HubWeights(
+            ("test-org/tiny-virchow2",), ("model.safetensors", "pytorch_model.bin"),
+            gated=True)):  # fmt: skip
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub({
+            "model.safetensors": _hub_error("RemoteEntryNotFoundError", "404"),
+            "pytorch_model.bin": snapshot / "pytorch_model.bin"}))
+        enc = build_encoder("test-two-files", "hf")
+        assert asked == ["model.safetensors", "pytorch_model.bin"]
+        assert enc.weights_id.startswith("hf:test-org/tiny-virchow2@") and \
+            enc.weights_id.endswith("/pytorch_model.bin")  # fmt: skip
+        for kind, needle in (("LocalEntryNotFoundError", "the Hub cannot be reached"),
+                             ("GatedRepoError", "the Hub refused access")):  # fmt: skip
+            monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub(
+                dict.fromkeys(("model.safetensors", "pytorch_model.bin"),
+                              _hub_error(kind, "no"))))  # fmt: skip
+            with pytest.raises(EncoderError, match=needle):
+                build_encoder("test-two-files", "hf")

@@ -22,7 +22,8 @@ from balnmp_cache.encoders.pooling import TokenPool
 from balnmp_cache.encoders.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from balnmp_cache.errors import EncoderError
 
-__all__ = ["ENCODERS", "IMAGENET_MEAN", "IMAGENET_STD", "WEIGHT_KINDS", "Encoder", "EncoderCard",
+__all__ = ["ENCODERS", "IMAGENET_MEAN", "IMAGENET_STD", "UNAVAILABLE", "WEIGHT_KINDS", "Encoder",
+           "EncoderCard",
            "EncoderEntry", "build_encoder", "check_encoder_name", "check_weights",
            "default_weights", "list_encoders"]
 
@@ -102,6 +103,8 @@ class EncoderEntry:
 
 
 ENCODERS: Registry[EncoderEntry] = Registry("encoder", "--encoder")
+# Encoders peers offer that cannot be built here: name -> why (listed, and named when asked for).
+UNAVAILABLE: dict[str, str] = {}
 # Prefix families: `<prefix>:<model>` names any model of a library (e.g. "timm:vit_small...");
 # an entry builds `(model, weights, seed) -> Encoder`.
 PREFIXES: Registry[Callable[[str, str | Path, int], Encoder]] = Registry("encoder family",
@@ -159,6 +162,8 @@ def check_encoder_name(name: str) -> None:
     """A registered encoder or `<prefix>:<model>` of a registered family (else `EncoderError`);
     whether the family knows the model is found out when it is built."""
     prefix, sep, _ = name.partition(":")
+    if name in UNAVAILABLE:
+        raise EncoderError(f"encoder {name!r} is not available here: {UNAVAILABLE[name]}")
     if name not in ENCODERS and not (sep and prefix in PREFIXES):
         hint = "".join(f" or '{p}:<model name>'" for p in PREFIXES)
         raise EncoderError(ENCODERS.unknown(name) + hint)

@@ -85,9 +85,12 @@ def find_hf_weights(encoder: str, hub: HubWeights) -> tuple[Path, str]:
             return path, _weights_id(hub.repo, name, path)
         except (errors.GatedRepoError, errors.RepositoryNotFoundError) as exc:
             raise EncoderError(_missing(encoder, hub, f"the Hub refused access: {exc}")) from exc
-        except errors.EntryNotFoundError as exc:
+        except errors.LocalEntryNotFoundError as exc:  # not cached and the Hub unreachable
+            raise EncoderError(_missing(encoder, hub, f"the Hub cannot be reached: {exc}")
+                               ) from exc
+        except errors.EntryNotFoundError as exc:  # the repository has no such file
             last = exc
-        except (OSError, errors.HfHubHTTPError) as exc:  # no network, proxy, server error
+        except (OSError, errors.HfHubHTTPError) as exc:  # proxy, server error, ...
             raise EncoderError(_missing(encoder, hub, f"the Hub cannot be reached: {exc}")
                                ) from exc
     raise EncoderError(_missing(encoder, hub, f"the repository has none of "

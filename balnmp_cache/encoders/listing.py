@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
-from balnmp_cache.encoders.base import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderCard
+from balnmp_cache.encoders.base import (
+    ENCODERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    UNAVAILABLE,
+    EncoderCard,
+)
 
 __all__ = ["COLUMNS", "encoder_rows", "format_encoder_table"]
 
@@ -47,9 +53,12 @@ def format_encoder_table(markdown: bool = False) -> str:
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         cells = [[f"`{r[0]}`", *r[1:]] for r in rows]
+        cells += [[f"`{name}`", f"not available: {why}", *[""] * (len(head) - 2)]
+                  for name, why in sorted(UNAVAILABLE.items())]  # fmt: skip
         return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
     widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in (head, *rows)]
+    out += [f"{name}: not available: {why}" for name, why in sorted(UNAVAILABLE.items())]
     out.append("timm:<model>: any timm model (its pretrained config's size and statistics). "
                "Precision 'default': bf16 on CUDA, fp32 on CPU.")
     return "\n".join(out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from balnmp_cache.encoders.base import UNAVAILABLE
 from balnmp_cache.encoders.foundation import Preset, register_preset
 from balnmp_cache.encoders.hf_layouts import HFLayout
 from balnmp_cache.encoders.hub import HubWeights
@@ -155,3 +156,11 @@ PRESETS = (
            unknown="authors' own transform"),
 )
 PRESET_NAMES = tuple(register_preset(p).name for p in PRESETS)
+
+_NOT_ON_PYPI = ("needs its authors' package, which is not on the package index (installed from "
+                "GitHub{}), so no balnmp extra can provide it")
+UNAVAILABLE.update({
+    "conch_v1": _NOT_ON_PYPI.format(": Mahmoodlab/CONCH; TRIDENT load.py:355-390"),
+    "musk": _NOT_ON_PYPI.format(" with fairscale: lilab-stanford/MUSK; the PyPI package named "
+                                "musk is an unrelated project; TRIDENT load.py:311-344"),
+})
