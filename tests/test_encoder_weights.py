@@ -167,6 +167,19 @@ def test_foundation_models_default_to_hf_and_cnns_to_imagenet() -> None:
         build_encoder("uni_v1", "imagenet")
 
 
+def test_another_mpp_than_the_trained_one_is_warned_about() -> None:
+    with pytest.warns(UserWarning, match=r"'ctranspath' was trained at 1 µm/px; extracting at "
+                                         r"0.5 µm/px \(pass --mpp 1 to match\)"):
+        ExtractOptions(encoder="ctranspath")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ExtractOptions(encoder="ctranspath", mpp=1.0)
+        ExtractOptions(encoder="uni_v1")
+        ExtractOptions(encoder="resnet50", mpp=2.0)  # CNNs: any µm/px
+
+
 def test_pooling_option_switches_the_embedding(tiny_vit, tmp_path) -> None:
     save_file(_state(tiny_vit), tmp_path / "w.safetensors")
     x = torch.randn(2, 3, 64, 64)

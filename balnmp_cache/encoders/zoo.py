@@ -153,7 +153,8 @@ PRESETS = (
            {"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True},
            PIL(224, interpolation="bicubic"), "cls", 1024, _hub("majiabo/GPFM", "GPFM.pth"),
            "MIT", f"{T}:1544-1577 (the Hugging Face GPFM.pth, a bare timm state dict)",
-           unknown="authors' own transform"),
+           unknown="authors' own transform; the GitHub release's GPFM.pth (a DINOv2 training "
+                   "checkpoint) is not read: use the Hugging Face file"),
 )
 PRESET_NAMES = tuple(register_preset(p).name for p in PRESETS)
 

@@ -9,6 +9,7 @@ is refused when the options are built, before any slide is touched.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,19 @@ def _weights(weights: str | Path) -> None:
     from balnmp_cache.encoders.base import check_weights
 
     check_weights(weights)
+
+
+def _warn_other_mpp(o: ExtractOptions) -> None:
+    """A foundation model used at another µm/px than it was trained at: say so (a warning,
+    not an error: other resolutions are a valid experiment)."""
+    from balnmp_cache.encoders.base import ENCODERS
+
+    card = ENCODERS.get(o.encoder).card if o.encoder in ENCODERS else None
+    if card is None or card.mpp is None or o.mpp is None or o.level is not None:
+        return
+    if abs(card.mpp - o.mpp) > 1e-6:
+        warnings.warn(f"encoder {o.encoder!r} was trained at {card.mpp:g} µm/px; extracting at "
+                      f"{o.mpp:g} µm/px (pass --mpp {card.mpp:g} to match)", stacklevel=4)
 
 
 def _shard(shard: str | Shard) -> None:
@@ -151,6 +165,7 @@ class ExtractOptions:
 
     def __post_init__(self) -> None:
         check_options(self)
+        _warn_other_mpp(self)
 
     @property
     def weights_name(self) -> str:
