@@ -4,6 +4,8 @@ reference forwards; the encoder table on the command line and in the docs."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,13 @@ from torchvision import transforms as T
 
 from balnmp_cache import FeatureStore, extract_features, open_slide
 from balnmp_cache.cli import main
-from balnmp_cache.encoders import ENCODERS, EncoderError, Preprocess, build_encoder
+from balnmp_cache.encoders import (
+    ENCODERS,
+    EncoderEntry,
+    EncoderError,
+    Preprocess,
+    build_encoder,
+)
 from balnmp_cache.encoders.hub import HubWeights
 from balnmp_cache.encoders.listing import format_encoder_table
 
@@ -142,6 +150,11 @@ def test_list_encoders_prints_every_encoder() -> None:
     virchow2 = next(line for line in lines if line.startswith("virchow2 "))
     for needle in ("2,560", "resize 224 bicubic", "0.5", "class token + mean", "fp16", "gated"):
         assert needle in virchow2, needle
+    ENCODERS.register("test-no-card", EncoderEntry("test-no-card", build_encoder))  # a plugin
+    try:
+        assert re.search(r"^test-no-card +\? +\(no card\)", format_encoder_table(), re.M)
+    finally:
+        ENCODERS.unregister("test-no-card")
 
 
 def test_authors_packages_not_on_the_index_are_named_when_asked_for() -> None:

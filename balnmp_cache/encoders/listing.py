@@ -32,7 +32,9 @@ def encoder_rows(markdown: bool = False) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for name in sorted(ENCODERS.names()):
         card = ENCODERS.get(name).card
-        if card is None:
+        if card is None:  # a plugin registered without a card
+            width = len(COLUMNS) + (len(_MARKDOWN_EXTRA) if markdown else 0)
+            rows.append((name, "?", *["(no card)"] + [""] * (width - 3)))
             continue
         p = card.preprocess
         norm = "ImageNet" if (p.mean, p.std) == (IMAGENET_MEAN, IMAGENET_STD) else (
