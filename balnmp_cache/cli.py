@@ -58,6 +58,10 @@ USER_OS_ERRORS = {
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Feature store folder (one <slide_id>.h5 per slide) or a .zarr store.")
 @click_options(ExtractOptions)
+@click.option("--list-encoders", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _, value: _list_encoders(ctx) if value else None,
+              help="Print every encoder (dimension, input, µm/px, pooling, precision, "
+                   "licence) and exit.")
 @click.version_option(__version__, prog_name="extract-features")
 def main(slides: tuple[Path, ...], out: Path, **options: Any) -> None:
     """Encode every slide in SLIDE_OR_DIR... into per-slide patch embeddings under --out.
@@ -81,6 +85,13 @@ def main(slides: tuple[Path, ...], out: Path, **options: Any) -> None:
         click.echo(f"{summary.n_failed} slide(s) failed: {names} (see {out}/manifest.csv)",
                    err=True)  # fmt: skip
         sys.exit(EXIT_FAILED)
+
+
+def _list_encoders(ctx: click.Context) -> None:
+    from balnmp_cache.encoders import format_encoder_table
+
+    click.echo(format_encoder_table())
+    ctx.exit(0)
 
 
 def _run(slides: list[Path], out: Path, options: dict[str, Any]) -> ExtractSummary:

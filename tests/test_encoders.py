@@ -1,4 +1,6 @@
-"""Encoder registry: output dims of every encoder, seeded init, checkpoints, weight errors."""
+"""Encoder registry: output dims of every CNN, seeded init, checkpoints, weight errors.
+
+The foundation-model presets (built on the meta device) are in test_encoder_presets.py."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ EXPECTED_DIMS = {
     "densenet121": 1024,
     "inception_v3": 2048,
 }
+# The CNN family (materialised here); presets carry their definition in `spec`.
+CNNS = [n for n in list_encoders() if ENCODERS.get(n).spec is None]
 
 
 # Smallest valid input side of the built-ins (their features are pooled, so any side gives the
@@ -33,17 +37,19 @@ def test_registry_lists_the_paper_backbones() -> None:
     assert set(EXPECTED_DIMS) <= set(list_encoders())
 
 
-@pytest.mark.parametrize("name", list_encoders())
+@pytest.mark.parametrize("name", CNNS)
 def test_output_dim_of_every_encoder(name: str) -> None:
-    """Every registered encoder builds offline, frozen, and outputs the dimension it declares
-    (the published one for the paper's backbones)."""
+    """Every registered CNN builds offline, frozen, and outputs the dimension its card
+    declares (the published one for the paper's backbones)."""
     enc = build_encoder(name, "none")
+    card = ENCODERS.get(name).card
+    assert card is not None and enc.feature_dim == card.feature_dim
     assert enc.feature_dim == EXPECTED_DIMS.get(name, enc.feature_dim)
     assert enc.weights_id == "none:seed=0"
     assert len(enc.mean) == len(enc.std) == 3
     assert not enc.module.training
     assert not any(p.requires_grad for p in enc.module.parameters())
-    side = SMALL_SIDE.get(name, 32 if name in EXPECTED_DIMS else enc.input_size)
+    side = SMALL_SIDE.get(name, 32)
     with torch.inference_mode():
         out = enc.module(torch.rand(1, 3, side, side))
     assert tuple(out.shape) == (1, enc.feature_dim)
@@ -57,11 +63,13 @@ def test_vgg_flatten_gives_the_papers_25088_map() -> None:
     assert out.reshape(1, -1).shape == (1, 25088)
 
 
-@pytest.mark.parametrize("name", list_encoders())
+@pytest.mark.parametrize("name", CNNS)
 def test_flatten_applies_where_the_entry_says(name: str) -> None:
-    if ENCODERS.get(name).flattenable:  # the whole map: more than the pooled channels
+    entry = ENCODERS.get(name)
+    if entry.flattenable:  # the whole map: more than the pooled channels, as the card says
         pooled = build_encoder(name, "none").feature_dim
-        assert build_encoder(name, "none", flatten=True).feature_dim > pooled
+        flat = build_encoder(name, "none", flatten=True).feature_dim
+        assert entry.card is not None and flat == entry.card.flat_dim > pooled
     else:
         with pytest.raises(EncoderError, match="flatten"):
             build_encoder(name, "none", flatten=True)
@@ -165,17 +173,16 @@ class _Opaque:
 
 
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(EncoderError, match="neither 'imagenet', 'none'"):
+    with pytest.raises(EncoderError, match="neither 'imagenet', 'none', 'hf'"):
         build_encoder("resnet18", tmp_path / "nope.pt")
 
 
-def test_timm_models_when_timm_is_installed() -> None:
-    try:
-        import timm  # noqa: F401
-    except ImportError:
-        with pytest.raises(EncoderError, match="needs timm"):
-            build_encoder("timm:resnet18", "none")
-        return
+def test_cnns_have_no_hugging_face_weights() -> None:
+    with pytest.raises(EncoderError, match="no Hugging Face weights"):
+        build_encoder("resnet18", "hf")
+
+
+def test_timm_models() -> None:
     enc = build_encoder("timm:resnet18", "none")
     with torch.inference_mode():
         out = enc.module(torch.rand(1, 3, 64, 64))

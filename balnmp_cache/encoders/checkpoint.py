@@ -1,18 +1,26 @@
-"""Local checkpoints and deterministic random init for encoders (never unpickles code)."""
+"""Local checkpoints and deterministic random init for encoders (never unpickles code).
+
+`read_state_dict` reads `.safetensors` (safetensors) or `.bin`/`.pth`/`.pt` (`torch.load` with
+`weights_only=True`); `load_state` checks the keys and shapes strictly against the module in
+the checkpoint's own layout (see `layouts`) and loads it; `load_checkpoint` does both for a
+file and returns its weights id.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from balnmp_cache.encoders.layouts import ANY, NATIVE, Expected, Layout, Shape
 from balnmp_cache.errors import EncoderError
 
-__all__ = ["file_sha256", "init_weights", "load_checkpoint"]
+__all__ = ["file_sha256", "init_weights", "load_checkpoint", "load_state", "read_state_dict"]
 
 
 def init_weights(model: nn.Module) -> None:
@@ -53,50 +61,103 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, ignore_prefixes: Iterable[str] = ()) -> str:
-    """Load a local checkpoint into `model` strictly; return its weights id "sha256:<hex>".
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a local checkpoint file.
 
-    Accepts a plain state dict or a dict with "state_dict"/"model"; strips "module." (DDP)
-    prefixes. Keys under `ignore_prefixes` (a classifier the encoder dropped) are ignored;
-    any other missing or unexpected key, or a shape mismatch, is an error listing them.
+    `.safetensors`: read with safetensors; anything else (`.bin`, `.pth`, `.pt`) with
+    `torch.load(weights_only=True)`, so a file that needs code to unpickle is refused. A dict
+    holding the state under "state_dict" or "model" is unwrapped; "module." (DDP) prefixes
+    are stripped.
     """
     path = Path(path)
     if not path.is_file():
         raise EncoderError(f"checkpoint {path}: no such file; pass --weights PATH to an existing "
-                           "checkpoint, or --weights imagenet / none")
+                           "checkpoint, or --weights imagenet / none / hf")
+    if path.suffix == ".safetensors":
+        obj: Any = _read_safetensors(path)
+    else:
+        try:  # memory-map zip checkpoints: a multi-GB file is not copied into RAM first
+            obj = torch.load(path, map_location="cpu", weights_only=True,
+                             mmap=zipfile.is_zipfile(path))  # fmt: skip
+        except Exception as exc:  # pickle errors come in many types; all mean "refused"
+            raise EncoderError(
+                f"cannot load checkpoint {path} with weights_only=True ({exc}); save a plain "
+                "state dict (torch.save(model.state_dict(), path)) or a .safetensors file"
+            ) from exc
+    return _unwrap_state(obj, path)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types; all mean "refused"
-        raise EncoderError(
-            f"cannot load checkpoint {path} with weights_only=True ({exc}); save a plain "
-            "state dict (torch.save(model.state_dict(), path))"
-        ) from exc
-    state = _unwrap_state(obj, path)
-    ignore = tuple(ignore_prefixes)
-    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in state)
-    unexpected = sorted(k for k in state if k not in own)
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or shapes:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-            if keys:
-                shown = ", ".join(keys[:10]) + (
-                    f", ... ({len(keys)} in all)" if len(keys) > 10 else ""
-                )
-                parts.append(f"{label} keys: {shown}")
-        raise EncoderError(
-            f"checkpoint {path} does not match the encoder architecture; "
-            + "; ".join(parts)
-            + ". Check --encoder matches the network the checkpoint was trained with."
-        )
-    model.load_state_dict(state, strict=True)
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise EncoderError(f"cannot read safetensors checkpoint {path} ({exc}); is the file "
+                           "complete?") from exc
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path, *,
+               ignore_prefixes: Iterable[str] = (), layouts: Sequence[Layout] = (),
+               assign: bool = False) -> None:  # fmt: skip
+    """Load `state` into `model` strictly, reading it in the first of `layouts` it matches
+    (else the module's own names).
+
+    `ignore_prefixes`: module-side prefixes of the head the encoder dropped (a full-network
+    checkpoint works). Any other missing or unexpected key, or a shape mismatch, is an error
+    listing them in the checkpoint's names. `assign`: adopt the checkpoint's tensors (as
+    float32) instead of copying, for a module built on the meta device.
+    """
+    layout = next((lay for lay in layouts if lay.matches(state.keys())), NATIVE)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = layout.expected(own, tuple(ignore_prefixes))
+    kept = {k: v for k, v in state.items() if not k.startswith(expected.ignored)}
+    _check(kept, expected, source, layout)
+    converted = layout.convert(dict(kept), own)
+    if assign:
+        converted = {k: v.float() if v.is_floating_point() else v for k, v in converted.items()}
+    model.load_state_dict(converted, strict=True, assign=assign)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, ignore_prefixes: Iterable[str] = (),
+                    layouts: Sequence[Layout] = (), assign: bool = False) -> str:  # fmt: skip
+    """Load a local checkpoint file into `model` strictly (see `load_state`); return its
+    weights id "sha256:<hex of the file>"."""
+    load_state(model, read_state_dict(path), path, ignore_prefixes=ignore_prefixes,
+               layouts=layouts, assign=assign)  # fmt: skip
     return f"sha256:{file_sha256(path)}"
+
+
+def _fits(shape: Shape, want: Shape) -> bool:
+    return len(shape) == len(want) and all(w in (ANY, s) for s, w in zip(shape, want))
+
+
+def _check(state: Mapping[str, torch.Tensor], want: Expected, source: str | Path,
+           layout: Layout) -> None:  # fmt: skip
+    missing = sorted(k for k in want.shapes if k not in state and k not in want.optional)
+    unexpected = sorted(k for k in state if k not in want.shapes)
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {_shown(want.shapes[k])}"
+        for k in want.shapes if k in state and not _fits(tuple(state[k].shape), want.shapes[k])
+    )
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if keys:
+            shown = ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
+            parts.append(f"{label} keys: {shown}")
+    how = "" if layout is NATIVE else f" (read as the {layout.name} layout)"
+    raise EncoderError(
+        f"checkpoint {source}{how} does not match the encoder architecture; "
+        + "; ".join(parts)
+        + ". Check --encoder matches the network the checkpoint was trained with."
+    )
+
+
+def _shown(shape: Shape) -> str:
+    return "(" + ", ".join("*" if s == ANY else str(s) for s in shape) + (",)" if len(shape) == 1
+                                                                            else ")")
 
 
 def _unwrap_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -1,8 +1,11 @@
-"""Any timm model as a patch encoder: `--encoder timm:<model name>` (needs `balnmp[timm]`)."""
+"""Any timm model as a patch encoder: `--encoder timm:<model name>` (timm's own defaults: its
+pooled head output and pretrained config's size and statistics; the pathology foundation
+models, which need their authors' arguments and pooling, are presets in `zoo`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -15,17 +18,16 @@ __all__ = ["build_timm"]
 
 def build_timm(model_name: str, weights: str | Path, seed: int) -> Encoder:
     """`timm.create_model(model_name, num_classes=0)` with imagenet / none / PATH weights."""
+    import timm
+
     name = f"timm:{model_name}"
-    try:
-        import timm
-    except ImportError as exc:
-        raise EncoderError(
-            f"encoder {name!r} needs timm, which is not installed: pip install 'balnmp[timm]'"
-        ) from exc
     kind = str(weights)
+    if kind == "hf":
+        raise EncoderError(f"--weights hf is for the foundation-model presets; {name!r} takes "
+                           "imagenet (timm's pretrained weights), none or PATH")
     torch.manual_seed(seed)
     try:
-        model = timm.create_model(model_name, pretrained=kind == "imagenet", num_classes=0)
+        model: Any = timm.create_model(model_name, pretrained=kind == "imagenet", num_classes=0)
     except RuntimeError as exc:  # timm raises RuntimeError for unknown model names
         raise EncoderError(f"timm cannot build {model_name!r}: {exc}") from exc
     except OSError as exc:

@@ -9,6 +9,7 @@ is refused when the options are built, before any slide is touched.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,19 @@ def _weights(weights: str | Path) -> None:
     check_weights(weights)
 
 
+def _warn_other_mpp(o: ExtractOptions) -> None:
+    """A foundation model used at another µm/px than it was trained at: say so (a warning,
+    not an error: other resolutions are a valid experiment)."""
+    from balnmp_cache.encoders.base import ENCODERS
+
+    card = ENCODERS.get(o.encoder).card if o.encoder in ENCODERS else None
+    if card is None or card.mpp is None or o.mpp is None or o.level is not None:
+        return
+    if abs(card.mpp - o.mpp) > 1e-6:
+        warnings.warn(f"encoder {o.encoder!r} was trained at {card.mpp:g} µm/px; extracting at "
+                      f"{o.mpp:g} µm/px (pass --mpp {card.mpp:g} to match)", stacklevel=4)
+
+
 def _shard(shard: str | Shard) -> None:
     if not isinstance(shard, Shard):
         parse_shard(shard)
@@ -81,10 +95,11 @@ class ExtractOptions:
 
     encoder: str = option(
         "resnet50", Rule(_encoder),
-        help="Registered encoder name (see docs/extraction.md) or timm:<model>.")
+        help="Registered encoder name (--list-encoders; docs/extraction.md) or timm:<model>.")
     weights: str | Path | None = option(
-        None, Rule(_weights), cli_default="imagenet",
-        help="imagenet | none (seeded random init) | PATH to a local checkpoint.")
+        None, Rule(_weights), default_text="imagenet for the CNNs, hf for foundation models",
+        help="imagenet | hf (the local Hugging Face cache) | none (seeded random init) | PATH "
+             "to a local checkpoint (.safetensors, .bin, .pth).")
     mpp: float | None = option(
         0.5, Interval(float, 0, None, closed="neither"), nullable=True,
         help="Target resolution in µm/px (0.5 ≈ 20x).")
@@ -100,7 +115,9 @@ class ExtractOptions:
     num_workers: int | None = option(
         None, Interval(int, 0), help="Reader threads [default: the slide backend's choice].")
     precision: str | None = option(
-        None, OneOf(PRECISIONS), help="Autocast precision [default: bf16 on cuda, fp32 on cpu].")
+        None, OneOf(PRECISIONS),
+        help="Autocast precision [default: on cuda the encoder's recommended one "
+             "(--list-encoders), else bf16; fp32 on cpu].")
     shard: str | Shard | None = option(
         None, Rule(_shard),
         help="Process shard I of N (0-based), e.g. 0/4 [default: from "
@@ -133,18 +150,29 @@ class ExtractOptions:
     seed: int = option(0, Interval(int), help="Random-init seed for --weights none.")
     flatten: bool = option(
         False, Flag(),
-        help="VGG/AlexNet: the flattened conv map (25,088-d for VGG16) instead of global "
+        help="VGG/AlexNet/DenseNet: the flattened map BALNMP's backbone_builder.py cuts "
+             "(25,088-d for VGG16; DenseNet's without its final ReLU) instead of global "
              "average pooling.")
     dtype: str = option("float16", OneOf(_feature_dtypes), help="Stored feature dtype.")
     input_size: int | None = option(
         None, Interval(int, 16),
-        help="Resize patches to this side for the encoder [default: its native size, e.g. "
-             "224; CNNs accept any size].")
+        help="Resize patches to this side for the encoder, with no crop [default: its model "
+             "card's resize and crop, e.g. 224; CNNs accept any size].")
+    pooling: str | None = option(
+        None, OneOf(("cls", "cls+mean")),
+        help="Transformers: the class token (cls), or it joined to the mean of the patch "
+             "tokens (cls+mean) [default: the encoder's published embedding].")
 
     def __post_init__(self) -> None:
         check_options(self)
+        _warn_other_mpp(self)
 
     @property
     def weights_name(self) -> str:
-        """`weights` as the encoder builder takes it (None means ImageNet)."""
-        return "imagenet" if self.weights is None else str(self.weights)
+        """`weights` as the encoder builder takes it (None: the encoder's default source,
+        ImageNet for the CNNs, the Hugging Face cache for the foundation models)."""
+        if self.weights is not None:
+            return str(self.weights)
+        from balnmp_cache.encoders.base import default_weights
+
+        return default_weights(self.encoder)

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from balnmp_cache.encoders.base import Encoder
+from balnmp_cache.encoders.preprocess import resize_and_crop
 from balnmp_cache.errors import OptionError
 from balnmp_cache.extract.options import PRECISIONS
 
@@ -44,8 +44,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_precision(device: torch.device) -> str:
-    return "bf16" if device.type == "cuda" else "fp32"
+def default_precision(device: torch.device, encoder: Encoder | None = None) -> str:
+    """fp32 on CPU; on CUDA the encoder's recommended precision, else bf16."""
+    if device.type != "cuda":
+        return "fp32"
+    return (encoder.precision if encoder is not None else None) or "bf16"
 
 
 class EncoderRunner:
@@ -61,7 +64,7 @@ class EncoderRunner:
     ) -> None:
         self.encoder = encoder
         self.device = torch.device(device) if device is not None else default_device()
-        self.precision = precision or default_precision(self.device)
+        self.precision = precision or default_precision(self.device, encoder)
         if self.precision not in PRECISIONS:
             raise OptionError(f"--precision {self.precision!r}: must be one of "
                               f"{', '.join(PRECISIONS)}")
@@ -77,11 +80,9 @@ class EncoderRunner:
         self._bias = (-mean / std).view(1, 3, 1, 1)
 
     def preprocess(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (B,H,W,3) on the device -> normalised float (B,3,S,S) at the encoder's size."""
-        x = batch.permute(0, 3, 1, 2).float()
-        size = self.encoder.input_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        """uint8 (B,H,W,3) on the device -> normalised float (B,3,S,S) at the encoder's size
+        (resized and cropped as its model card says: `encoders.preprocess`)."""
+        x = resize_and_crop(batch.permute(0, 3, 1, 2).float(), self.encoder.preprocess)
         x = x * self._scale + self._bias
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

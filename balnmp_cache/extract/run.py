@@ -50,7 +50,7 @@ def _build_job(spec: JobSpec, device: str | None) -> SlideJob:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ExtractError(f"--device {device}: no CUDA device is available; use --device cpu")
     enc = build_encoder(o.encoder, o.weights_name, seed=o.seed, flatten=o.flatten,
-                        input_size=o.input_size)  # fmt: skip
+                        input_size=o.input_size, pooling=o.pooling)  # fmt: skip
     out_dtype = torch.float32 if o.dtype == "float32" else torch.float16
     runner = EncoderRunner(enc, dev, o.precision, out_dtype=out_dtype)
     return SlideJob(spec, enc, runner)
