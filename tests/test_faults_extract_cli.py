@@ -98,7 +98,7 @@ def test_a_damaged_manifest_is_a_message(cohort, tmp_path: Path) -> None:  # noq
     assert run(*fast_cli_args(cohort.slides_dir, out)).exit_code == 0
     (out / "manifest.csv").write_bytes(b"id,path,status\n1,\0\xff\xfe,done\n")
     res = run(*fast_cli_args(cohort.slides_dir, out))
-    assert_message(res, 2, str(out / "manifest.csv"), "delete")
+    assert_message(res, 2, str(out / "manifest.csv"), "move it aside")
 
 
 def test_a_lock_folder_that_is_a_file(cohort, tmp_path: Path) -> None:  # noqa: ANN001

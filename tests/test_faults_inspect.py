@@ -11,22 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _data import fast_args, make_tiny_cohort
-from click.testing import CliRunner
-
-from balnmp_mil.cli.group import main
-
-
-def mil(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def assert_refused(res, *patterns: str) -> None:
-    assert res.exit_code == 2, (res.output, res.exception)
-    assert isinstance(res.exception, SystemExit), res.exception
-    assert "Traceback" not in res.output
-    for pattern in patterns:
-        assert pattern in res.output, res.output
-    assert "delete" not in res.output.lower()
+from _faults import assert_refused, mil
 
 
 @pytest.fixture(scope="module")

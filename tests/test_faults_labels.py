@@ -12,23 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from _data import fast_args, make_tiny_cohort
-from click.testing import CliRunner
+from _faults import assert_refused, mil, train_tiny_run
 
-from balnmp_mil.cli.group import main
 from balnmp_mil.data.labels import LabelError, resolve_labels
-
-
-def mil(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def assert_refused(res, *patterns: str) -> None:
-    assert res.exit_code == 2, (res.output, res.exception)
-    assert isinstance(res.exception, SystemExit), res.exception
-    assert "Traceback" not in res.output
-    for pattern in patterns:
-        assert pattern in res.output, res.output
-    assert "delete" not in res.output.lower()  # never: it may be the user's only copy
 
 
 @pytest.fixture(scope="module")
@@ -227,10 +213,7 @@ def test_a_bad_table_is_a_message_naming_it(cohort, tmp_path, run_dir, name, fil
 @pytest.fixture(scope="module")
 def run_dir(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("label-run") / "run"
-    res = mil("train", cohort.features, "--labels", cohort.labels, "--task", "n0_vs_n+",
-              "--out", out, *fast_args(1))
-    assert res.exit_code == 0, res.output
-    return out
+    return train_tiny_run(cohort.features, cohort.labels, out)
 
 
 def test_a_utf8_bom_is_read(cohort, tmp_path):

@@ -12,23 +12,11 @@ from pathlib import Path
 
 import pytest
 from _data import fast_args, make_tiny_cohort
-from click.testing import CliRunner
-
-from balnmp_mil.cli.group import main
+from _faults import assert_refused, mil, train_tiny_run
 
 ROOT = Path(__file__).parents[1]
 
 
-def mil(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def assert_refused(res, *patterns: str) -> None:
-    assert res.exit_code == 2, (res.output, res.exception)
-    assert isinstance(res.exception, SystemExit), res.exception
-    assert "Traceback" not in res.output
-    for pattern in patterns:
-        assert pattern in res.output, res.output
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +27,7 @@ def cohort(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("io-run") / "run"
-    res = mil("train", cohort.features, "--labels", cohort.labels, "--task", "n0_vs_n+",
-              "--out", out, *fast_args(1))
-    assert res.exit_code == 0, res.output
-    return out
+    return train_tiny_run(cohort.features, cohort.labels, out)
 
 
 def _write(command: str, cohort, run: Path, out: Path):

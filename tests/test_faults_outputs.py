@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from _data import fast_args, make_tiny_cohort
+from _faults import assert_refused, mil
 from click.testing import CliRunner
 
-from balnmp_mil.cli.group import main as mil_main
 from balnmp_mil.workflow import rundir
 
 
@@ -23,19 +23,6 @@ def digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root.parent)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in files}
 
-
-def mil(*args: object):
-    res = CliRunner().invoke(mil_main, [str(a) for a in args], catch_exceptions=True)
-    return res
-
-
-def assert_refused(res, *patterns: str) -> None:
-    """Exit 2 through click (a message, not a traceback), naming what the patterns say."""
-    assert res.exit_code == 2, res.output
-    assert isinstance(res.exception, SystemExit), res.exception
-    assert "Traceback" not in res.output
-    for pattern in patterns:
-        assert pattern in res.output, res.output
 
 
 @pytest.fixture(scope="module")

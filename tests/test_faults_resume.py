@@ -19,6 +19,7 @@ from pathlib import Path
 import h5py
 import pytest
 from _extract_helpers import FAST, fast_cli_args, tiny_cohort
+from _faults import assert_refused
 from click.testing import CliRunner
 
 from balnmp_cache.cli import main
@@ -59,13 +60,6 @@ def store(base: Path, tmp_path: Path) -> Path:
 def extract(slides: Path, out: Path, annotations: Path | None, *extra: str):  # noqa: ANN201
     return CliRunner().invoke(main, [*fast_cli_args(slides, out, annotations), *extra])
 
-
-def assert_refused(res, *needles: str) -> None:  # noqa: ANN001
-    assert res.exit_code == 2, res.output
-    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
-    text = " ".join(res.output.split())  # click wraps long messages
-    for needle in needles:
-        assert needle in text, text
 
 
 # Each setting that shapes features, changed on its own: the flag, what the store holds and

@@ -16,23 +16,9 @@ import numpy as np
 import pytest
 import yaml
 from _data import DIM, fast_args, make_tiny_cohort, write_store
-from click.testing import CliRunner
+from _faults import assert_refused, mil, train_tiny_run
 
-from balnmp_mil.cli.group import main
 from balnmp_mil.workflow import rundir
-
-
-def mil(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def assert_refused(res, *patterns: str) -> None:
-    """Exit 2 through click (a message, not a traceback), naming what the patterns say."""
-    assert res.exit_code == 2, (res.output, res.exception)
-    assert isinstance(res.exception, SystemExit), res.exception
-    assert "Traceback" not in res.output
-    for pattern in patterns:
-        assert pattern in res.output, res.output
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +29,7 @@ def cohort(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
-    res = mil("train", cohort.features, "--labels", cohort.labels, "--task", "n0_vs_n+",
-              "--out", out, *fast_args(1))
-    assert res.exit_code == 0, res.output
-    return out
+    return train_tiny_run(cohort.features, cohort.labels, out)
 
 
 def other_store(root: Path, dim: int = DIM, grid: int = 448, **attrs: object) -> Path:

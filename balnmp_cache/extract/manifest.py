@@ -51,8 +51,9 @@ def read_manifest(out: str | Path) -> dict[str, SlideResult]:
         return _read_rows(path)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ExtractError(
-            f"{path} cannot be read ({exc}); delete it (it is rebuilt as slides are processed: "
-            "the store, not the manifest, says which slides are finished)"
+            f"{path} cannot be read ({exc}); move it aside (mv {path} {path}.damaged) and rerun: "
+            "it is rebuilt as slides are processed (the store, not the manifest, says which "
+            "slides are finished)"
         ) from exc
 
 
@@ -72,8 +73,9 @@ def _read_rows(path: Path) -> dict[str, SlideResult]:
                 )
             except (KeyError, ValueError) as exc:
                 raise ExtractError(
-                    f"{path} has a malformed row {rec!r} ({exc}); fix or delete the file "
-                    "(it is rebuilt as slides are processed)"
+                    f"{path} has a malformed row {rec!r} ({exc}); fix the row, or move the file "
+                    f"aside (mv {path} {path}.damaged) and rerun: it is rebuilt as slides are "
+                    "processed"
                 ) from exc
     return rows
 

@@ -145,8 +145,9 @@ class SettingsRecord:
                 if attempt == 19:
                     raise ExtractError(
                         f"{self.path} is damaged ({exc}); it records the settings this store "
-                        "is made with. Delete it and rerun: the job checks every finished slide "
-                        "of its list against its own settings and records them again"
+                        f"is made with. Move it aside (mv {self.path} {self.path}.damaged) and "
+                        "rerun: the job checks every finished slide of its list against its own "
+                        "settings and records them again"
                     ) from exc
                 time.sleep(0.05)
         version = record.get("balnmp_extract_settings") if isinstance(record, dict) else None
