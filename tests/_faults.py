@@ -10,7 +10,6 @@ from click.testing import CliRunner, Result
 
 from balnmp_mil.cli.group import main
 
-
 # A sentence that tells the user to delete or remove something (a description such as "could
 # overwrite or delete it" is fine).
 ADVICE_TO_DELETE = re.compile(r"(^|[.;:!] |\bthen )(delete|remove|rm) ", re.I)
