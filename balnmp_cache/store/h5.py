@@ -26,6 +26,7 @@ from balnmp_cache.store.types import (
     COORDS_ATTRS,
     DAMAGED_FIX,
     SlideInfo,
+    SlideWriter,
     check_batch,
     plain,
     root_attrs,
@@ -171,7 +172,7 @@ def _abandon(file: h5py.File) -> None:
         os.ftruncate(file.id.get_vfd_handle(), 0)
 
 
-class H5Writer:
+class H5Writer(SlideWriter):
     """Streams one slide into a temp file; `commit` renames it into place atomically."""
 
     def __init__(self, final: Path, slide_id: str, feature_dim: int, dtype: np.dtype,
@@ -254,19 +255,6 @@ class H5Writer:
             self._file.close()
         finally:
             self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> H5Writer:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self.abort()
-            return
-        try:
-            self.commit()
-        except BaseException:  # a failed commit (disk full) leaves no temp file behind
-            self.abort()
-            raise
 
 
 class H5Backend(StoreBackend):

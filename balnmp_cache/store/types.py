@@ -3,9 +3,10 @@ the attribute names and checks every format shares (see docs/format.md)."""
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Self
 
 import numpy as np
 
@@ -66,19 +67,32 @@ def check_slide_id(slide_id: str) -> str:
     return sid
 
 
-class SlideWriter(Protocol):
+class SlideWriter(abc.ABC):
     """Streams one slide into a store: `append` batches inside a `with` block; a clean exit
-    publishes the slide (`commit`), an exception discards it (`abort`)."""
+    publishes the slide (`commit`), an exception discards it (`abort`), and so does a commit
+    that fails (a full disk): no temp file is left behind either way."""
 
+    @abc.abstractmethod
     def append(self, features: np.ndarray, coords: np.ndarray) -> None: ...
 
+    @abc.abstractmethod
     def commit(self) -> Path: ...
 
+    @abc.abstractmethod
     def abort(self) -> None: ...
 
-    def __enter__(self) -> SlideWriter: ...
+    def __enter__(self) -> Self:
+        return self
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise
 
 
 def check_dtype(dtype: Any) -> np.dtype:

@@ -32,6 +32,7 @@ from balnmp_cache.store.types import (
     COORDS_ATTRS,
     DAMAGED_FIX,
     SlideInfo,
+    SlideWriter,
     check_batch,
     plain,
     root_attrs,
@@ -91,7 +92,7 @@ def read_array_into(arr: zarr.Array, a: int, b: int, out: np.ndarray) -> None:
     arr.get_basic_selection(slice(a, b), out=buf)
 
 
-class ZarrWriter:
+class ZarrWriter(SlideWriter):
     """Streams one slide into a hidden temp group, then renames it into the store."""
 
     def __init__(self, root: Path, slide_id: str, feature_dim: int, dtype: np.dtype,
@@ -141,19 +142,6 @@ class ZarrWriter:
     def abort(self) -> None:
         self._done = True
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> ZarrWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self.abort()
-            return
-        try:
-            self.commit()
-        except BaseException:  # a failed commit (disk full) leaves no temp file behind
-            self.abort()
-            raise
 
 
 class ZarrBackend(StoreBackend):
