@@ -68,7 +68,7 @@ def main(slides: tuple[Path, ...], out: Path, **options: Any) -> None:
 
     Resumable: finished slides are skipped; several jobs (or a SLURM array) may share --out.
     """
-    from balnmp_cache.extract import signals
+    from balnmp_cache import _signals as signals
 
     try:
         with signals.handled():

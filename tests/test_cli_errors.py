@@ -18,7 +18,8 @@ import pytest
 from _data import fast_args, make_tiny_cohort
 from click.testing import CliRunner
 
-from balnmp_mil.cli.common import STORE_ADVICE, Terminated
+from balnmp_cache._signals import Interrupted
+from balnmp_mil.cli.common import STORE_ADVICE
 from balnmp_mil.cli.group import main
 
 
@@ -63,7 +64,9 @@ CAUSES = [
     (FileNotFoundError(errno.ENOENT, "No such file or directory", "/gone/x.csv"), 2,
      "/gone/x.csv: no such file or directory"),
     (KeyboardInterrupt(), 130, "interrupted (Ctrl-C)"),
-    (Terminated(), 143, "terminated (SIGTERM)"),
+    (Interrupted(signal.SIGTERM), 143, "terminated (SIGTERM)"),
+    (Interrupted(signal.SIGHUP), 129, "terminated (SIGHUP)"),
+    (Interrupted(signal.SIGINT), 130, "interrupted (Ctrl-C)"),
 ]
 
 

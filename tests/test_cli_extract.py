@@ -13,8 +13,8 @@ import pytest
 from _extract_helpers import fast_cli_args, tiny_cohort
 from click.testing import CliRunner
 
+from balnmp_cache._signals import Interrupted
 from balnmp_cache.cli import main
-from balnmp_cache.extract.signals import Interrupted
 from balnmp_cache.store import FeatureStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from _extract_helpers import fast_cli_args, tiny_cohort
 
-from balnmp_cache.extract import signals
+from balnmp_cache import _signals as signals
 from balnmp_cache.extract.manifest import read_manifest
 from balnmp_cache.store import FeatureStore
 

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from balnmp_cache.extract import signals
+from balnmp_cache import _signals as signals
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from balnmp_cache import _signals as signals
 from balnmp_cache.errors import ExtractError
-from balnmp_cache.extract import signals
 from balnmp_cache.extract.locks import try_lock
 from balnmp_cache.store._atomic import publish, side_name
 

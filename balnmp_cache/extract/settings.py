@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from balnmp_cache import _signals as signals
 from balnmp_cache._version import __version__
 from balnmp_cache.errors import ExtractError
-from balnmp_cache.extract import signals
 from balnmp_cache.store._atomic import create_new, publish, side_name
 
 if TYPE_CHECKING:

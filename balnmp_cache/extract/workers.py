@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from balnmp_cache import _signals as signals
 from balnmp_cache.errors import BalnmpError
-from balnmp_cache.extract import signals
 from balnmp_cache.extract.slide_job import JobSpec, SlideFailure, SlideResult, slide_id_of
 
 if TYPE_CHECKING:

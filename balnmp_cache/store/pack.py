@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from balnmp_cache._registry import Registry
+from balnmp_cache._signals import critical
 from balnmp_cache._version import __version__
 from balnmp_cache.errors import StoreError
 from balnmp_cache.store._atomic import check_output, fsync_tree, publish, remove, side_name
@@ -178,10 +179,12 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
                 "balnmp_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **_common(infos)}  # fmt: skip
-        sink.finish({"offsets": offsets, "slide_ids": [i.slide_id for i in infos],
-                     "slide_attrs": [json.dumps(plain(i.attrs)) for i in infos],
-                     "slide_coords_attrs": [json.dumps(plain(i.coords_attrs)) for i in infos],
-                     "nonfinite_rows": nonfinite}, root)  # fmt: skip
+        with critical():
+            sink.finish({"offsets": offsets, "slide_ids": [i.slide_id for i in infos],
+                         "slide_attrs": [json.dumps(plain(i.attrs)) for i in infos],
+                         "slide_coords_attrs": [json.dumps(plain(i.coords_attrs))
+                                                for i in infos],
+                         "nonfinite_rows": nonfinite}, root)  # fmt: skip
         fsync_tree(tmp)
         _check_out(src, out, overwrite)  # another job may have written `out` meanwhile
         publish(tmp, out)
@@ -219,6 +222,7 @@ def _copy_bags(src: FeatureStore, infos: list[SlideInfo], offsets: np.ndarray, s
         coords = np.empty((b - a, 2), dtype=np.int64)
         src.backend.read_into(info.slide_id, feats, coords)
         nonfinite[k] = int(np.count_nonzero(~finite_rows(feats)))
-        sink.features[a:b] = feats
-        sink.coords[a:b] = coords
+        with critical():  # a Zarr write runs on zarr's thread: let it finish (see ZarrWriter)
+            sink.features[a:b] = feats
+            sink.coords[a:b] = coords
     return nonfinite

@@ -24,6 +24,7 @@ import zarr
 import zarr.errors
 from zarr.core.buffer import default_buffer_prototype
 
+from balnmp_cache._signals import critical
 from balnmp_cache.errors import StoreError
 from balnmp_cache.store._atomic import fsync_tree, publish
 from balnmp_cache.store.backend import StoreBackend
@@ -93,7 +94,11 @@ def read_array_into(arr: zarr.Array, a: int, b: int, out: np.ndarray) -> None:
 
 
 class ZarrWriter(SlideWriter):
-    """Streams one slide into a hidden temp group, then renames it into the store."""
+    """Streams one slide into a hidden temp group, then renames it into the store.
+
+    zarr runs its writes on its own event-loop thread; a signal raised in the main thread while
+    it waits would leave a write running into the folder `abort` removes (and an asyncio
+    traceback on stderr). So each write holds signals back until it is done (`critical`)."""
 
     def __init__(self, root: Path, slide_id: str, feature_dim: int, dtype: np.dtype,
                  attrs: dict, coords_attrs: dict) -> None:  # fmt: skip
@@ -106,17 +111,18 @@ class ZarrWriter(SlideWriter):
         self.n = 0
         self._done = False
         try:
-            self.group = zarr.open_group(self.tmp, mode="w")
-            rows = _row_chunks(feature_dim, dtype.itemsize, CHUNK_BYTES)
-            self.features = self.group.create_array(
-                "features", shape=(0, feature_dim), chunks=(rows, feature_dim), dtype=dtype,
-                config={"write_empty_chunks": True},
-            )  # fmt: skip
-            self.coords = self.group.create_array(
-                "coords", shape=(0, 2), chunks=(8192, 2), dtype=np.int64,
-                attributes=plain(coords_attrs), config={"write_empty_chunks": True},
-            )  # fmt: skip
-            self.attrs = root_attrs(slide_id, feature_dim, plain(attrs))
+            with critical():
+                self.group = zarr.open_group(self.tmp, mode="w")
+                rows = _row_chunks(feature_dim, dtype.itemsize, CHUNK_BYTES)
+                self.features = self.group.create_array(
+                    "features", shape=(0, feature_dim), chunks=(rows, feature_dim), dtype=dtype,
+                    config={"write_empty_chunks": True},
+                )  # fmt: skip
+                self.coords = self.group.create_array(
+                    "coords", shape=(0, 2), chunks=(8192, 2), dtype=np.int64,
+                    attributes=plain(coords_attrs), config={"write_empty_chunks": True},
+                )  # fmt: skip
+                self.attrs = root_attrs(slide_id, feature_dim, plain(attrs))
         except BaseException:
             self.abort()
             raise
@@ -126,14 +132,16 @@ class ZarrWriter(SlideWriter):
         features, coords = check_batch(self.slide_id, self.feature_dim, self._done, features,
                                        coords)
         if features.shape[0]:
-            self.features.append(features.astype(self.features.dtype, copy=False), axis=0)
-            self.coords.append(coords.astype(np.int64, copy=False), axis=0)
+            with critical():
+                self.features.append(features.astype(self.features.dtype, copy=False), axis=0)
+                self.coords.append(coords.astype(np.int64, copy=False), axis=0)
             self.n += features.shape[0]
 
     def commit(self) -> Path:
         if self._done:
             return self.final
-        self.group.attrs.update(self.attrs)
+        with critical():
+            self.group.attrs.update(self.attrs)
         self._done = True
         fsync_tree(self.tmp)
         publish(self.tmp, self.final)  # an overwrite swaps the old group out in one step

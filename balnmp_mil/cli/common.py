@@ -4,8 +4,9 @@ Bad input is a `BalnmpError` (any `balnmp_mil.errors` class, the store's `StoreE
 included) or an OS error the user can fix (a missing file or folder, no permission, a full
 disk or quota, a read-only file system) or an unreadable YAML file: it exits with status 2 and
 one line, `Error: <message>`, naming the file, column or patient and the command-line fix.
-Anything else is a bug and keeps its traceback (status 1). Ctrl-C exits with 130 and SIGTERM
-(what SLURM sends at the time limit) with 143, after a run's temporary folder is removed. Set
+Anything else is a bug and keeps its traceback (status 1). A signal (`balnmp_cache._signals`,
+the rule both commands share) unwinds like an error, so a run's temporary folder is removed,
+and exits with 128 + its number: 130 Ctrl-C, 143 SIGTERM (SLURM's time limit), 129 SIGHUP. Set
 `BALNMP_DEBUG=1` to see the traceback of input errors too.
 """
 
@@ -20,15 +21,15 @@ from typing import Any, TypeVar, cast
 import click
 import yaml
 
+from balnmp_cache._signals import Interrupted
 from balnmp_cache.errors import BalnmpError
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "BadInput", "Terminated",
-           "command_line_wording", "handle_input_errors", "input_message"]
+__all__ = ["EXIT_INTERRUPTED", "BadInput", "command_line_wording", "handle_input_errors",
+           "input_message"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT
-EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: a Ctrl-C that came before the handler was installed
 
 # OS errors a user causes and can fix, with what to do (the file comes from the error).
 USER_OS_ERRORS = {
@@ -58,10 +59,6 @@ class BadInput(click.ClickException):
     """Printed as `Error: <message>`; exit status 2 like click's own usage errors."""
 
     exit_code = 2
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
 
 
 def _flags(ctx: click.Context | None) -> set[str]:
@@ -100,10 +97,10 @@ def handle_input_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt as exc:
-            terminated = isinstance(exc, Terminated)
-            click.echo("terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)",
-                       err=True)
-            raise click.exceptions.Exit(EXIT_TERMINATED if terminated
+            name = exc.name if isinstance(exc, Interrupted) else "SIGINT"
+            click.echo("interrupted (Ctrl-C)" if name == "SIGINT" else f"terminated ({name})",
+                       err=True)  # fmt: skip
+            raise click.exceptions.Exit(exc.exit_status if isinstance(exc, Interrupted)
                                         else EXIT_INTERRUPTED) from exc
         except (BalnmpError, OSError, yaml.YAMLError) as exc:
             message = input_message(exc, click.get_current_context(silent=True))

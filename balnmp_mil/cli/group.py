@@ -2,24 +2,22 @@
 
 The commands only parse arguments; the work is in `balnmp_mil.workflow` (usable as a library).
 Exit status: 0 ok, 1 unexpected failure, 2 bad usage or bad input (the message names the file,
-column or patient), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). A new command is a click command in one of this
-folder's modules, registered in `COMMANDS` below; a command's module is imported only when the
+column or patient), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP). A new command is a
+click command in one of this folder's modules, registered in `COMMANDS` below; a command's module is imported only when the
 command runs (or when help lists it), so `balnmp-mil pack` never loads torch.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
 import warnings
-from types import FrameType
 from typing import Any, TextIO
 
 import click
 
+from balnmp_cache import _signals
 from balnmp_cache._registry import Registry
 from balnmp_cache._version import __version__
-from balnmp_mil.cli.common import Terminated, command_line_wording
+from balnmp_mil.cli.common import command_line_wording
 
 COMMANDS: Registry[click.Command] = Registry("command")
 for _name, _target in (
@@ -35,10 +33,6 @@ for _name, _target in (
     COMMANDS.register(_name, _target)
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
-
-
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: TextIO | None = None, line: str | None = None) -> None:
     """A user's warning as one line, `Warning: <message>` on stderr (the command-line way to
@@ -51,19 +45,14 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 
 class _Commands(click.Group):
-    """A group whose commands come from `COMMANDS`, imported on first use; SIGTERM unwinds
-    like Ctrl-C (temporary files removed) and exits with its own status."""
+    """A group whose commands come from `COMMANDS`, imported on first use; a signal unwinds
+    like Ctrl-C (temporary files removed) and exits with its own status (`_signals.handled`,
+    a no-op outside the main thread)."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread():
+        with _signals.handled(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
             return super().main(*args, **kwargs)
-        previous = signal.signal(signal.SIGTERM, _terminate)
-        try:
-            with warnings.catch_warnings():
-                warnings.showwarning = _show_warning
-                return super().main(*args, **kwargs)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS.names())

@@ -1,8 +1,8 @@
-"""SIGINT, SIGTERM and SIGHUP during extraction: unwind like Ctrl-C, exit with a status of their own.
+"""SIGINT, SIGTERM and SIGHUP in both commands: unwind like Ctrl-C, exit with a status of their own.
 
 SLURM sends SIGTERM at a job's time limit (and on `scancel`), then SIGKILL after a grace period;
 Python's default for SIGTERM ends the process without running any cleanup. Inside `handled()`
-(the command line and each device worker process) the first of these signals raises
+(both command lines and each extraction worker process) the first of these signals raises
 `Interrupted` in the main thread instead, so every `with` block unwinds: the slide being
 written is discarded (its temp file removed), its lock released, the manifest left as it was.
 Later signals are ignored so that this cleanup is not cut short (SIGKILL is always safe: the
