@@ -73,3 +73,11 @@ def test_metrics_table_with_cis_and_the_own_roc_cutoff_section():
     assert "## ROC cut-off of each split's own ROC (Youden; the paper's Table 2)" in text
     assert f"| test (cut-off {own['threshold']:.3f}) | 20 (10) |" in text
     assert "Clopper–Pearson (ACC, SENS, SPEC), logit (PPV, NPV)" in text
+
+
+def test_cv_report_per_fold_rows_carry_the_threshold_cis():
+    rows = [{"setting": "abmil · image", "fold": k, **_report(k).to_dict()} for k in range(2)]
+    text = report.cv_report(rows, {"folds": 2, "task": "n0_vs_n+", "seed": 0}, ["N0", "N+"])
+    lo, hi = rows[1]["sensitivity_ci"]
+    assert "| Setting · fold | n (pos) | AUC [95% CI] | ACC [95% CI] |" in text
+    assert f"{rows[1]['sensitivity']:.3f} [{lo:.3f}, {hi:.3f}]" in text
