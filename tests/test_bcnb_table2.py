@@ -131,3 +131,11 @@ def test_table2_val_cutoff_and_missing_runs(tmp_path, capsys):
     val = frames[("n0_vs_n+", "clinical")].query("split == 'val'")
     cut = youden_threshold(val["label"], val["prob_N+"])
     assert f"| {cut:.3f} |" in text and "validation cohort's ROC" in text
+
+
+def test_table2_without_an_age_table_says_how_to_get_the_subgroups(tmp_path, capsys):
+    _write_runs(tmp_path)
+    (tmp_path / "clinical.csv").unlink()
+    assert table2.main([str(tmp_path / "runs")]) == 0
+    text = capsys.readouterr().out
+    assert "## Test cohort by age" not in text and "pass --clinical" in text

@@ -127,7 +127,8 @@ def cohort_report(frame: pd.DataFrame, split: str, threshold: str, ci: str,
 def _cutoff(rep: Report, wanted: str) -> str:
     if rep.threshold is None:
         return "argmax"
-    note = "" if rep.threshold_source != "fixed" or wanted == "0.5" else " (one class)"
+    note = ("" if rep.threshold_source != "fixed" or wanted == "0.5"
+            else " (no ROC cut-off: one class)")
     return f"{rep.threshold:.3f}{note}"
 
 
@@ -252,6 +253,9 @@ def render(runs_dir: str | Path, threshold: str = "roc", ci: str = "binomial",
         parts += ["\n## Test cohort by age\n",
                   _markdown(("Experiment", "Model", "Subgroup", "n (pos)", "AUC [95% CI]",
                              "Paper AUC"), groups)]
+    elif ages is None:
+        parts.append("\nNo age subgroups: no readable table with an age column (pass "
+                     "--clinical BCNB/patient-clinical-data.xlsx).\n")
     return "".join(parts)
 
 
