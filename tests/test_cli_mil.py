@@ -60,6 +60,9 @@ def test_train_writes_the_run_directory(run, cohort):
     assert metrics["class_names"] == ["N0", "N+"]
     assert 0 <= metrics["test"]["auc"] <= 1 and len(metrics["test"]["auc_ci"]) == 2
     assert "at_youden" in metrics["test"] and metrics["youden_split"] == "val"
+    assert metrics["test"]["at_youden"]["threshold_source"] == "youden (val ROC)"
+    own = metrics["test"]["at_roc_cutoff"]  # the paper's operating point: the cohort's own ROC
+    assert own["threshold_source"] == "youden (own ROC)" and len(own["ppv_ci"]) == 2
     splits = json.loads((out / "splits.json").read_text())["splits"][0]
     assert sorted(preds.loc[preds["split"] == "test", "patient_id"]) == sorted(splits["test"])
     assert "test  AUC" in output and str(out) in output

@@ -142,3 +142,39 @@ def test_encodes_the_synthetic_bcnb_table():
     assert x.shape == (40, len(enc.feature_names)) and np.isfinite(x).all()
     assert {"age (z)", "ki67 (z)", "er_positive"} <= set(enc.feature_names)
     assert ClinicalEncoder("paper5").fit(table).transform(table).shape == (40, 5)
+
+
+def test_full_variant_warns_that_surgical_is_chosen_knowing_the_nodes():
+    import warnings
+
+    from balnmp_mil.errors import MILWarning
+
+    df = bcnb()
+    with pytest.warns(MILWarning, match=r"'Surgical'.*knowledge of the lymph nodes.*paper5"):
+        ClinicalEncoder("full").fit(df)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ClinicalEncoder("paper5").fit(df)  # the paper's five: no warning
+
+
+def test_blank_histological_grading_names_patient_column_and_fixes():
+    df = bcnb()
+    df["Histological grading"] = df["Histological grading"].astype(object)
+    df.loc[[1, 4], "Histological grading"] = None
+    with pytest.warns(UserWarning), pytest.raises(ClinicalError) as err:
+        ClinicalEncoder("full").fit(df)
+    text = str(err.value)
+    assert "patient 2, column 'Histological grading': missing value" in text
+    assert "Column 'Histological grading' is blank for 2 patient(s)" in text
+    assert "--clinical-variant paper5" in text and "--clinical-impute" in text
+    with pytest.warns(UserWarning):
+        ClinicalEncoder("full", impute=True).fit(df)  # imputed: no error
+
+
+def test_command_line_default_is_the_papers_five_variables():
+    from balnmp_mil.data.clinical import DEFAULT_VARIANT, VARIANTS
+    from balnmp_mil.workflow.config import TrainConfig
+
+    assert DEFAULT_VARIANT == "paper5"
+    assert VARIANTS.get(DEFAULT_VARIANT).fields == ("age", "tumour_size", "er", "pr", "her2")
+    assert TrainConfig.__dataclass_fields__["clinical_variant"].default == "paper5"

@@ -85,3 +85,15 @@ def test_find_column_is_case_space_punctuation_insensitive():
     assert find_column(df, "label", required=False) is None
     with pytest.raises(LabelError, match="Patient ID"):
         find_column(df, "label")
+
+
+def test_aln_status_spellings_one_rule_for_train_and_check_data():
+    from balnmp_mil.data.labels import aln_status
+
+    # BCNB writes N+(＞2) with a full-width ＞ (U+FF1E); case and spaces do not matter either.
+    assert aln_status("N+(\uff1e2)") == aln_status(" n+ (>2) ") == "N+(>2)"
+    assert aln_status("N+(1-2)") == "N+(1-2)" and aln_status("n0") == "N0"
+    assert aln_status("N1") is None and aln_status(float("nan")) is None
+    df = bcnb()
+    df["ALN status"] = df["ALN status"].str.replace(">", "\uff1e")
+    assert resolve_labels(df, task="n0_vs_n3").frame["label"].tolist() == [0, 1, 0, 0]

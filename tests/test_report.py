@@ -56,3 +56,28 @@ def test_train_report_sections():
 def test_confusion_table():
     text = report.confusion_table([[3, 1], [0, 4]], ["N0", "N+"])
     assert "| N0 | 3 | 1 |" in text and "| N+ | 0 | 4 |" in text
+
+
+def test_metrics_table_with_cis_and_the_own_roc_cutoff_section():
+    rep = _report(3)
+    text = report.metrics_table({"test": rep}, cis=True)
+    assert "| ACC [95% CI] | SENS [95% CI] |" in text and "| F1 |" in text
+    lo, hi = rep.accuracy_ci
+    assert f"| {rep.accuracy:.3f} [{lo:.3f}, {hi:.3f}] |" in text
+    d = rep.to_dict()
+    own = evaluate(np.array([0] * 10 + [1] * 10), np.linspace(0, 1, 20), threshold="youden",
+                   n_bootstrap=10).to_dict()
+    metrics = {"test": dict(d, at_roc_cutoff=own), "class_names": ["N0", "N+"],
+               "youden_threshold": None}
+    text = report.train_report(metrics, {"model": "abmil", "seed": 0})
+    assert "## ROC cut-off of each split's own ROC (Youden; the paper's Table 2)" in text
+    assert f"| test (cut-off {own['threshold']:.3f}) | 20 (10) |" in text
+    assert "Clopper–Pearson (ACC, SENS, SPEC), logit (PPV, NPV)" in text
+
+
+def test_cv_report_per_fold_rows_carry_the_threshold_cis():
+    rows = [{"setting": "abmil · image", "fold": k, **_report(k).to_dict()} for k in range(2)]
+    text = report.cv_report(rows, {"folds": 2, "task": "n0_vs_n+", "seed": 0}, ["N0", "N+"])
+    lo, hi = rows[1]["sensitivity_ci"]
+    assert "| Setting · fold | n (pos) | AUC [95% CI] | ACC [95% CI] |" in text
+    assert f"{rows[1]['sensitivity']:.3f} [{lo:.3f}, {hi:.3f}]" in text

@@ -14,6 +14,8 @@ kind of field is read, summarised and encoded is one registered `Kind` class (`K
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +36,10 @@ from balnmp_mil.data.clinical_fields import (  # re-exported: their home before 
     patient_labels,
     resolve_columns,
 )
-from balnmp_mil.errors import ClinicalError
+from balnmp_mil.errors import ClinicalError, MILWarning
 
-__all__ = ["FIELDS", "FORMAT", "KINDS", "VARIANTS", "ClinicalEncoder", "ClinicalError", "Field",
+__all__ = ["FIELDS", "FORMAT", "KINDS", "VARIANTS", "ClinicalEncoder", "ClinicalError",
+           "DEFAULT_VARIANT", "Field",
            "Kind", "Variant", "is_missing", "normalize_name", "parse_category", "parse_numeric",
            "parse_status", "patient_labels", "resolve_columns"]
 
@@ -56,6 +59,9 @@ VARIANTS.register("full", Variant(("age", "tumour_size", "ki67", "tumour_type",
                                    "molecular_subtype", "her2_expression", "surgical",
                                    "grading", "er", "pr", "her2"), "positive"))
 VARIANTS.register("paper5", Variant(("age", "tumour_size", "er", "pr", "her2"), "negative"))
+# The command line's default (`--clinical-variant`): the paper's five variables (official
+# README: "age, tumor size, ER, PR, and HER2"; code/breast.py reads 5 values per patient).
+DEFAULT_VARIANT = "paper5"
 
 
 class ClinicalEncoder:
@@ -84,10 +90,17 @@ class ClinicalEncoder:
                                                        cols.items()}
 
     def fit(self, df: pd.DataFrame) -> ClinicalEncoder:
-        """Learn means/sds, medians and categories from the TRAINING rows only."""
+        """Learn means/sds, medians and categories from the TRAINING rows only.
+
+        Warns (`MILWarning`) for each used field with a `Field.caution` (`Surgical`).
+        """
         pids, cols, values = self._values(df)
         if not pids:
             raise ClinicalError("cannot fit the clinical encoder on an empty table")
+        for key in values:
+            if FIELDS[key].caution:
+                warnings.warn(f"clinical variant {self.variant!r}: column {cols[key]!r} "
+                              f"{FIELDS[key].caution}", MILWarning, stacklevel=2)
         problems: list[str] = []
         stats: dict[str, dict[str, Any]] = {}
         for key, raw in values.items():
@@ -102,7 +115,7 @@ class ClinicalEncoder:
                 problems.append(f"column {cols[key]!r}: no usable value in the training rows")
                 continue
             stats[key] = kind.statistics(present)
-        _raise(problems, "fitting", self.impute)
+        _raise(problems, "fitting", self.impute, _blank_notes(cols, values))
         self.stats_ = stats
         return self
 
@@ -158,7 +171,7 @@ class ClinicalEncoder:
                 problems += [f"patient {pid}, column {col!r}: missing value"
                              for pid, p, v in zip(pids, parsed, values[key])
                              if p is None and is_missing(v)]
-        _raise(problems, "encoding", self.impute)
+        _raise(problems, "encoding", self.impute, _blank_notes(cols, values))
         if not blocks or not pids:
             return np.zeros((len(pids), len(self.feature_names)), dtype=np.float32)
         return np.concatenate(blocks, axis=1).astype(np.float32)
@@ -190,7 +203,18 @@ class ClinicalEncoder:
         return f"ClinicalEncoder(variant={self.variant!r}, impute={self.impute}, {state})"
 
 
-def _raise(problems: list[str], stage: str, impute: bool) -> None:
+def _blank_notes(cols: dict[str, str], values: dict[str, list]) -> list[str]:
+    """`Field.if_blank` of each field with blank cells, naming the column and the count."""
+    notes = []
+    for key, raw in values.items():
+        blank = sum(is_missing(v) for v in raw)
+        if blank and FIELDS[key].if_blank:
+            notes.append(f"Column {cols[key]!r} is blank for {blank} patient(s): "
+                         f"{FIELDS[key].if_blank}.")
+    return notes
+
+
+def _raise(problems: list[str], stage: str, impute: bool, notes: Sequence[str] = ()) -> None:
     if not problems:
         return
     shown = "; ".join(problems[:10])
@@ -198,4 +222,5 @@ def _raise(problems: list[str], stage: str, impute: bool) -> None:
     hint = "" if impute else (" Fix the table, or pass --clinical-impute to fill missing "
                               "values with training medians / most frequent values and unseen "
                               "categories with zeros.")
-    raise ClinicalError(f"clinical table problem while {stage}: {shown}{more}.{hint}")
+    extra = "".join(f" {n}" for n in notes) if not impute else ""
+    raise ClinicalError(f"clinical table problem while {stage}: {shown}{more}.{hint}{extra}")

@@ -31,6 +31,10 @@ class Field:
 
     kind: str  # a name in KINDS: "numeric" | "categorical" | "status"
     aliases: tuple[str, ...]
+    # Said (as a warning) whenever an encoder uses the field: why it may not belong in a model.
+    caution: str | None = None
+    # Added to the error when the field has blank cells: why they are there and the fixes.
+    if_blank: str | None = None
 
 
 FIELDS: dict[str, Field] = {
@@ -40,8 +44,16 @@ FIELDS: dict[str, Field] = {
     "tumour_type": Field("categorical", ("Tumour Type", "histological type")),
     "molecular_subtype": Field("categorical", ("Molecular subtype", "subtype")),
     "her2_expression": Field("categorical", ("HER2 Expression", "her2 ihc")),
-    "surgical": Field("categorical", ("Surgical", "surgery", "surgical procedure")),
-    "grading": Field("categorical", ("Histological grading", "histological grade", "grade")),
+    "surgical": Field("categorical", ("Surgical", "surgery", "surgical procedure"), caution=(
+        "is the axillary operation (BCNB: 'Axillary lymph node dissection' or 'Sentinel lymph "
+        "node biopsy'), which is decided with knowledge of the lymph nodes: it leaks the ALN "
+        "status into the model. --clinical-variant paper5 (the paper's five variables) leaves "
+        "it out")),
+    "grading": Field("categorical", ("Histological grading", "histological grade", "grade"),
+                     if_blank=(
+        "BCNB leaves the histological grade blank for many patients: use --clinical-variant "
+        "paper5 (the paper's five variables, without grading), pass --clinical-impute (the "
+        "most frequent training grade), or fill in the grades")),
     "er": Field("status", ("ER", "er status")),
     "pr": Field("status", ("PR", "pr status")),
     "her2": Field("status", ("HER2", "her2 status")),

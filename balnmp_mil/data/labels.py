@@ -8,8 +8,10 @@ what a `label` column's values mean, and its positive class, is `label_values`' 
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -22,8 +24,10 @@ from balnmp_mil.data.tables import read_table
 from balnmp_mil.errors import ClinicalError, LabelError
 
 __all__ = [
+    "ALN_STATUSES",
     "LabelError",
     "Task",
+    "aln_status",
     "TASKS",
     "LabelTable",
     "read_table",
@@ -126,17 +130,29 @@ def normalize_id(value: object) -> str:
 
 
 def _norm_status(value: object) -> str:
-    return re.sub(r"\s+", "", str(value)).upper()
+    # NFKC folds full-width forms: BCNB writes "N+(＞2)" with a full-width ＞ (U+FF1E).
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", str(value))).upper()
 
 
 _STATUS_LOOKUP = {_norm_status(s): s for s in ALN_STATUSES}
+
+
+def aln_status(value: object) -> str | None:
+    """The canonical spelling (`ALN_STATUSES`) of an ALN status cell, or None if it is not one.
+
+    The one rule for reading ALN statuses: case, spaces and full-width characters are
+    ignored, so "n+(1-2)", "N+ (>2)" and BCNB's "N+(＞2)" are read; an empty cell is None.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return _STATUS_LOOKUP.get(_norm_status(value))
 
 
 def _aln_labels(values: pd.Series, ids: pd.Series, task: Task) -> tuple[np.ndarray, np.ndarray]:
     """Map ALN status strings to task labels; returns (labels, keep mask)."""
     labels = np.full(len(values), -1, dtype=np.int64)
     for i, (v, pid) in enumerate(zip(values, ids, strict=True)):
-        status = _STATUS_LOOKUP.get(_norm_status(v)) if not pd.isna(v) else None
+        status = aln_status(v)
         if status is None:
             raise LabelError(
                 f"patient {pid}: ALN status {v!r} is not one of {list(ALN_STATUSES)}; "

@@ -1,8 +1,9 @@
 """Patient-level evaluation: AUC with a 95 % CI, threshold metrics, subgroups, thresholds.
 
 `evaluate` returns a `Report` (JSON-able through `to_dict`) with the numbers of the BALNMP
-paper's tables: AUC [95 % CI], accuracy, sensitivity, specificity, PPV, NPV and F1. The CI is
-a seeded stratified bootstrap (default) or DeLong's. Multi-class scores give the macro
+paper's tables: AUC [95 % CI], accuracy, sensitivity, specificity, PPV, NPV and F1. The AUC CI
+is a seeded stratified bootstrap (default), DeLong's, or the paper's exact binomial one; the
+binary threshold metrics carry the paper's intervals (`intervals.count_cis`). Multi-class scores give the macro
 one-vs-rest AUC, per-class AUCs and macro-averaged threshold metrics (prediction = argmax).
 Undefined quantities (an AUC on one class, 0/0 ratios) are NaN, written as null in JSON.
 """
@@ -26,11 +27,12 @@ from balnmp_mil.evaluation.delong import (
     delong_test,
     pairwise_delong,
 )
+from balnmp_mil.evaluation.intervals import binomial_auc_ci, clopper_pearson, count_cis
 
 __all__ = [
     "Report", "evaluate", "youden_threshold", "threshold_metrics", "subgroup_reports",
     "clinical_subgroups", "delong_test", "pairwise_delong", "DeLongResult", "auc_score",
-    "CI_METHODS",
+    "CI_METHODS", "binomial_auc_ci",
 ]
 
 NAN = float("nan")
@@ -56,11 +58,23 @@ def _delong_ci(y: np.ndarray, s: np.ndarray, n_bootstrap: int, seed: int
     return macro, per_class
 
 
+def _binomial_ci(y: np.ndarray, s: np.ndarray, n_bootstrap: int, seed: int
+                 ) -> tuple[tuple[float, float], dict | None]:
+    """The paper's interval: Clopper–Pearson on AUC × n (macro AUC and each class's AUC)."""
+    if s.ndim == 1:
+        return binomial_auc_ci(auc_score(y, s), y.size), None
+    aucs = {c: (auc_score(y == c, s[:, c]) if 0 < (y == c).sum() < y.size else NAN)
+            for c in range(s.shape[1])}
+    macro = float(np.nanmean(list(aucs.values())))
+    return binomial_auc_ci(macro, y.size), {c: binomial_auc_ci(a, y.size) for c, a in aucs.items()}
+
+
 CIMethod = Callable[[np.ndarray, np.ndarray, int, int],
                     tuple[tuple[float, float], dict[int, tuple[float, float]] | None]]
 CI_METHODS: Registry[CIMethod] = Registry("CI method", "--ci")
 CI_METHODS.register("bootstrap", _bootstrap_ci)
 CI_METHODS.register("delong", _delong_ci)
+CI_METHODS.register("binomial", _binomial_ci)
 
 
 def _safe(fn: Callable, default):
@@ -105,6 +119,16 @@ class Report:
     per_class_ci: dict[str, tuple[float, float]] | None = None
     n_bootstrap: int | None = None
     seed: int | None = None
+    # 95 % intervals of the threshold metrics, as the paper computes them (`intervals`):
+    # Clopper–Pearson for ACC/SENS/SPEC, logit for PPV/NPV; multi-class: accuracy only.
+    accuracy_ci: tuple[float, float] | None = None
+    sensitivity_ci: tuple[float, float] | None = None
+    specificity_ci: tuple[float, float] | None = None
+    ppv_ci: tuple[float, float] | None = None
+    npv_ci: tuple[float, float] | None = None
+    # Where `threshold` comes from: "fixed" (given by the caller), "youden (own ROC)" (this
+    # cohort's ROC cut-off), or what the caller says (e.g. "youden (val ROC)").
+    threshold_source: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-able dict: NaN becomes None, tuples become lists."""
@@ -193,13 +217,39 @@ def threshold_metrics(y_true, scores, threshold: float = 0.5) -> ThresholdMetric
                             confusion=conf.tolist())
 
 
-def evaluate(y_true, scores, threshold: float = 0.5, ci: str = "bootstrap",
+def _threshold_cis(conf: list[list[int]]) -> dict[str, tuple[float, float] | None]:
+    """The paper's intervals from a confusion matrix (binary: all five; else accuracy)."""
+    c = np.asarray(conf)
+    if c.shape == (2, 2):
+        (tn, fp), (fn, tp) = c.tolist()
+        return dict(count_cis(tp, fp, fn, tn))
+    empty: dict[str, tuple[float, float] | None] = dict.fromkeys(
+        ("sensitivity_ci", "specificity_ci", "ppv_ci", "npv_ci"))
+    return {"accuracy_ci": clopper_pearson(int(np.trace(c)), int(c.sum())), **empty}
+
+
+def _resolve_threshold(y: np.ndarray, s: np.ndarray, threshold: float | str,
+                       source: str | None) -> tuple[float, str | None]:
+    """(threshold, its source); "youden" is the evaluated cohort's own ROC cut-off."""
+    if isinstance(threshold, str):
+        if threshold != "youden":
+            raise EvaluationError(f"threshold {threshold!r}: give a number or 'youden' (the "
+                                  "cut-off of this cohort's own ROC)")
+        return youden_threshold(y, s), source or "youden (own ROC)"
+    return float(threshold), (source or "fixed") if s.ndim == 1 else None
+
+
+def evaluate(y_true, scores, threshold: float | str = 0.5, ci: str = "bootstrap",
              n_bootstrap: int = 1000, seed: int = 0,
-             class_names: Sequence[str] | None = None) -> Report:
+             class_names: Sequence[str] | None = None,
+             threshold_source: str | None = None) -> Report:
     """Evaluate patient-level scores: AUC [95 % CI] and metrics at `threshold`.
 
     scores: (n,) positive-class probabilities, (n, 2) or (n, C) class probabilities.
-    ci: "bootstrap" (seeded, stratified, percentile; identical for the same seed) or "delong".
+    ci: "bootstrap" (seeded, stratified, percentile; identical for the same seed), "delong",
+    or "binomial" (the paper's: Clopper–Pearson on AUC × n).
+    threshold: a number, or "youden" for the cut-off of these patients' own ROC (binary);
+    threshold_source says where a given number comes from (e.g. "youden (val ROC)").
     An AUC on a single class is NaN (so is its CI); threshold metrics are still reported.
     """
     if ci not in CI_METHODS:
@@ -212,7 +262,8 @@ def evaluate(y_true, scores, threshold: float = 0.5, ci: str = "bootstrap",
     names = list(class_names) if class_names is not None else None
     if names is not None and len(names) != n_classes:
         raise EvaluationError(f"{len(names)} class names {names} for {n_classes} classes")
-    tm = threshold_metrics(y, s, threshold)
+    cut, source = _resolve_threshold(y, s, threshold, threshold_source)
+    tm = threshold_metrics(y, s, cut)
     present = np.unique(y)
     auc, auc_ci, per_auc, per_ci = NAN, (NAN, NAN), None, None
     if s.ndim == 1 and present.size == 2:
@@ -231,10 +282,11 @@ def evaluate(y_true, scores, threshold: float = 0.5, ci: str = "bootstrap",
         auc=float(auc), auc_ci=(float(auc_ci[0]), float(auc_ci[1])),
         accuracy=tm["accuracy"], sensitivity=tm["sensitivity"], specificity=tm["specificity"],
         ppv=tm["ppv"], npv=tm["npv"], f1=tm["f1"],
-        threshold=float(threshold) if s.ndim == 1 else None,
+        threshold=cut if s.ndim == 1 else None,
         n=int(y.size), n_pos=int((y != 0).sum()), confusion=tm["confusion"],
         per_class_auc=per_auc, ci_method=used, class_names=names, per_class_ci=per_ci,
         n_bootstrap=int(n_bootstrap) if "bootstrap" in used else None, seed=int(seed),
+        threshold_source=source, **_threshold_cis(tm["confusion"]),
     )
 
 

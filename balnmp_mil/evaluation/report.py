@@ -58,14 +58,29 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def metrics_table(reports: Mapping[str, ReportLike], first: str = "Split") -> str:
-    """One row per entry (split or model): n, AUC [95 % CI], ACC, SENS, SPEC, PPV, NPV, F1."""
-    header = [first, "n (pos)", "AUC [95% CI]", *(name for name, _ in COLUMNS)]
+def fmt_ci(report: ReportLike, key: str) -> str:
+    """`0.750 [0.690, 0.803]`: a threshold metric with its 95 % CI, if the report has one."""
+    ci = _get(report, f"{key}_ci")
+    value = fmt(_get(report, key))
+    return value if not ci or len(ci) != 2 else f"{value} [{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def metrics_table(reports: Mapping[str, ReportLike], first: str = "Split",
+                  cis: bool = False) -> str:
+    """One row per entry (split or model): n, AUC [95 % CI], ACC, SENS, SPEC, PPV, NPV, F1.
+
+    cis=True adds the 95 % CIs of ACC, SENS, SPEC, PPV and NPV (`Report.accuracy_ci`, ...).
+    """
+    with_ci = {key for _, key in COLUMNS if cis and key != "f1"}
+    header = [first, "n (pos)", "AUC [95% CI]",
+              *(f"{name} [95% CI]" if key in with_ci else name for name, key in COLUMNS)]
     rows = []
     for label, rep in reports.items():
         n, n_pos = _get(rep, "n"), _get(rep, "n_pos")
         count = "—" if n is None else (f"{n} ({n_pos})" if n_pos is not None else f"{n}")
-        rows.append([label, count, fmt_auc(rep), *(fmt(_get(rep, key)) for _, key in COLUMNS)])
+        rows.append([label, count, fmt_auc(rep),
+                     *(fmt_ci(rep, key) if key in with_ci else fmt(_get(rep, key))
+                       for _, key in COLUMNS)])
     return _markdown(header, rows)
 
 
@@ -113,14 +128,20 @@ def train_report(
         + (f" ({config.get('clinical_variant')})" if config.get("clinical") else "")
         + f"  \nClasses: {', '.join(names)}{_positive(names)}  \nSeed: {config.get('seed')}\n",
         "## Threshold 0.5\n" if len(names) <= 2 else "## Predicted class = argmax\n",
-        metrics_table({s: metrics[s] for s in present}),
+        metrics_table({s: metrics[s] for s in present}, cis=True),
     ]
     youden = {s: metrics[s]["at_youden"] for s in present if metrics[s].get("at_youden")}
     if youden:
         parts += [
-            f"\n## Youden threshold chosen on val ({fmt(metrics.get('youden_threshold'))})\n",
-            metrics_table(youden),
+            f"\n## Youden threshold chosen on {metrics.get('youden_split') or 'val'} "
+            f"({fmt(metrics.get('youden_threshold'))})\n",
+            metrics_table(youden, cis=True),
         ]
+    own = {f"{s} (cut-off {fmt(metrics[s]['at_roc_cutoff'].get('threshold'))})":
+           metrics[s]["at_roc_cutoff"] for s in present if metrics[s].get("at_roc_cutoff")}
+    if own:
+        parts += ["\n## ROC cut-off of each split's own ROC (Youden; the paper's Table 2)\n",
+                  metrics_table(own, cis=True)]
     test = metrics.get("test")
     if test and _get(test, "confusion") and names:
         parts += ["\n## Confusion matrix (test, threshold 0.5)\n", confusion_table(test["confusion"], names)]
@@ -130,7 +151,8 @@ def train_report(
                "one-vs-rest.")
     else:
         how = f"Binary metrics count `{names[-1] if names else 1}` as positive."
-    parts.append(f"\nAUC 95% CI: {ci or 'bootstrap'}. {how} "
+    parts.append(f"\nAUC 95% CI: {ci or 'bootstrap'}. {how} Other 95% CIs: Clopper–Pearson "
+                 "(ACC, SENS, SPEC), logit (PPV, NPV). "
                  "Files: predictions.csv, metrics.json, roc.png, history.csv.\n")
     return "\n".join(parts)
 
@@ -156,7 +178,7 @@ def cv_report(folds: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
             "## Test AUC and metrics over folds (mean ± sd, threshold 0.5)\n",
             cv_table(folds),
             "\n## Per fold (test split)\n",
-            metrics_table(per_fold, first="Setting · fold"),
+            metrics_table(per_fold, first="Setting · fold", cis=True),
             "\nFiles: cv.csv (one row per fold and setting), predictions.csv, roc.png.\n",
         ]
     )

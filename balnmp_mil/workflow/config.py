@@ -26,7 +26,7 @@ from balnmp_cache._options import (
     option_fields,
 )
 from balnmp_cache.errors import OptionError
-from balnmp_mil.data.clinical import VARIANTS
+from balnmp_mil.data.clinical import DEFAULT_VARIANT, VARIANTS
 from balnmp_mil.data.cohort import ON_MISSING
 from balnmp_mil.data.labels import TASKS
 from balnmp_mil.data.layout import BAG_LEVELS
@@ -85,8 +85,8 @@ class TrainConfig(FitConfig):
         "optional slide_id column."))
     clinical: str | None = option(None, check=Text(), path=True,
                                   help="Clinical table (BCNB columns); may be the labels file.")
-    clinical_variant: str = option("full", check=OneOf(VARIANTS), help=(
-        "Clinical encoding: full or the paper's 5 features (paper5)."))
+    clinical_variant: str = option(DEFAULT_VARIANT, check=OneOf(VARIANTS), help=(
+        "Clinical encoding: the paper's 5 features (paper5) or every BCNB column (full)."))
     clinical_impute: bool = option(False, check=Flag(), help=(
         "Fill missing clinical values with training medians / modes instead of failing."))
     clinical_columns: dict[str, str] = option(

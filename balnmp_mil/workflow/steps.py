@@ -247,12 +247,17 @@ def evaluate_parts(
     y: dict[str, np.ndarray], probs: dict[str, np.ndarray], class_names: list[str],
     cfg: TrainConfig, youden_from: str | None = "val",
 ) -> tuple[dict[str, Report], dict[str, Any], float | None]:
-    """Reports per split at 0.5 and (binary) at the Youden threshold of `youden_from`."""
+    """Reports per split at 0.5 and (binary) at the Youden threshold of `youden_from`.
+
+    Binary splits with both classes also get `at_roc_cutoff`: the metrics at the Youden
+    cut-off of that split's own ROC, the operating point of the paper's Table 2.
+    """
     from balnmp_mil.evaluation.metrics import evaluate, youden_threshold
 
-    def ev(part: str, threshold: float) -> Report:
+    def ev(part: str, threshold: float | str, source: str | None = None) -> Report:
         return evaluate(y[part], positive_scores(probs[part]), threshold=threshold, ci=cfg.ci,
-                        n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, class_names=class_names)
+                        n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, class_names=class_names,
+                        threshold_source=source)
 
     reports = {part: ev(part, 0.5) for part in y}
     metrics: dict[str, Any] = {part: rep.to_dict() for part, rep in reports.items()}
@@ -262,7 +267,10 @@ def evaluate_parts(
     if binary and source is not None and len(np.unique(y[source])) == 2:
         threshold = float(youden_threshold(y[source], positive_scores(probs[source])))
         for part in y:
-            metrics[part]["at_youden"] = ev(part, threshold).to_dict()
+            metrics[part]["at_youden"] = ev(part, threshold, f"youden ({source} ROC)").to_dict()
+    for part in y if binary else ():
+        if len(np.unique(y[part])) == 2:  # the paper's operating point: each cohort's own ROC
+            metrics[part]["at_roc_cutoff"] = ev(part, "youden").to_dict()
     metrics["youden_threshold"] = threshold
     metrics["youden_split"] = source if threshold is not None else None
     return reports, metrics, threshold

@@ -25,10 +25,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from balnmp_mil.data.labels import ALN_STATUSES, aln_status
+
 CLINICAL_NAMES = ("patient-clinical-data.xlsx", "patient-clinical-data.csv")
 REQUIRED_COLUMNS = ("Patient ID", "ALN status")
-ALN_VALUES = {"N0", "N+(1-2)", "N+(>2)"}
+ALN_VALUES = set(ALN_STATUSES)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
+# What macOS's Archive Utility adds to a zip (resource forks): never data, always ignored.
+MACOS_FOLDER, MACOS_PREFIX = "__MACOSX", "._"
 
 
 class BCNBLayoutError(Exception):
@@ -81,8 +85,8 @@ def read_clinical(path: Path) -> pd.DataFrame:
     df = df.rename(columns={columns[_norm(c)]: c for c in REQUIRED_COLUMNS})
     df["Patient ID"] = df["Patient ID"].map(lambda v: str(int(v)) if isinstance(v, float | int)
                                             else str(v).strip())
-    status = df["ALN status"].astype(str).str.replace(" ", "").str.replace("＞", ">")
-    bad = sorted(set(status) - ALN_VALUES)
+    status = df["ALN status"].map(aln_status)  # balnmp-mil train's rule (labels.aln_status)
+    bad = sorted({str(v) for v, s in zip(df["ALN status"], status, strict=True) if pd.isna(s)})
     if bad:
         raise BCNBLayoutError(f"{path}: column 'ALN status' has values {bad}; expected "
                               f"{sorted(ALN_VALUES)}")
@@ -93,9 +97,15 @@ def read_clinical(path: Path) -> pd.DataFrame:
     return df
 
 
+def _entries(folder: Path) -> list[Path]:
+    """A folder's entries without macOS archive litter: `__MACOSX/` and `._*` files."""
+    return [p for p in folder.iterdir()
+            if p.name != MACOS_FOLDER and not p.name.startswith(MACOS_PREFIX)]
+
+
 def _find_patch_dir(root: Path) -> Path | None:
     for cand in (root / "paper_patches" / "patches", root / "paper_patches", root / "patches"):
-        if cand.is_dir() and any(p.is_dir() for p in cand.iterdir()):
+        if cand.is_dir() and any(p.is_dir() for p in _entries(cand)):
             return cand
     return None
 
@@ -121,8 +131,9 @@ def check_layout(root: str | Path, expect_patients: int | None = None) -> BCNBLa
     wsi_dir = root / "WSIs"
     if wsi_dir.is_dir():
         layout.wsi_dir = wsi_dir
-        layout.wsis = sorted(p.stem for p in wsi_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        layout.annotated = sorted(p.stem for p in wsi_dir.glob("*.json"))
+        layout.wsis = sorted(p.stem for p in _entries(wsi_dir)
+                             if p.suffix.lower() in IMAGE_SUFFIXES)
+        layout.annotated = sorted(p.stem for p in _entries(wsi_dir) if p.suffix == ".json")
         for stem in layout.annotated:
             _check_annotation(wsi_dir / f"{stem}.json")
         unknown = sorted(set(layout.wsis) - known)
@@ -131,16 +142,16 @@ def check_layout(root: str | Path, expect_patients: int | None = None) -> BCNBLa
     patch_dir = _find_patch_dir(root)
     if patch_dir is not None:
         layout.patch_dir = patch_dir
-        folders = sorted(p for p in patch_dir.iterdir() if p.is_dir())
+        folders = sorted(p for p in _entries(patch_dir) if p.is_dir())
         layout.patch_patients = [p.name for p in folders]
-        layout.n_patches = sum(1 for f in folders for q in f.iterdir()
+        layout.n_patches = sum(1 for f in folders for q in _entries(f)
                                if q.suffix.lower() in IMAGE_SUFFIXES)
         unknown = sorted(set(layout.patch_patients) - known)
         if unknown:
             raise BCNBLayoutError(f"{patch_dir}: patch folders {unknown[:10]} have no row in "
                                   f"{clinical.name}")
         empty = [f.name for f in folders if not any(q.suffix.lower() in IMAGE_SUFFIXES
-                                                    for q in f.iterdir())]
+                                                    for q in _entries(f))]
         if empty:
             raise BCNBLayoutError(f"{patch_dir}: patch folders {empty[:10]} hold no images")
     if layout.wsi_dir is None and layout.patch_dir is None:

@@ -10,7 +10,12 @@ BCNB cannot be redistributed, so the recipe is tested on this: synthetic H&E-lik
                                           256 px patches cut from each tumour region's
                                           bounding box (x, y inside the region crop), patches
                                           with >= 30 % blank pixels dropped, as the paper did
-    patient-clinical-data.xlsx            the BCNB clinical columns
+    patient-clinical-data.xlsx            the BCNB clinical columns, with BCNB's spellings
+
+The clinical values are written the way BCNB's table has them (the sample shown in the
+official repository's README, `imgs/clinical-data.png`): `Surgical` is "Axillary lymph node
+dissection" or "Sentinel lymph node biopsy", `Ki67` a fraction (0.15), `Histological
+grading` blank for some patients, and `ALN status` "N+(＞2)" with a full-width ＞.
 """
 
 from __future__ import annotations
@@ -57,6 +62,29 @@ def _cut_region_patches(image: np.ndarray, vertices: np.ndarray, pid: str, regio
     return kept
 
 
+SURGICAL = ("Axillary lymph node dissection", "Sentinel lymph node biopsy")
+BLANK_GRADE = 0.3  # fraction of patients whose `Histological grading` is left blank
+
+
+def bcnb_spellings(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """The synthetic clinical table with BCNB's value spellings (see the module docstring).
+
+    `Surgical` is drawn from the ALN status, as the operation is chosen knowing the nodes:
+    axillary dissection for 90 % of N+ patients and 50 % of N0 ones.
+    """
+    rng = np.random.default_rng(seed + 1)
+    table = table.copy()
+    positive = (table["ALN status"] != "N0").to_numpy()
+    dissection = rng.random(len(table)) < np.where(positive, 0.9, 0.5)
+    table["Surgical"] = np.where(dissection, SURGICAL[0], SURGICAL[1])
+    table["Ki67"] = table["Ki67"].astype(float) / 100
+    grade = table["Histological grading"].astype("object")
+    grade[rng.random(len(table)) < BLANK_GRADE] = None
+    table["Histological grading"] = grade
+    table["ALN status"] = table["ALN status"].str.replace(">", "\uff1e")
+    return table
+
+
 def make_standin(out: str | Path, patients: int = 12, seed: int = 0) -> Path:
     """Write the stand-in to ``out`` (must not exist or be empty) and return it."""
     out = Path(out)
@@ -78,7 +106,7 @@ def make_standin(out: str | Path, patients: int = 12, seed: int = 0) -> Path:
             for region, poly in enumerate(ann["positive"]):
                 _cut_region_patches(image, np.asarray(poly["vertices"], float), pid, region,
                                     patch_dir)
-        table = pd.read_csv(cohort.clinical_csv)
+        table = bcnb_spellings(pd.read_csv(cohort.clinical_csv), seed)
         table.to_excel(out / "patient-clinical-data.xlsx", index=False)
     return out
 
