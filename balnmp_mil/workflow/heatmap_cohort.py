@@ -6,7 +6,8 @@ feature store (or `--features`); with `split`, only the slides of that split's p
 run's `splits.json`; for a cross-validation run, that part of every fold, so `test` is every
 patient once). A slide of the selection with no file in DIR, or whose heatmap fails, is listed
 in the index with its error; the others go on. `index.md` and `index.csv` (slide_id, status,
-n_patches, probabilities, png, geojson, error) are written last, and atomically.
+n_patches, probabilities, png, geojson, error) and `index.html` (the run's `report.html` with
+each patient's heatmaps linked, and the failures) are written last, and atomically.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from balnmp_cache.slides.ids import slide_id_from_path as slide_id_of
 from balnmp_cache.store._atomic import check_output
 from balnmp_mil.errors import InputError
 from balnmp_mil.workflow import rundir
-from balnmp_mil.workflow.heatmap_index import INDEX_MD, write_index
+from balnmp_mil.workflow.heatmap_index import INDEX_HTML, INDEX_MD, write_index
 
 
 @dataclass
@@ -146,7 +147,21 @@ def heatmap_cohort(run_path: str | Path, slides: str | Path, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     _draw_all(tasks, result, jobs, progress)
     write_index(out, result.drawn, result.failed, wanted)
+    _write_report(run, out, result, patients)
     return result
+
+
+def _write_report(run: rundir.Run, out: Path, result: CohortHeatmaps,
+                  patients: dict[str, str]) -> None:
+    """`OUT/index.html`: the run's report with each patient's heatmaps linked."""
+    from balnmp_mil.evaluation.report_html import run_html
+
+    links: dict[str, list[tuple[str, str]]] = {}
+    for r in result.drawn:
+        links.setdefault(patients.get(r.slide_id, r.slide_id), []).append(
+            (r.slide_id, r.path.name))
+    text = run_html(run.path, run.metrics, run.config, heatmaps=links, failed=result.failed)
+    rundir.write_file(out / INDEX_HTML, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _draw_all(tasks: list[tuple[Any, ...]], result: CohortHeatmaps, jobs: int | None,

@@ -11,7 +11,7 @@ import pandas as pd
 
 from balnmp_mil.workflow import rundir
 
-INDEX_MD, INDEX_CSV = "index.md", "index.csv"
+INDEX_MD, INDEX_CSV, INDEX_HTML = "index.md", "index.csv", "index.html"
 
 
 def index_frame(drawn_results: Sequence[Any], failed: Mapping[str, str],
