@@ -86,6 +86,7 @@ def test_geojson_follows_qupath_and_reads_back(abmil_run, tmp_path):
     assert m.loc[m["attention"].idxmax(), "attention rank"] == 1
     assert ((m["instance score"] > 0) & (m["instance score"] < 1)).all()
     top = [t for t in tiles if "classification" in t["properties"]]
+    assert {t["properties"]["classification"]["name"] for t in top} == {"Top attention"}
     assert len(top) == 3 and {t["properties"]["measurements"]["attention rank"] for t in top} \
         == {1, 2, 3}
     ring = np.array(tiles[0]["geometry"]["coordinates"][0])
@@ -138,6 +139,9 @@ def test_models_without_attention_map_instance_scores(cohort, tmp_path, model):
              if f["properties"]["objectType"] == "tile"]
     scores = [t["properties"]["measurements"] for t in tiles]
     assert all(set(s) == {"instance score"} for s in scores)  # no (uniform) attention
+    top = [t["properties"]["classification"]["name"] for t in tiles
+           if "classification" in t["properties"]]
+    assert top == ["Top instance score"] * 2
     assert np.ptp([s["instance score"] for s in scores]) > 0
     assert (tmp_path / "hm.png").stat().st_size > 10_000
 
@@ -201,3 +205,16 @@ def test_cohort_mode_draws_one_split(abmil_run, tmp_path):
     assert res.exit_code == 0, res.output
     assert sorted(pd.read_csv(out / "index.csv", dtype={"slide_id": str})["slide_id"]) \
         == sorted(test_ids)
+
+
+def test_importing_the_heatmaps_loads_no_slide_reader_nor_annotation_reader():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, balnmp_mil.workflow, balnmp_mil.workflow.heatmap_cohort;"
+            "bad = [m for m in ('balnmp_cache.slides.registry', 'balnmp_cache.tiling.annotations',"
+            " 'openslide', 'cucim') if m in sys.modules]; assert not bad, bad")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

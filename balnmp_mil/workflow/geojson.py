@@ -60,9 +60,10 @@ def _feature(uid: str, geometry: dict, object_type: str, name: str | None = None
 
 
 def tile_features(slide_id: str, coords: np.ndarray, size0: float,
-                  measurements: Mapping[str, np.ndarray], top: Sequence[int] = ()) -> list[dict]:
+                  measurements: Mapping[str, np.ndarray], top: Sequence[int] = (),
+                  top_class: Mapping = TOP) -> list[dict]:
     """One locked `tile` per patch: its level-0 square, its `measurements` (name -> (N,)
-    values; NaN ones are left out), the `top` patches classified "Top attention"."""
+    values; NaN ones are left out), the `top` patches classified `top_class`."""
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     ranked = set(int(i) for i in top)
     out = []
@@ -71,7 +72,7 @@ def tile_features(slide_id: str, coords: np.ndarray, size0: float,
         out.append(_feature(
             str(uuid.uuid5(_NS, f"{slide_id}/tile/{i}")),
             {"type": "Polygon", "coordinates": [_closed(square)]}, "tile",
-            name=f"patch {i}", classification=TOP if i in ranked else None, locked=True,
+            name=f"patch {i}", classification=top_class if i in ranked else None, locked=True,
             measurements={k: v[i] for k, v in measurements.items()}))
     return out
 

@@ -297,7 +297,8 @@ def _write_geojson(out: Path, bag: _Bag, scores: BagScores, regions: Any, top_k:
             feats += [geojson.region_feature(f"{bag.slide_id}/{cls['name']}/{i}", [p.rings],
                                              str(p.name or cls["name"]), cls)
                       for i, p in enumerate(polys)]
+    top_class = {**geojson.TOP, "name": f"Top {scores.mapped}"}
     feats += geojson.tile_features(bag.slide_id, bag.coords, bag.size0, scores.measurements(),
-                                   top=top.tolist())
+                                   top=top.tolist(), top_class=top_class)
     out.parent.mkdir(parents=True, exist_ok=True)
     return geojson.write_geojson(out, geojson.feature_collection(feats))
