@@ -183,7 +183,7 @@ def test_cohort_mode_lists_failures_and_goes_on(abmil_run, tmp_path):
     md = (out / "index.md").read_text()
     assert "[png](a.png)" in md and "## Failed" in md and "| d |" in md
     report = (out / "index.html").read_text(encoding="utf-8")  # the run's report, linked
-    assert '<a href="a.png">a</a>' in report and "Heatmaps that failed" in report
+    assert '<a href="a.png">a.png</a>' in report and "Heatmaps that failed" in report
     res = invoke("heatmap", abmil_run, "--slides", slides, "--out", out, "--features", store,
                  "--geojson", tmp_path / "x.geojson")
     assert res.exit_code == 2 and "leave out SLIDE" in res.output

@@ -60,6 +60,17 @@ def test_report_is_self_contained_and_complete(runs):
     assert "auc_sd" in cv_text and "pooled" in cv_text
 
 
+def test_cohort_heatmaps_are_linked_per_patient(runs):
+    run, _ = runs
+    metrics = json.loads((run / "metrics.json").read_text())
+    pid = pd.read_csv(run / "predictions.csv", dtype={"patient_id": str})["patient_id"][0]
+    text = train_html(run, metrics, {}, heatmaps={pid: [("s1", "s1.png")], "x": [("x", "x.png")]},
+                      failed={"bad": "cannot read bad.svs"})
+    assert '<td data-v="s1"><a href="s1.png">s1</a></td>' in text  # in the predictions table
+    assert '<a href="x.png">x.png</a>' in text  # a slide without a predictions row: listed
+    assert "cannot read bad.svs" in text
+
+
 def test_report_renders_whatever_metrics_it_is_given(runs):
     """Keys added to the metrics later (CI columns, new statistics) show without a change."""
     run, _ = runs

@@ -42,6 +42,14 @@ def _predictions(folder: Path, heatmaps: HeatmapLinks | None) -> str:
     return note + h.predictions_table(frame, heatmaps)
 
 
+def _heatmap_list(heatmaps: HeatmapLinks | None) -> str:
+    """Every heatmap, by patient (also those of slides without a predictions row)."""
+    if not heatmaps:
+        return ""
+    rows = [[p, s, h.link(href, href)] for p, links in heatmaps.items() for s, href in links]
+    return h.table(["patient", "slide", "heatmap"], rows, "sortable")
+
+
 def _heatmap_failures(failed: Mapping[str, str] | None) -> str:
     if not failed:
         return ""
@@ -65,6 +73,7 @@ def train_html(folder: str | Path, metrics: Mapping[str, Any], config: Mapping[s
          h.metrics_tables(splits)),
         ("Figures", figures),
         ("Per-patient predictions", _predictions(folder, heatmaps)),
+        ("Heatmaps", _heatmap_list(heatmaps)),
         ("Heatmaps that failed", _heatmap_failures(failed)),
     ])
 
@@ -89,6 +98,7 @@ def cv_html(folder: str | Path, metrics: Mapping[str, Any], config: Mapping[str,
         ("Per fold (test split)", h.metrics_tables(per_fold, "setting · fold")),
         ("Figures", h.image(folder / "roc.png", "Pooled out-of-fold ROC")),
         ("Per-patient predictions (out of fold)", _predictions(folder, heatmaps)),
+        ("Heatmaps", _heatmap_list(heatmaps)),
         ("Heatmaps that failed", _heatmap_failures(failed)),
     ])
 
