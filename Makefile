@@ -8,7 +8,7 @@ DEMO   ?= demo
 DEMO_PATIENTS ?= 100
 DEMO_SEED     ?= 0
 
-.PHONY: venv demo test test-faults test-slurm lint bench clean-demo
+.PHONY: venv demo test test-faults test-slurm test-browser lint bench clean-demo
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ test-slurm: $(STAMP)
 	      slurm-wlm munge >/dev/null; } || \
 	    echo "slurm-wlm/munge cannot be installed here; the SLURM test will say why it skips"
 	$(BIN)/python -m pytest -q -rs -m slurm
+
+# report.html in a real browser: Debian's chromium, headless (installed as root when missing).
+# `make test` runs these too where chromium is installed, and skips them (saying why) elsewhere.
+test-browser: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || \
+	    { test "$$(id -u)" = 0 && command -v apt-get >/dev/null 2>&1 && \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium >/dev/null; } || \
+	    echo "chromium cannot be installed here; the browser tests will say why they skip"
+	$(BIN)/python -m pytest -q -rs -m browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check balnmp_cache balnmp_mil tests examples benchmarks

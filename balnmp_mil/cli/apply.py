@@ -96,9 +96,25 @@ def predict_cmd(run: Path, features: Path, out: Path, labels: Path | None,
 
 @click.command("heatmap")
 @_RUN
-@click.argument("slide", type=_PATH)
-@click.option("--out", type=_PATH, required=True, help="PNG to write.")
+@click.argument("slide", type=_PATH, required=False)
+@click.option("--out", type=_PATH, required=True,
+              help="PNG to write (with --slides: the folder to write into).")
+@click.option("--geojson", "geojson_out", type=_PATH,
+              help="Also write QuPath GeoJSON here: one tile per patch with its attention, "
+                   "attention rank and instance score, the tissue outline and the tumour "
+                   "annotations (always written with --slides).")
+@click.option("--slides", type=_PATH, help="A folder of slides: draw every slide of the "
+                                           "run's cohort found there (SLIDE left out).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]),
+              help="With --slides: only this split's slides (every fold's for a cv run).")
+@click.option("--jobs", type=click.IntRange(min=1),
+              help="With --slides: slides drawn at once [the CPUs available].")
+@click.option("--progress/--no-progress", default=None,
+              help="With --slides: a progress bar [on a terminal].")
 @click.option("--features", type=_PATH, help="Feature store holding SLIDE [the run's].")
+@click.option("--annotations", type=_PATH,
+              help="Tumour annotations for the GeoJSON: a file, or a folder of <slide "
+                   "id>.json|.geojson [the folder the store was extracted with].")
 @click.option("--patient", help="Patient id of SLIDE for clinical runs [the slide id].")
 @click.option("--clinical", type=_PATH, help="Clinical table [the run's].")
 @click.option("--top-k", type=int, default=8, show_default=True, help="Patches in the gallery.")
@@ -112,20 +128,44 @@ def predict_cmd(run: Path, features: Path, out: Path, labels: Path | None,
                    "h5_files without patches/).")
 @_run_options("allow_store_mismatch")
 @handle_input_errors
-def heatmap_cmd(run: Path, slide: Path, out: Path, features: Path | None, patient: str | None,
-                clinical: Path | None, top_k: int, thumbnail_size: int, backend: str,
-                mpp: float | None, patch_size_level0: float | None,
-                allow_store_mismatch: bool | None) -> None:
-    """Draw the attention of the saved run RUN on SLIDE over its thumbnail (PNG).
+def heatmap_cmd(run: Path, slide: Path | None, out: Path, slides: Path | None,
+                split: str | None, jobs: int | None, progress: bool | None,
+                patient: str | None, allow_store_mismatch: bool | None,
+                **kwargs: Any) -> None:
+    """Draw what the saved run RUN looked at on SLIDE, over its thumbnail (PNG).
 
-    The slide's bag is read from the run's feature store (or --features) by slide id (file
-    name without extension); the top-k patches are shown as a gallery read from the slide.
-    Only this command opens slides (balnmp_cache.slides, imported on use).
+    The map is the attention, or for models without one (mean, max) each patch's instance
+    score (the class probability of the patch alone). The slide's bag is read from the run's
+    feature store (or --features) by slide id (file name without extension); the top-k
+    patches are shown as a gallery read from the slide. --geojson also writes the patches as
+    QuPath tiles (File > Import objects, then Measure > Show measurement maps).
+
+    With --slides DIR instead of SLIDE: every slide of DIR with a bag in the store (or of
+    --split) in parallel, OUT/<slide>.png and .geojson each, and OUT/index.md + index.csv.
+    Slides that fail are listed there and the others go on; the exit status is then 1
+    (2 for an error that stops everything). Only this command opens slides.
     """
+    from balnmp_mil.errors import InputError
+
+    mismatch = bool(allow_store_mismatch)
+    if slides is not None:
+        if slide is not None or patient is not None or kwargs["geojson_out"] is not None:
+            raise InputError("--slides draws a folder: leave out SLIDE, --patient and "
+                             "--geojson (each slide gets OUT/<slide id>.geojson)")
+        from balnmp_mil.workflow.heatmap_cohort import heatmap_cohort
+
+        kwargs.pop("geojson_out")
+        result = heatmap_cohort(run, slides, out, split=split, jobs=jobs, progress=progress,
+                                allow_store_mismatch=mismatch, **kwargs)
+        click.echo(result.summary())
+        if result.failed:
+            raise click.exceptions.Exit(1)
+        return
+    if slide is None:
+        raise InputError("give SLIDE, or --slides DIR for a folder of slides")
+    if split is not None or jobs is not None:
+        raise InputError("--split and --jobs go with --slides DIR")
     from balnmp_mil.workflow.heatmap import heatmap_run
 
-    result = heatmap_run(run, slide, out, features=features, patient=patient,
-                         clinical=clinical, top_k=top_k, thumbnail_size=thumbnail_size,
-                         backend=backend, mpp=mpp, patch_size_level0=patch_size_level0,
-                         allow_store_mismatch=bool(allow_store_mismatch))
-    click.echo(result.summary())
+    res = heatmap_run(run, slide, out, patient=patient, allow_store_mismatch=mismatch, **kwargs)
+    click.echo(res.summary())

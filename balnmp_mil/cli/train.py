@@ -51,7 +51,7 @@ def train_cmd(ctx: click.Context, config: Path | None, out: Path, overwrite: boo
     Splits patients (stratified) into train/val/test, fits the clinical encoder on train only,
     trains with early stopping on val, evaluates every split at 0.5 and at the Youden threshold
     chosen on val, and writes config.yaml, model.pt + model.json, splits.json,
-    predictions.csv, metrics.json, report.md, roc.png and history.csv.
+    predictions.csv, metrics.json, report.md, report.html, roc.png and history.csv.
     """
     from balnmp_mil.workflow import train_run
 
@@ -72,7 +72,7 @@ def cv_cmd(ctx: click.Context, config: Path | None, out: Path, overwrite: bool,
     Each fold's test patients are never seen in training; per setting (image-only,
     image + clinical, clinical-only logistic regression) the table shows test AUC and
     threshold metrics as mean ± sd over folds. Writes cv.csv, predictions.csv, metrics.json,
-    report.md, roc.png, splits.json and config.yaml.
+    report.md, report.html, roc.png, splits.json and config.yaml.
     """
     from balnmp_mil.workflow import cv_run
 

@@ -143,20 +143,24 @@ def plot_attention_heatmap(thumbnail: np.ndarray, coords: np.ndarray, attention:
                            patch_size_level0: float, downsample: float, out: str | Path,
                            top_k: int = 8, patches: Sequence[np.ndarray] | None = None,
                            mpp: float | None = None, title: str | None = None,
-                           alpha: float = 0.5) -> Path:
+                           alpha: float = 0.5, value_label: str = ATTENTION_LABEL) -> Path:
     """Attention over a slide thumbnail, with a colourbar and the top-k patches as a gallery.
 
     See `attention_figure` for the arguments.
     """
     return _save(attention_figure(thumbnail, coords, attention, patch_size_level0, downsample,
-                                  top_k, patches, mpp, title, alpha), out)
+                                  top_k, patches, mpp, title, alpha, value_label), out)
 
 
 def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.ndarray,
                      patch_size_level0: float, downsample: float, top_k: int = 8,
                      patches: Sequence[np.ndarray] | None = None, mpp: float | None = None,
-                     title: str | None = None, alpha: float = 0.5) -> Figure:
+                     title: str | None = None, alpha: float = 0.5,
+                     value_label: str = ATTENTION_LABEL) -> Figure:
     """Attention over a slide thumbnail, with a colourbar and the top-k patches as a gallery.
+
+    `value_label` names what the values are (the colourbar's label; its first word heads
+    each gallery patch): attention by default, or e.g. instance scores.
 
     coords are level-0 top-left corners; downsample = level-0 px per thumbnail px. Attention is
     min-max scaled to [0, 1] within the slide ("relative"). With `mpp` (level-0 µm/px) a scale
@@ -190,19 +194,21 @@ def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.nd
         ax.add_patch(Rectangle((x, y), tiles.side, tiles.side, fill=False, ec="white", lw=1.2))
         ax.text(x, y, str(rank), color="white", fontsize=7, va="bottom", fontweight="bold")
     cbar = fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02)
-    cbar.set_label(ATTENTION_LABEL)
+    cbar.set_label(value_label)
     if cbar.solids is not None:
         cbar.solids.set_alpha(1.0)  # the legend of the colours, not of the blend
     if mpp:
         _scale_bar(ax, w, h, mpp * downsample)
     ax.set_axis_off()
-    ax.set_title(title or f"Attention over {att.size} patches (top {k} boxed)", fontsize=10)
+    ax.set_title(title or f"{value_label.split(' (')[0].capitalize()} over {att.size} patches "
+                 f"(top {k} boxed)", fontsize=10)
     for rank, i in enumerate(top):
         img = (np.asarray(patches[rank]) if patches is not None and rank < len(patches)
                else tiles.crop(thumb, i))
         gax = fig.add_subplot(grid[1, rank])
         gax.imshow(img)
-        gax.set_title(f"#{rank + 1} att {tiles.relative[i]:.2f}", fontsize=7)
+        short = "att" if value_label.startswith("attention") else "score"
+        gax.set_title(f"#{rank + 1} {short} {tiles.relative[i]:.2f}", fontsize=7)
         gax.set_xticks([])
         gax.set_yticks([])
     fig.tight_layout()

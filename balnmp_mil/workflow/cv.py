@@ -4,7 +4,7 @@ Per fold and setting (image-only MIL, image + clinical MIL, clinical-only logist
 the paper's three rows) the model is fitted on the fold's training patients (clinical encoder
 included, early stopping on the fold's val part) and evaluated on its test patients. The run
 directory holds config.yaml, splits.json (all folds), cv.csv (one row per fold and setting),
-predictions.csv (out-of-fold test predictions), metrics.json, report.md and roc.png.
+predictions.csv (out-of-fold test predictions), metrics.json, report.md, report.html and roc.png.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from balnmp_mil.evaluation.report import COLUMNS, cv_report, cv_table
+from balnmp_mil.evaluation.report_html import run_html
 from balnmp_mil.workflow import rundir
 from balnmp_mil.workflow.config import CVConfig, resolve_device, resolved_config
 from balnmp_mil.workflow.steps import (
@@ -115,6 +116,8 @@ def cv_run(cfg: CVConfig, out: str | Path, overwrite: bool = False,
         rundir.write_json(tmp / rundir.METRICS, _cv_metrics(rows, preds, cohort.class_names, cfg))
         _plot_pooled(preds, cohort.class_names, tmp / rundir.ROC, cfg)
         (tmp / rundir.REPORT).write_text(cv_report(rows, saved, cohort.class_names))
+        (tmp / rundir.REPORT_HTML).write_text(
+            run_html(tmp, rundir.read_json(tmp / rundir.METRICS), saved), encoding="utf-8")
     return CVResult(Path(out), rows, cv_table(rows), time.perf_counter() - start,
                     positive_class(list(cohort.class_names)))
 

@@ -2,7 +2,8 @@
 
 A run directory is what `balnmp-mil train` leaves behind: `config.yaml`, `model.pt` (a
 state_dict only) + `model.json` (the `build_model` config), `clinical_encoder.json`,
-`splits.json`, `predictions.csv`, `metrics.json`, `report.md`, `roc.png`, `history.csv`.
+`splits.json`, `predictions.csv`, `metrics.json`, `report.md`, `report.html` (the same results
+in one self-contained page), `roc.png`, `history.csv`.
 Nothing is written at the target until the whole run succeeded, so a crash or an error never
 leaves a half-written run; `overwrite=True` swaps the new run in atomically
 (`balnmp_cache.store._atomic.publish`), and only over an earlier run directory, never over a feature
@@ -43,6 +44,7 @@ SPLITS = "splits.json"
 PREDICTIONS = "predictions.csv"
 METRICS = "metrics.json"
 REPORT = "report.md"
+REPORT_HTML = "report.html"  # the same results, self-contained, for a browser
 ROC = "roc.png"
 HISTORY = "history.csv"
 # The layout of a run directory; a later balnmp bumps it only when this one could no longer

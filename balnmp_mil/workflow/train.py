@@ -18,6 +18,7 @@ import pandas as pd
 
 from balnmp_cache._version import __version__
 from balnmp_mil.evaluation.report import fmt_auc, train_report
+from balnmp_mil.evaluation.report_html import run_html
 from balnmp_mil.workflow import rundir
 from balnmp_mil.workflow.config import SPLIT_NAMES, TrainConfig, resolve_device, resolved_config
 from balnmp_mil.workflow.steps import (
@@ -122,5 +123,7 @@ def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False,
             plot_roc(curves, tmp / rundir.ROC, n_bootstrap=min(cfg.n_bootstrap, 500),
                      seed=cfg.seed, title=f"{model_name} · {cfg.task or 'label'} · ROC")
         (tmp / rundir.REPORT).write_text(train_report(metrics, saved))
+        (tmp / rundir.REPORT_HTML).write_text(
+            run_html(tmp, rundir.read_json(tmp / rundir.METRICS), saved), encoding="utf-8")
     return RunResult(Path(out), cfg, metrics, reports, threshold, best_epoch,
                      time.perf_counter() - start)
