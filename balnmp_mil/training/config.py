@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from balnmp_cache._options import Constraint, Flag, Interval, OneOf, Text, check_options, option
+from balnmp_mil.models import MILModel
 from balnmp_mil.training.inference import MERGES
 from balnmp_mil.training.monitor import MONITORS
 from balnmp_mil.training.optim import OPTIMIZERS, SCHEDULES
@@ -78,7 +79,8 @@ class FitConfig:
     merge: str = option("mean", check=OneOf(MERGES),
                         help="How slide bags merge into a patient's probabilities (with "
                              "--bag-level slide).")
-    standardize: bool = option(True, check=Flag(), help=(
+    standardize: bool | None = option(None, check=Flag(), default_text=(
+        "the model's: on, off for balnmp (the paper's head takes raw features)"), help=(
         "Z-score each feature with the training instances' mean and std (saved with the "
         "model)."))
     amp: bool = option(True, check=Flag(), help="Mixed precision (bf16, else fp16) on CUDA.")
@@ -89,3 +91,8 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
+
+    def standardizes(self, model: MILModel) -> bool:
+        """Whether `fit` z-scores `model`'s inputs: `standardize`, else the model's default
+        (`MILModel.standardize_default`)."""
+        return model.standardize_default if self.standardize is None else self.standardize

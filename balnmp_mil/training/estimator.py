@@ -55,7 +55,7 @@ class MILClassifier(ClassifierMixin, BaseEstimator):
         bags_per_step: int = _D.bags_per_step,
         instances_per_bag: int | None = _D.instances_per_bag,
         class_weights: str | Sequence[float] | None = _D.class_weights,
-        standardize: bool = _D.standardize,
+        standardize: bool | None = _D.standardize,
         amp: bool = _D.amp,
         device: str | None = _D.device,
         progress: bool | None = _D.progress,

@@ -140,7 +140,7 @@ class _Trainer:
                  device: torch.device) -> None:
         self.model, self.train, self.cfg, self.device = model, train, cfg, device
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        if cfg.standardize:
+        if cfg.standardizes(model):
             model.set_input_stats(train.features)
         self.y_bags = train.bag_labels
         weight = class_weight_vector(cfg.class_weights, self.y_bags, model.n_classes)

@@ -189,7 +189,7 @@ class _VectorisedSweep:
         self.base = models[0]
         self.train = [_part(cohort, parts[s.split][0]) for s in specs]
         for m, c, part in zip(models, cfgs, self.train, strict=True):
-            if c.standardize:  # as fit does: the statistics of this model's training rows
+            if c.standardizes(m):  # as fit does: the statistics of this model's training rows
                 m.set_input_stats(cohort.features, part.rows.to(self.device))
         self.params, self.buffers = stack_module_state(models)
         self.params = {k: v.detach() for k, v in self.params.items()}
