@@ -19,7 +19,7 @@ import torch
 from balnmp_mil.errors import ModelError
 from balnmp_mil.models import MILModel, build_model
 
-__all__ = ["HEAD_KEYS", "head_from_checkpoint", "head_state", "read_checkpoint"]
+__all__ = ["HEAD_KEYS", "head_from_checkpoint", "head_state", "read_checkpoint", "weights_id"]
 
 # Official key (without `.weight` / `.bias`) -> our `balnmp` module.
 HEAD_KEYS = {
@@ -37,6 +37,13 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     from balnmp_cache.encoders.checkpoint import read_state_dict  # the one checkpoint reader
 
     return read_state_dict(path)
+
+
+def weights_id(path: str | Path) -> str:
+    """The `weights` attribute extraction records for this checkpoint: "sha256:<hex>"."""
+    from balnmp_cache.encoders.checkpoint import file_sha256
+
+    return f"sha256:{file_sha256(path)}"
 
 
 def _strip(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

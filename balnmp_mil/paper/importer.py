@@ -17,7 +17,7 @@ from pathlib import Path
 from balnmp_cache._version import __version__
 from balnmp_mil.data.labels import TASKS
 from balnmp_mil.errors import InputError
-from balnmp_mil.paper.head import head_from_checkpoint, read_checkpoint
+from balnmp_mil.paper.head import head_from_checkpoint, read_checkpoint, weights_id
 from balnmp_mil.workflow import rundir
 from balnmp_mil.workflow.config import TrainConfig, resolved_config
 from balnmp_mil.workflow.steps import positive_class
@@ -59,8 +59,6 @@ def _class_names(task: str | None, n_classes: int, checkpoint: Path) -> list[str
 def import_checkpoint(checkpoint: str | Path, out: str | Path, task: str | None = None,
                       encoder: str = PAPER_ENCODER, overwrite: bool = False) -> ImportResult:
     """Write run `out` from a released BALNMP checkpoint (see module docstring)."""
-    from balnmp_cache.encoders.checkpoint import file_sha256
-
     checkpoint = Path(checkpoint)
     out = rundir.check_target(out, overwrite, [("CHECKPOINT", checkpoint)])
     model = head_from_checkpoint(read_checkpoint(checkpoint))
@@ -71,7 +69,7 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, task: str | None 
             "from its preprocessed-type-K.xlsx, which no --clinical-variant reproduces; use "
             "balnmp_mil.paper.head_from_checkpoint and pass those values to forward_bag")
     names = _class_names(task, model.n_classes, checkpoint)
-    weights = f"sha256:{file_sha256(checkpoint)}"
+    weights = weights_id(checkpoint)
     record = {"encoder": encoder, "weights": weights, "feature_dim": model.in_dim,
               "target_mpp": None, "patch_size": None}
     imported = f"(none: imported from {checkpoint.resolve()})"
