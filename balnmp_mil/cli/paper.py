@@ -1,6 +1,7 @@
 """`balnmp-mil paper`: what is specific to the BALNMP paper's code (`balnmp_mil.paper`).
 
-`paper import CHECKPOINT --out RUN` makes a run of a released model. Registered in the main
+`paper import CHECKPOINT --out RUN` makes a run of a released model; `paper splits
+OFFICIAL_JSON_DIR --out DIR` writes the published splits and fixed bags. Registered in the main
 group's `COMMANDS`; exit status 2 on bad input, the message naming the file.
 """
 
@@ -23,7 +24,7 @@ def _tasks() -> list[str]:
 
 @click.group("paper")
 def paper_group() -> None:
-    """The BALNMP paper's released models (github.com/bupt-ai-cz/BALNMP)."""
+    """The BALNMP paper's released models, splits and bags (github.com/bupt-ai-cz/BALNMP)."""
 
 
 @paper_group.command("import")
@@ -50,3 +51,19 @@ def import_cmd(checkpoint: Path, out: Path, task: str | None, encoder: str,
 
     click.echo(import_checkpoint(checkpoint, out, task=task, encoder=encoder,
                                  overwrite=overwrite).summary())
+
+
+@paper_group.command("splits")
+@click.argument("official_json_dir", type=_PATH)
+@click.option("--out", required=True, type=_PATH,
+              help="Folder for <task>.json (splits) and <task>.bags.json (fixed bags).")
+@handle_input_errors
+def splits_cmd(official_json_dir: Path, out: Path) -> None:
+    """The paper's patient splits and fixed bags from the official {train,val,test}-type-K.json
+    (K = 0..4: n0_vs_n+, n12_vs_n3, three_class, n0_vs_n12, n0_vs_n3)."""
+    from balnmp_mil.paper.splits import import_splits
+
+    for item in import_splits(official_json_dir, out):
+        sizes = ", ".join(f"{part} {len(ids)}" for part, ids in item.split.parts().items())
+        click.echo(f"{item.task}: {sizes} patients, {len(item.bags)} bags -> "
+                   f"{out / (item.task + '.json')}, {out / (item.task + '.bags.json')}")
