@@ -147,7 +147,8 @@ def sweep(
     `.train`/`.val` patient ids. `vectorise`: True, False, or "auto" (vectorised on CUDA,
     where it removes per-step launch overhead; sequential on CPU, where training is bound by
     matrix multiplies and padding the M batches to one shape only adds work). Models whose
-    class is not `vmappable` and optimisers that are not `stackable` are fitted one by one.
+    class is not `vmappable`, optimisers that are not `stackable` and `train_stop_auc` are
+    fitted one by one.
     """
     t0 = time.perf_counter()
     kwargs = dict(model_kwargs or {})
@@ -164,7 +165,8 @@ def sweep(
     if vectorise == "auto":
         vectorise = torch.device(cfgs[0].device or cohort.device).type == "cuda"
     if (not vectorise or not MODELS.get(model_name).vmappable
-            or not OPTIMIZERS.get(cfgs[0].optimizer).stackable):
+            or not OPTIMIZERS.get(cfgs[0].optimizer).stackable
+            or cfgs[0].train_stop_auc is not None):  # a per-model stop `fit` knows
         results = []
         for spec, model, cfg in zip(specs, models, cfgs, strict=True):
             tr, va = parts[spec.split]
