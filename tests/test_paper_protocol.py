@@ -88,3 +88,40 @@ def test_protocol_paper_trains_on_the_bcnb_standin(standin_features) -> None:
     assert "train_auc" in history[0] and len(history) in (2, 3, 4)
     first_lr = float(history[1].split(",")[history[0].split(",").index("lr")])
     assert first_lr == pytest.approx(SCHEDULES.get("warm_restarts")(1e-4, 0, 3))
+
+
+def test_recipe_with_the_paper_protocol_and_official_splits(standin_features, tmp_path,
+                                                            capsys) -> None:
+    """`run_recipe.py --protocol paper --official-splits DIR`: the published split files (here
+    generated for the stand-in's patients) become every run's patients."""
+    import json
+
+    import pandas as pd
+    from _docs_helpers import import_script
+
+    run_recipe = import_script(ROOT / "examples" / "bcnb" / "run_recipe.py")
+    standin = standin_features / "BCNB"
+    table = pd.read_excel(standin / "patient-clinical-data.xlsx", dtype={"Patient ID": str})
+    ids = table["Patient ID"].tolist()
+    labels = [0 if s == "N0" else 1 for s in table["ALN status"]]
+    order = sorted(range(len(ids)), key=lambda i: labels[i])  # both classes in every part
+    parts = {"train": order[2:-2], "val": [order[0], order[-1]], "test": [order[1], order[-2]]}
+    official = tmp_path / "json"
+    official.mkdir()
+    for part, rows in parts.items():
+        entries = [{"id": ids[i], "label": str(labels[i]),
+                    "patch_paths": [f"patches/{ids[i]}/{ids[i]}_0_0_0.jpg"] * 10} for i in rows]
+        (official / f"{part}-type-0.json").write_text(json.dumps(entries))
+    out = tmp_path / "out"
+    status = run_recipe.main([str(standin), str(out), "--encoder", "resnet18", "--weights",
+                              "none", "--input-size", "32", "--epochs", "2", "--device", "cpu",
+                              "--n-bootstrap", "20", "--experiments", "n0_vs_n+",
+                              "--settings", "image", "--protocol", "paper",
+                              "--official-splits", str(official)])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "$ balnmp-mil paper splits" in printed and "--protocol paper" in printed
+    run = out / "runs" / "n0_vs_n+" / "image"
+    split = json.loads((run / "splits.json").read_text())["splits"][0]
+    assert split["test"] == [ids[i] for i in parts["test"]]
+    assert yaml.safe_load((run / "config.yaml").read_text())["schedule"] == "warm_restarts"
