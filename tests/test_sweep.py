@@ -51,8 +51,9 @@ def test_every_model_sweeps_as_its_class_declares(name):
     falls back to separate fits (a registered model is covered without editing a list)."""
     cls = MODELS.get(name)
     kwargs = {"dim": 16, "heads": 2} if name == "transmil" else {}
-    if "dropout" in inspect.signature(cls).parameters:
-        kwargs["dropout"] = 0.0  # masks differ between batched and separate fits
+    for param in inspect.signature(cls).parameters:  # dropout, embed_dropout, ...
+        if param.endswith("dropout"):
+            kwargs[param] = 0.0  # masks differ between batched and separate fits
     cohort = planted_cohort(n_bags=12, hi=8)
     common = dict(seeds=(0, 1), lrs=(5e-3,), model_kwargs=kwargs, epochs=2, bags_per_step=4)
     vec = sweep(name, cohort, _splits(12), vectorise=True, **common)

@@ -29,6 +29,7 @@ for _name, _target in (
     ("pack", "balnmp_mil.cli.store:pack_cmd"),
     ("inspect", "balnmp_mil.cli.store:inspect_cmd"),
     ("export", "balnmp_mil.cli.store:export_cmd"),
+    ("paper", "balnmp_mil.cli.paper:paper_group"),
 ):
     COMMANDS.register(_name, _target)
 

@@ -9,7 +9,7 @@ from balnmp_mil.models.base import ClassifierHead, Dropout, MILModel, MILOutput
 from balnmp_mil.models.registry import register_model
 from balnmp_mil.segment import Segments, segment_softmax, segment_sum
 
-__all__ = ["AttentionScorer", "AttentionMIL", "ABMIL", "BALNMP"]
+__all__ = ["ABMIL", "BALNMP", "AttentionMIL", "AttentionScorer", "BALNMPv0", "PaperAttention"]
 
 
 class AttentionScorer(nn.Module):
@@ -34,7 +34,7 @@ class AttentionMIL(MILModel):
     """Instance embedding -> attention scores -> softmax per bag -> weighted sum -> head."""
 
     embed: nn.Module
-    scorer: AttentionScorer
+    scorer: nn.Module
     head: ClassifierHead
 
     def pool_packed(
@@ -82,11 +82,50 @@ class ABMIL(AttentionMIL):
         self.head = ClassifierHead(embed_dim, n_classes, clinical_dim)
 
 
+class PaperAttention(nn.Module):
+    """The BALNMP attention score, in the official order (`attention_aggregator.py`
+    `self.attention`): Linear(E->D) -> Dropout -> Tanh -> Linear(D->1) -> Dropout."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), Dropout(dropout), nn.Tanh(),
+                                 nn.Linear(hidden, 1), Dropout(dropout))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h).squeeze(-1)
+
+
 @register_model("balnmp")
 class BALNMP(AttentionMIL):
-    """The BALNMP paper's MIL head (Xu et al., Front. Oncol. 2021): Linear D->256 + ReLU,
-    tanh attention, pooled embedding (joined with the encoded clinical vector for DL-CNB+C)
-    -> MLP to 64 -> classifier."""
+    """The BALNMP paper's MIL head as its code builds it (Xu et al., Front. Oncol. 2021;
+    `code/models/mil_net.py`, `attention_aggregator.py`): Linear(D->256) -> Dropout(0.5) ->
+    ReLU; attention of width 1 with dropout on its logits; softmax over the bag, `m = a^T h`;
+    classifier Linear(256 + 10 x K -> 64) -> ReLU -> Linear(64 -> C), the K clinical values
+    tiled 10 times. Takes raw (not z-scored) features unless `fit(standardize=True)`."""
+
+    standardize_default = False
+
+    def __init__(
+        self, in_dim: int, n_classes: int, clinical_dim: int = 0, embed_dim: int = 256,
+        attention_dim: int = 1, mlp_dim: int = 64, embed_dropout: float = 0.5,
+        attention_dropout: float = 0.5, head_dropout: float = 0.0, clinical_repeat: int = 10,
+    ) -> None:
+        super().__init__(in_dim, n_classes, clinical_dim, embed_dim=embed_dim,
+                         attention_dim=attention_dim, mlp_dim=mlp_dim,
+                         embed_dropout=embed_dropout, attention_dropout=attention_dropout,
+                         head_dropout=head_dropout, clinical_repeat=clinical_repeat)
+        self.embed = nn.Sequential(nn.Linear(in_dim, embed_dim), Dropout(embed_dropout),
+                                   nn.ReLU())
+        self.scorer = PaperAttention(embed_dim, attention_dim, attention_dropout)
+        self.head = ClassifierHead(embed_dim, n_classes, clinical_dim, hidden=mlp_dim,
+                                   dropout=head_dropout, clinical_repeat=clinical_repeat)
+
+
+@register_model("balnmp_v0")
+class BALNMPv0(AttentionMIL):
+    """balnmp 0.1's `balnmp` head (kept so its runs load, and as `--model balnmp_v0`):
+    Linear D->256 + ReLU, tanh attention of width 128, MLP to 64, dropout 0.25 throughout,
+    the clinical vector joined once; inputs z-scored by default."""
 
     def __init__(
         self, in_dim: int, n_classes: int, clinical_dim: int = 0, embed_dim: int = 256,

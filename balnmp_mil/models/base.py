@@ -67,15 +67,21 @@ class Dropout(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Pooled embedding (+ clinical vector) -> optional hidden MLP -> C logits."""
+    """Pooled embedding (+ clinical vector) -> optional hidden MLP -> C logits.
+
+    `clinical_repeat` tiles the clinical vector that many times before joining it
+    (`[c1..cK, c1..cK, ...]`, as `clinical.repeat(1, n)`: the BALNMP paper's fusion)."""
 
     def __init__(
         self, embed_dim: int, n_classes: int, clinical_dim: int = 0, hidden: int | None = None,
-        dropout: float = 0.0,
+        dropout: float = 0.0, clinical_repeat: int = 1,
     ) -> None:
         super().__init__()
-        self.clinical_dim = clinical_dim
-        width = embed_dim + clinical_dim
+        if clinical_repeat < 1:
+            raise ModelError(f"clinical_repeat must be an integer >= 1 (--model-arg "
+                             f"clinical_repeat=N); got {clinical_repeat}")
+        self.clinical_dim, self.clinical_repeat = clinical_dim, clinical_repeat
+        width = embed_dim + clinical_dim * clinical_repeat
         if hidden:
             self.net: nn.Module = nn.Sequential(
                 nn.Linear(width, hidden), nn.ReLU(), Dropout(dropout),
@@ -97,7 +103,7 @@ class ClassifierHead(nn.Module):
                     f"clinical has {clinical.shape[1]} columns; the model expects "
                     f"{self.clinical_dim}"
                 )
-            z = torch.cat([z, clinical], dim=1)
+            z = torch.cat([z, clinical.repeat(1, self.clinical_repeat)], dim=1)
         return self.net(z)
 
 
@@ -111,6 +117,8 @@ class MILModel(nn.Module, metaclass=abc.ABCMeta):
     # The vectorised sweep may batch fits of this model with torch.func.vmap (models whose
     # forward pads to data-dependent shapes, like TransMIL's square token grid, cannot).
     vmappable: ClassVar[bool] = True
+    # Whether `fit` z-scores the inputs when its `standardize` option is left unset (None).
+    standardize_default: ClassVar[bool] = True
 
     def __init__(self, in_dim: int, n_classes: int, clinical_dim: int = 0, **hparams: Any):
         super().__init__()

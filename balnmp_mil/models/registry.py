@@ -16,7 +16,8 @@ from balnmp_cache._registry import Registry
 from balnmp_mil.errors import ModelError
 from balnmp_mil.models.base import MILModel
 
-__all__ = ["MODELS", "build_model", "hyperparameters", "list_models", "register_model"]
+__all__ = ["MODELS", "build_model", "hyperparameters", "list_models", "register_model",
+           "saved_config"]
 
 MODELS: Registry[type[MILModel]] = Registry("model", "--model")
 
@@ -66,3 +67,19 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return cls(in_dim=in_dim, n_classes=n_classes, clinical_dim=clinical_dim, **kwargs)
+
+
+# Saved configs (a run's `model.json`) of models whose name now means another architecture:
+# (name, a keyword only the old one took) -> the name the old architecture is registered as.
+# balnmp 0.1's `balnmp` (dropout 0.25 throughout, attention width 128) is now `balnmp_v0`;
+# `balnmp` is the paper's head, which takes `embed_dropout`/`attention_dropout` instead.
+RENAMED = {("balnmp", "dropout"): "balnmp_v0"}
+
+
+def saved_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved model config as `build_model` reads it today: an architecture renamed since it
+    was saved gets its new name (see `RENAMED`), so old runs rebuild the model they trained."""
+    for (name, keyword), now in RENAMED.items():
+        if config.get("name") == name and keyword in config:
+            return {**config, "name": now}
+    return config

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from balnmp_cache._options import Constraint, Flag, Interval, OneOf, Text, check_options, option
+from balnmp_mil.models import MILModel
 from balnmp_mil.training.inference import MERGES
 from balnmp_mil.training.monitor import MONITORS
 from balnmp_mil.training.optim import OPTIMIZERS, SCHEDULES
+from balnmp_mil.training.protocol import PROTOCOLS, apply_protocol
 
 __all__ = ["ClassWeights", "FitConfig"]
 
@@ -58,11 +60,13 @@ class FitConfig:
     weight_decay: float = option(1e-4, check=Interval(float, 0), help=(
         "Weight decay: L2 for adam and sgd, decoupled for adamw."))
     optimizer: str = option("adam", check=OneOf(OPTIMIZERS), help="Optimiser.")
-    momentum: float = option(0.9, check=Interval(float, 0, 1, closed="left"),
-                             help="Momentum of sgd.")
+    momentum: float = option(0.0, check=Interval(float, 0, 1, closed="left"), help=(
+        "Momentum of sgd: 0 is plain SGD (torch's default); the paper's code uses 0.3, "
+        "CLAM-style recipes 0.9."))
     schedule: str = option("cosine", check=OneOf(SCHEDULES),
-                           help="Learning-rate schedule: cosine (per epoch, down to 0) or "
-                                "constant.")
+                           help="Learning-rate schedule: cosine (per epoch, down to 0), "
+                                "constant, or warm_restarts (the paper's: cosine restarts "
+                                "after 20, 40, 80... epochs).")
     bags_per_step: int = option(8, check=Interval(int, 1), help="Bags per optimisation step.")
     instances_per_bag: int | None = option(None, check=Interval(int, 1), default_text="all",
                                            help="Sample at most this many patches per bag and "
@@ -73,12 +77,17 @@ class FitConfig:
              "one weight per class.")
     patience: int | None = option(None, check=Interval(int, 0), default_text="off",
                                   help="Early-stopping patience in epochs (on val).")
+    train_stop_auc: float | None = option(
+        None, check=Interval(float, 0, 1), default_text="off", help=(
+            "Stop after an epoch whose training AUC (of that epoch's training forward "
+            "passes, bags merged per patient) exceeds this; the paper's code: 0.98."))
     monitor: str = option("auc", check=OneOf(MONITORS),
                           help="Validation metric that picks the kept epoch.")
     merge: str = option("mean", check=OneOf(MERGES),
                         help="How slide bags merge into a patient's probabilities (with "
                              "--bag-level slide).")
-    standardize: bool = option(True, check=Flag(), help=(
+    standardize: bool | None = option(None, check=Flag(), default_text=(
+        "the model's: on, off for balnmp (the paper's head takes raw features)"), help=(
         "Z-score each feature with the training instances' mean and std (saved with the "
         "model)."))
     amp: bool = option(True, check=Flag(), help="Mixed precision (bf16, else fp16) on CUDA.")
@@ -86,6 +95,15 @@ class FitConfig:
                                 default_text="cuda when available; fit: the cohort's")
     progress: bool | None = option(None, check=Flag(), default_text="on a terminal",
                                    help="Show a progress bar over the epochs.")
+    protocol: str | None = option(None, check=OneOf(PROTOCOLS), default_text="none", help=(
+        "A training protocol: sets the options left at their defaults (paper: the BALNMP "
+        "code's SGD, warm restarts, 200 epochs, train-AUC stop, one bag per step)."))
 
     def __post_init__(self) -> None:
+        apply_protocol(self)
         check_options(self)
+
+    def standardizes(self, model: MILModel) -> bool:
+        """Whether `fit` z-scores `model`'s inputs: `standardize`, else the model's default
+        (`MILModel.standardize_default`)."""
+        return model.standardize_default if self.standardize is None else self.standardize

@@ -55,10 +55,12 @@ class MILClassifier(ClassifierMixin, BaseEstimator):
         bags_per_step: int = _D.bags_per_step,
         instances_per_bag: int | None = _D.instances_per_bag,
         class_weights: str | Sequence[float] | None = _D.class_weights,
-        standardize: bool = _D.standardize,
+        train_stop_auc: float | None = _D.train_stop_auc,
+        standardize: bool | None = _D.standardize,
         amp: bool = _D.amp,
         device: str | None = _D.device,
         progress: bool | None = _D.progress,
+        protocol: str | None = _D.protocol,
     ) -> None:
         self.model = model
         self.model_kwargs = model_kwargs
@@ -72,10 +74,12 @@ class MILClassifier(ClassifierMixin, BaseEstimator):
         self.bags_per_step = bags_per_step
         self.instances_per_bag = instances_per_bag
         self.class_weights = class_weights
+        self.train_stop_auc = train_stop_auc
         self.standardize = standardize
         self.amp = amp
         self.device = device
         self.progress = progress
+        self.protocol = protocol
 
     def _check_bags(self, X: Bags, reset: bool) -> list[np.ndarray]:
         if isinstance(X, np.ndarray) and X.ndim == 3:

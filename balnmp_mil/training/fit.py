@@ -140,12 +140,13 @@ class _Trainer:
                  device: torch.device) -> None:
         self.model, self.train, self.cfg, self.device = model, train, cfg, device
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        if cfg.standardize:
+        if cfg.standardizes(model):
             model.set_input_stats(train.features)
         self.y_bags = train.bag_labels
         weight = class_weight_vector(cfg.class_weights, self.y_bags, model.n_classes)
         self.weight = None if weight is None else weight.to(device)
         self.clin = train.bag_clinical()
+        self.probs: torch.Tensor | None = None
         self.opt = make_optimizer(model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
                                            and not torch.cuda.is_bf16_supported())
@@ -158,9 +159,15 @@ class _Trainer:
         self.model.train()
         plan = epoch_plan(self.train.offsets, self.cfg, self.gen)
         total = torch.zeros((), dtype=torch.float64, device=self.device)  # read once per epoch
+        if self.cfg.train_stop_auc is not None:  # the epoch's own training outputs, per bag
+            self.probs = torch.zeros(self.train.n_bags, self.model.n_classes, device=self.device)
         for rows, offs, bags in device_steps(plan, self.device):
             total += self.step(rows, offs, bags) * bags.numel()
-        return {"epoch": epoch, "lr": lr, "train_loss": float(total) / max(self.train.n_bags, 1)}
+        row = {"epoch": epoch, "lr": lr, "train_loss": float(total) / max(self.train.n_bags, 1)}
+        if self.probs is not None:
+            merged = merge_patients(self.probs, self.train, self.cfg.merge)
+            row["train_auc"] = auc_score(self.train.labels.cpu().numpy(), merged)
+        return row
 
     def step(self, rows: torch.Tensor, offs: torch.Tensor, bags: torch.Tensor) -> torch.Tensor:
         """One optimiser step on the packed `bags`; the loss (detached, float64)."""
@@ -170,6 +177,8 @@ class _Trainer:
         with autocast(self.device, self.cfg.amp):
             out = self.model(x, offs, c, y)
         loss = _loss(out, y, self.weight)
+        if self.probs is not None:
+            self.probs[bags] = torch.softmax(out.logits.detach().float(), 1)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
@@ -203,7 +212,7 @@ def _fit(
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        if val is not None and stop.exhausted:
+        if val is not None and stop.exhausted or _train_auc_reached(row, cfg):
             break
     best_epoch = stop.best_epoch
     if best_state is not None:
@@ -213,6 +222,11 @@ def _fit(
     model.eval()
     final = None if val is None else stop.final_score()
     return FitResult(model, history, best_epoch, final, cfg)
+
+
+def _train_auc_reached(row: dict[str, Any], cfg: FitConfig) -> bool:
+    """The paper's stop: this epoch's training AUC above `train_stop_auc` (NaN never is)."""
+    return cfg.train_stop_auc is not None and row.get("train_auc", 0.0) > cfg.train_stop_auc
 
 
 def _validate(model: MILModel, val: Cohort, cfg: FitConfig) -> dict[str, float]:

@@ -150,3 +150,15 @@ def cosine(lr: float, epoch: int, epochs: int) -> float:
 def constant(lr: float, epoch: int, epochs: int) -> float:
     """The same learning rate every epoch."""
     return lr
+
+
+@SCHEDULES.register("warm_restarts")
+def warm_restarts(lr: float, epoch: int, epochs: int) -> float:
+    """The BALNMP code's schedule: `CosineAnnealingWarmRestarts(T_0=20, T_mult=2)` (cosine
+    down to 0 over 20 epochs, then 40, 80, ...) stepped at the START of each epoch
+    (`code/train.py`: `scheduler.step()` before training), so epoch 0 already uses the lr of
+    position 1 of the cycle."""
+    t, period = epoch + 1, 20
+    while t >= period:
+        t, period = t - period, period * 2
+    return lr * 0.5 * (1.0 + math.cos(math.pi * t / period))

@@ -147,7 +147,8 @@ def sweep(
     `.train`/`.val` patient ids. `vectorise`: True, False, or "auto" (vectorised on CUDA,
     where it removes per-step launch overhead; sequential on CPU, where training is bound by
     matrix multiplies and padding the M batches to one shape only adds work). Models whose
-    class is not `vmappable` and optimisers that are not `stackable` are fitted one by one.
+    class is not `vmappable`, optimisers that are not `stackable` and `train_stop_auc` are
+    fitted one by one.
     """
     t0 = time.perf_counter()
     kwargs = dict(model_kwargs or {})
@@ -164,7 +165,8 @@ def sweep(
     if vectorise == "auto":
         vectorise = torch.device(cfgs[0].device or cohort.device).type == "cuda"
     if (not vectorise or not MODELS.get(model_name).vmappable
-            or not OPTIMIZERS.get(cfgs[0].optimizer).stackable):
+            or not OPTIMIZERS.get(cfgs[0].optimizer).stackable
+            or cfgs[0].train_stop_auc is not None):  # a per-model stop `fit` knows
         results = []
         for spec, model, cfg in zip(specs, models, cfgs, strict=True):
             tr, va = parts[spec.split]
@@ -189,7 +191,7 @@ class _VectorisedSweep:
         self.base = models[0]
         self.train = [_part(cohort, parts[s.split][0]) for s in specs]
         for m, c, part in zip(models, cfgs, self.train, strict=True):
-            if c.standardize:  # as fit does: the statistics of this model's training rows
+            if c.standardizes(m):  # as fit does: the statistics of this model's training rows
                 m.set_input_stats(cohort.features, part.rows.to(self.device))
         self.params, self.buffers = stack_module_state(models)
         self.params = {k: v.detach() for k, v in self.params.items()}

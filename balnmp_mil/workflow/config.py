@@ -34,6 +34,7 @@ from balnmp_mil.errors import InputError
 from balnmp_mil.evaluation.metrics import CI_METHODS
 from balnmp_mil.models import MODELS
 from balnmp_mil.training.config import FitConfig
+from balnmp_mil.training.protocol import apply_protocol
 
 __all__ = ["SETTINGS", "SPLIT_NAMES", "CVConfig", "TrainConfig",
            "fit_options", "resolve_device", "resolved_config", "run_fields"]
@@ -126,6 +127,7 @@ class TrainConfig(FitConfig):
                               help="Bootstrap resamples for the AUC CI.")
 
     def __post_init__(self) -> None:
+        apply_protocol(self)  # as FitConfig does: a --protocol sets the options left default
         check_options(self)
         if self.clinical_only and self.clinical is None:
             raise InputError("--clinical-only needs --clinical TABLE (the clinical data)")

@@ -258,12 +258,13 @@ def save_model(run_dir: Path, model: MILModel) -> None:
 def _build(cfg_path: Path) -> MILModel:
     """The module `model.json` describes; a description this balnmp cannot build names it."""
     from balnmp_mil.models import build_model
+    from balnmp_mil.models.registry import saved_config
 
     config = read_json(cfg_path)
     if not isinstance(config, dict) or "name" not in config:
         raise RunDirError(f"{cfg_path} does not describe a model; {DAMAGED}")
     try:
-        return build_model(**config)
+        return build_model(**saved_config(config))
     except (TypeError, ValueError) as exc:  # BalnmpError is a ValueError
         raise RunDirError(f"{cfg_path} describes a model this balnmp cannot build ({exc}); "
                           f"{DAMAGED}, or read it with the balnmp that wrote it") from exc

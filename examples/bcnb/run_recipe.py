@@ -15,6 +15,10 @@ so they can be copied into a batch script):
    on the same patient split (`--splits` of the first run);
 4. `table2.py` — the Table-2-style table, printed and written to OUT/table2.md.
 
+`--protocol paper` trains the image models with the official code's schedule; `--official-splits
+DIR` (the repository's `code/dataset/json`) first runs `balnmp-mil paper splits DIR --out
+OUT/paper-splits` and gives every run its experiment's published patient split (`--splits`).
+
 The commands run in this process (click's `main(args)`), so torch is imported once. Finished
 steps are kept: rerunning skips extracted slides and existing run directories (`--overwrite`
 retrains). `--weights none --epochs 1 --input-size 32` makes a seconds-long smoke run on the
@@ -37,10 +41,12 @@ import table2  # noqa: E402
 TASKS = tuple(task for task, _ in table2.EXPERIMENTS)
 
 
-def _settings(clinical: str, instances: int) -> dict[str, list[str]]:
+def _settings(clinical: str, instances: int, protocol: str | None = None
+              ) -> dict[str, list[str]]:
     """`balnmp-mil train` options of the paper's three models, by run-directory name."""
     clin = ["--clinical", clinical, "--clinical-variant", "paper5"]
     image = ["--model", "balnmp", "--instances-per-bag", str(instances)]
+    image += ["--protocol", protocol] if protocol else []
     return {"clinical": ["--clinical-only", *clin], "image": image,
             "image+clinical": [*image, *clin]}
 
@@ -118,9 +124,17 @@ def run_recipe(args: argparse.Namespace) -> int:
     if status not in (0, 1):  # 1: some slides failed (listed in manifest.csv); go on
         return status
     clinical = str(layout.clinical)
+    official = None
+    if args.official_splits:
+        official = Path(args.out) / "paper-splits"
+        status = run_command("balnmp-mil", mil_main, ["paper", "splits", args.official_splits,
+                                                      "--out", str(official)])
+        if status != 0:
+            return status
     for task in args.experiments:
-        splits: Path | None = None
-        for setting, options in _settings(clinical, args.instances_per_bag).items():
+        splits: Path | None = None if official is None else official / f"{task}.json"
+        for setting, options in _settings(clinical, args.instances_per_bag,
+                                          args.protocol).items():
             if setting not in args.settings:
                 continue
             run = Path(args.out) / "runs" / task / setting
@@ -167,6 +181,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fail unless the clinical table has this many patients (1058)")
     p.add_argument("--on-missing", choices=("error", "warn"), default="error",
                    help="patients whose slide failed extraction: stop (default) or leave out")
+    p.add_argument("--protocol", choices=("paper",), default=None,
+                   help="training protocol of the image models (paper: the official code's "
+                        "SGD, warm restarts, 200 epochs, train-AUC stop) [balnmp's defaults]")
+    p.add_argument("--official-splits", default=None, metavar="DIR",
+                   help="the official code/dataset/json folder: train every run on the "
+                        "paper's patient split of its experiment instead of drawing one")
     p.add_argument("--overwrite", action="store_true", help="retrain existing run directories")
     args = p.parse_args(argv)
     args.experiments = [t.strip() for t in args.experiments.split(",") if t.strip()]

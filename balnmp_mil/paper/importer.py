@@ -1,0 +1,89 @@
+"""`balnmp-mil paper import`: a released BALNMP checkpoint as a run directory.
+
+The run holds the checkpoint's head as our `balnmp` model (`model.json`, `model.pt`), the
+classes of `--task`, and the record of the features it takes (`config.yaml`'s `meta.store`:
+the backbone `--encoder`, the checkpoint's sha256 as the weights, the flattened width), so
+`predict RUN FEATURES` and `heatmap` accept exactly the features `extract-features --encoder
+E --flatten --weights CHECKPOINT` writes. Nothing was trained here: the run has no splits,
+predictions or metrics beyond its classes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from balnmp_cache._version import __version__
+from balnmp_mil.data.labels import TASKS
+from balnmp_mil.errors import InputError
+from balnmp_mil.paper.head import head_from_checkpoint, read_checkpoint, weights_id
+from balnmp_mil.workflow import rundir
+from balnmp_mil.workflow.config import TrainConfig, resolved_config
+from balnmp_mil.workflow.steps import positive_class
+
+__all__ = ["ImportResult", "import_checkpoint"]
+
+PAPER_ENCODER = "vgg16_bn"  # the paper's backbone (code/train.py --backbone default)
+
+
+@dataclass
+class ImportResult:
+    """The run written, its model's shape and the record of the features it takes."""
+
+    path: Path
+    class_names: list[str]
+    in_dim: int
+    encoder: str
+    weights: str
+
+    def summary(self) -> str:
+        return (f"imported {self.encoder} head ({self.in_dim} inputs, classes "
+                f"{', '.join(self.class_names)}) -> {self.path}\n"
+                f"predict with features from: extract-features SLIDES --out FEATURES "
+                f"--encoder {self.encoder} --flatten --weights CHECKPOINT "
+                f"(weights {self.weights[:19]}...)")
+
+
+def _class_names(task: str | None, n_classes: int, checkpoint: Path) -> list[str]:
+    if task is None:
+        return [str(c) for c in range(n_classes)]
+    names = list(TASKS.get(task).class_names)
+    if len(names) != n_classes:
+        raise InputError(f"checkpoint {checkpoint} has {n_classes} classes but --task {task} "
+                         f"has {len(names)} ({', '.join(names)}); pass the task it was "
+                         "trained for")
+    return names
+
+
+def import_checkpoint(checkpoint: str | Path, out: str | Path, task: str | None = None,
+                      encoder: str = PAPER_ENCODER, overwrite: bool = False) -> ImportResult:
+    """Write run `out` from a released BALNMP checkpoint (see module docstring)."""
+    checkpoint = Path(checkpoint)
+    out = rundir.check_target(out, overwrite, [("CHECKPOINT", checkpoint)])
+    model = head_from_checkpoint(read_checkpoint(checkpoint))
+    if model.clinical_dim:
+        raise InputError(
+            f"checkpoint {checkpoint} is a MILNetWithClinicalData (its classifier takes "
+            f"{model.clinical_dim} clinical values, tiled 10 times): the official values come "
+            "from its preprocessed-type-K.xlsx, which no --clinical-variant reproduces; use "
+            "balnmp_mil.paper.head_from_checkpoint and pass those values to forward_bag")
+    names = _class_names(task, model.n_classes, checkpoint)
+    weights = weights_id(checkpoint)
+    record = {"encoder": encoder, "weights": weights, "feature_dim": model.in_dim,
+              "target_mpp": None, "patch_size": None}
+    imported = f"(none: imported from {checkpoint.resolve()})"
+    saved = resolved_config(TrainConfig(features=imported, labels=imported, task=task,
+                                        model="balnmp"))
+    saved.update(features=imported, labels=imported)
+    saved["meta"] = {"balnmp_version": __version__, "run_format": rundir.RUN_FORMAT,
+                     "out": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "store": record, "imported": {"checkpoint": str(checkpoint.resolve()),
+                                                   "weights": weights}}
+    metrics = {"task": task, "model": "balnmp", "class_names": names,
+               "positive_class": positive_class(names), "imported": str(checkpoint.resolve())}
+    with rundir.staged_run(out, overwrite, [("CHECKPOINT", checkpoint)]) as tmp:
+        rundir.write_config(tmp / rundir.CONFIG, saved)
+        rundir.save_model(tmp, model)
+        rundir.write_json(tmp / rundir.METRICS, metrics)
+    return ImportResult(Path(out), names, model.in_dim, encoder, weights)
