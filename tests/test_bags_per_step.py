@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -117,3 +118,15 @@ def test_cv_records_the_resolved_value_of_each_fold(cohort, tmp_path):
     saved = yaml.safe_load((tmp_path / "cv" / "config.yaml").read_text())
     assert saved["meta"]["bags_per_step"] == [1, 1, 1]
     assert "bags per optimiser step: 1 (auto)" in res.output
+
+
+@pytest.mark.parametrize("vectorise", [True, False])
+def test_a_sweep_records_the_value_each_fit_used(vectorise):
+    from balnmp_mil.training.sweep import sweep
+
+    cohort = planted_cohort(n_bags=18, hi=12)
+    idx = np.arange(18)
+    splits = [(idx[idx % 3 != 0], idx[idx % 3 == 0])]
+    res = sweep("abmil", cohort, splits, seeds=(0,), lrs=(5e-3,), epochs=1, vectorise=vectorise,
+                model_kwargs={"dropout": 0.0, "embed_dim": 8, "attention_dim": 4})
+    assert [r.config.bags_per_step for r in res.results] == [1]
