@@ -13,13 +13,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from balnmp_cache._options import Constraint, Flag, Interval, OneOf, Text, check_options, option
+from balnmp_cache.errors import OptionError
 from balnmp_mil.models import MILModel
 from balnmp_mil.training.inference import MERGES
 from balnmp_mil.training.monitor import MONITORS
 from balnmp_mil.training.optim import OPTIMIZERS, SCHEDULES
 from balnmp_mil.training.protocol import PROTOCOLS, apply_protocol
 
-__all__ = ["ClassWeights", "FitConfig"]
+__all__ = ["AUTO", "AUTO_MAX_BAGS_PER_STEP", "AUTO_MIN_STEPS", "BagsPerStep", "ClassWeights",
+           "FitConfig", "resolve_bags_per_step"]
+
+AUTO = "auto"
+# The "auto" rule, measured by benchmarks/mil_accuracy.py (docs/models.md, "Bags per step"):
+# an epoch keeps at least AUTO_MIN_STEPS optimiser steps, and a step packs at most
+# AUTO_MAX_BAGS_PER_STEP bags (where the CPU speed-up over one bag per step comes from).
+AUTO_MIN_STEPS = 64
+AUTO_MAX_BAGS_PER_STEP = 8
+
+
+def resolve_bags_per_step(value: int | str, n_bags: int) -> int:
+    """Bags per optimiser step for `n_bags` training bags: an explicit number as given;
+    "auto": `n_bags // AUTO_MIN_STEPS`, between 1 and `AUTO_MAX_BAGS_PER_STEP`."""
+    if value != AUTO:
+        return int(value)
+    return max(1, min(AUTO_MAX_BAGS_PER_STEP, n_bags // AUTO_MIN_STEPS))
 
 
 class ClassWeights(Constraint):
@@ -36,6 +53,22 @@ class ClassWeights(Constraint):
 
     def metavar(self) -> str:
         return "balanced|none|W1,W2,..."
+
+
+class BagsPerStep(Constraint):
+    """Bags per optimiser step: "auto" (chosen from the number of training bags by
+    `balnmp_mil.training.plan.resolve_bags_per_step`) or an integer >= 1."""
+
+    def convert(self, value: object, name: str, flag: str) -> object:
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
+        try:
+            return Interval(int, 1).convert(value, name, flag)
+        except OptionError:
+            raise self.refuse(value, name, flag, "must be auto or an integer >= 1") from None
+
+    def metavar(self) -> str:
+        return "auto|INTEGER"
 
 
 def parse_class_weights(text: str) -> object:
@@ -67,7 +100,11 @@ class FitConfig:
                            help="Learning-rate schedule: cosine (per epoch, down to 0), "
                                 "constant, or warm_restarts (the paper's: cosine restarts "
                                 "after 20, 40, 80... epochs).")
-    bags_per_step: int = option(8, check=Interval(int, 1), help="Bags per optimisation step.")
+    bags_per_step: int | str = option(AUTO, check=BagsPerStep(), help=(
+        f"Bags per optimiser step, packed into one forward: a number, or auto (as many as keep "
+        f"an epoch at least {AUTO_MIN_STEPS} optimiser steps, at most "
+        f"{AUTO_MAX_BAGS_PER_STEP}: one bag per step below {2 * AUTO_MIN_STEPS} training "
+        f"bags)."))
     instances_per_bag: int | None = option(None, check=Interval(int, 1), default_text="all",
                                            help="Sample at most this many patches per bag and "
                                                 "epoch in training.")

@@ -52,7 +52,7 @@ class MILClassifier(ClassifierMixin, BaseEstimator):
         optimizer: str = _D.optimizer,
         momentum: float = _D.momentum,
         schedule: str = _D.schedule,
-        bags_per_step: int = _D.bags_per_step,
+        bags_per_step: int | str = _D.bags_per_step,
         instances_per_bag: int | None = _D.instances_per_bag,
         class_weights: str | Sequence[float] | None = _D.class_weights,
         train_stop_auc: float | None = _D.train_stop_auc,

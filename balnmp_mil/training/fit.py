@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 from balnmp_mil.data.cohort import Cohort
 from balnmp_mil.errors import InputError
 from balnmp_mil.models import MILModel, MILOutput
-from balnmp_mil.training.config import FitConfig
+from balnmp_mil.training.config import FitConfig, resolve_bags_per_step
 from balnmp_mil.training.inference import (
     auc_score,
     autocast,
@@ -113,10 +113,12 @@ def fit(
 ) -> FitResult:
     """Train `model` on `train`; with `val`, keep the best epoch by `monitor`.
 
-    Options are the fields of `FitConfig` (or `config=FitConfig(...)`).
+    Options are the fields of `FitConfig` (or `config=FitConfig(...)`); the result's config
+    holds the bags per step used (`bags_per_step="auto"` resolved for `train`'s bags).
     """
     base = options.pop("config", None)
     cfg = fit_config(options, base)
+    cfg = replace(cfg, bags_per_step=resolve_bags_per_step(cfg.bags_per_step, train.n_bags))
     device = torch.device(cfg.device) if cfg.device is not None else train.device
     train = train.to(device) if train.device != device else train
     if val is not None and val.device != device:

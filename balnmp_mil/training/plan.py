@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from balnmp_mil.segment import gather_ranges, segment_rank
-from balnmp_mil.training.config import FitConfig
+from balnmp_mil.training.config import FitConfig, resolve_bags_per_step
 
 __all__ = ["EpochPlan", "batch_rows", "device_steps", "epoch_plan"]
 
@@ -28,7 +28,8 @@ class EpochPlan:
 
 def epoch_plan(offsets: torch.Tensor, cfg: FitConfig, gen: torch.Generator) -> EpochPlan:
     """Subsample up to `cfg.instances_per_bag` rows per bag (kept in order), then shuffle bags
-    into batches of `cfg.bags_per_step`. All draws come from `gen` (CPU)."""
+    into batches of `cfg.bags_per_step` ("auto": `resolve_bags_per_step` of the number of
+    bags). All draws come from `gen` (CPU)."""
     instances_per_bag = cfg.instances_per_bag
     offsets = offsets.cpu()
     n_bags = offsets.numel() - 1
@@ -41,7 +42,8 @@ def epoch_plan(offsets: torch.Tensor, cfg: FitConfig, gen: torch.Generator) -> E
         counts = (offsets[1:] - offsets[:-1]).clamp(max=instances_per_bag)
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
     perm = torch.randperm(n_bags, generator=gen)
-    return EpochPlan(rows, offsets, list(torch.split(perm, cfg.bags_per_step)))
+    per_step = resolve_bags_per_step(cfg.bags_per_step, n_bags)
+    return EpochPlan(rows, offsets, list(torch.split(perm, per_step)))
 
 
 def batch_rows(plan: EpochPlan, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

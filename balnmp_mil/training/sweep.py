@@ -25,7 +25,7 @@ from balnmp_mil.data.cohort import Cohort
 from balnmp_mil.errors import SplitError
 from balnmp_mil.models import MODELS, MILModel, build_model
 from balnmp_mil.segment import Segments, gather_ranges
-from balnmp_mil.training.config import FitConfig
+from balnmp_mil.training.config import FitConfig, resolve_bags_per_step
 from balnmp_mil.training.fit import FitResult, class_weight_vector, fit, lr_at
 from balnmp_mil.training.inference import auc_score, autocast, merge_bags
 from balnmp_mil.training.monitor import EarlyStopping, choose_monitor
@@ -368,6 +368,8 @@ class _VectorisedSweep:
             model.eval()
             score = stops[m].final_score() if has_val else None
             epoch = stops[m].best_epoch if has_val else len(histories[m]) - 1
-            cfg = replace(self.cfgs[m])
+            n_bags = self.train[m].offsets.numel() - 1  # as fit records it: auto resolved
+            cfg = replace(self.cfgs[m], bags_per_step=resolve_bags_per_step(
+                self.cfgs[m].bags_per_step, n_bags))
             out.append(FitResult(model, histories[m], epoch, score, cfg))
         return out

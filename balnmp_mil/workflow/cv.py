@@ -24,6 +24,7 @@ from balnmp_mil.workflow import rundir
 from balnmp_mil.workflow.config import CVConfig, resolve_device, resolved_config
 from balnmp_mil.workflow.steps import (
     attach_clinical,
+    bags_per_step,
     check_inputs,
     clinical_only_fit,
     fit_and_predict,
@@ -33,7 +34,7 @@ from balnmp_mil.workflow.steps import (
     positive_class,
     positive_scores,
 )
-from balnmp_mil.workflow.train import run_meta
+from balnmp_mil.workflow.train import bags_line, run_meta
 
 if TYPE_CHECKING:
     from balnmp_mil.data.cohort import Cohort
@@ -48,9 +49,11 @@ class CVResult:
     table: str
     seconds: float
     positive: str | None = None
+    bags_line: str | None = None
 
     def summary(self) -> str:
         head = f"positive class: {self.positive}\n" if self.positive else ""
+        head += f"{self.bags_line}\n" if self.bags_line else ""
         return f"{head}{self.table}\nrun: {self.path}  in {self.seconds:.1f} s"
 
 
@@ -90,6 +93,9 @@ def cv_run(cfg: CVConfig, out: str | Path, overwrite: bool = False,
     folds = kfold_splits(cohort.patient_ids, y_all, k=cfg.folds, val=cfg.val, seed=cfg.seed)
     saved = resolved_config(cfg)
     saved["meta"] = run_meta(cohort, device, Path(out))
+    if any(setting != "clinical" for setting in cfg.settings()):  # a MIL model is fitted
+        saved["meta"]["bags_per_step"] = [  # per fold: what --bags-per-step auto resolved to
+            bags_per_step(cfg, cohort, f.indices(cohort.patient_ids)["train"]) for f in folds]
     rows: list[dict[str, Any]] = []
     frames: list[pd.DataFrame] = []
     with rundir.staged_run(out, overwrite, cfg.inputs()) as tmp:
@@ -118,8 +124,10 @@ def cv_run(cfg: CVConfig, out: str | Path, overwrite: bool = False,
         (tmp / rundir.REPORT).write_text(cv_report(rows, saved, cohort.class_names))
         (tmp / rundir.REPORT_HTML).write_text(
             run_html(tmp, rundir.read_json(tmp / rundir.METRICS), saved), encoding="utf-8")
+    used = saved["meta"].get("bags_per_step")
     return CVResult(Path(out), rows, cv_table(rows), time.perf_counter() - start,
-                    positive_class(list(cohort.class_names)))
+                    positive_class(list(cohort.class_names)),
+                    None if used is None else bags_line(used, cfg.bags_per_step))
 
 
 def _cv_metrics(rows: list[dict], preds: pd.DataFrame, class_names: list[str],

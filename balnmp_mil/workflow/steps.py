@@ -116,6 +116,17 @@ def load_training_cohort(cfg: TrainConfig, device: str, config: str | Path | Non
     return cohort
 
 
+def bags_per_step(cfg: TrainConfig, cohort: Cohort, train_rows: np.ndarray) -> int | None:
+    """The bags per optimiser step `fit` will use on the training patients `train_rows`
+    (`--bags-per-step auto` resolved for their bags); None for the clinical-only model."""
+    from balnmp_mil.training.config import resolve_bags_per_step
+
+    if cfg.clinical_only:
+        return None
+    n_bags = int(cohort.bag_selection(train_rows)[1].numel())
+    return resolve_bags_per_step(cfg.bags_per_step, n_bags)
+
+
 def labels_numpy(cohort: Cohort) -> np.ndarray:
     return cohort.labels.detach().cpu().numpy().astype(np.int64)
 

@@ -19,10 +19,12 @@ import pandas as pd
 from balnmp_cache._version import __version__
 from balnmp_mil.evaluation.report import fmt_auc, train_report
 from balnmp_mil.evaluation.report_html import run_html
+from balnmp_mil.training.config import AUTO
 from balnmp_mil.workflow import rundir
 from balnmp_mil.workflow.config import SPLIT_NAMES, TrainConfig, resolve_device, resolved_config
 from balnmp_mil.workflow.steps import (
     attach_clinical,
+    bags_per_step,
     check_inputs,
     clinical_only_fit,
     evaluate_parts,
@@ -48,6 +50,7 @@ class RunResult:
     youden_threshold: float | None
     best_epoch: int | None
     seconds: float
+    bags_per_step: int | None = None
 
     def summary(self) -> str:
         """A few lines for the terminal: AUC [CI] per split and the files written."""
@@ -55,6 +58,8 @@ class RunResult:
         positive = self.metrics.get("positive_class")
         lines = [f"{model} on {self.config.task or 'label'} (seed {self.config.seed})"
                  + (f"; positive class: {positive}" if positive else "")]
+        if self.bags_per_step is not None:
+            lines.append(f"  {bags_line(self.bags_per_step, self.config.bags_per_step)}")
         for name in SPLIT_NAMES:
             if name in self.metrics:
                 m = self.metrics[name]
@@ -64,6 +69,12 @@ class RunResult:
         )
         lines.append(f"run: {self.path}  ({files})  in {self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def bags_line(used: int | list[int], given: int | str) -> str:
+    """'bags per optimiser step: 1 (auto)' for the summary of a run."""
+    shown = used if isinstance(used, int) else "/".join(map(str, sorted(set(used))))
+    return f"bags per optimiser step: {shown}" + (" (auto)" if given == AUTO else "")
 
 
 def run_meta(cohort: Any, device: str, out: Path) -> dict[str, Any]:
@@ -94,6 +105,9 @@ def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False,
     class_names = list(cohort.class_names)
     saved = resolved_config(cfg)
     saved["meta"] = run_meta(cohort, device, Path(out))
+    per_step = bags_per_step(cfg, cohort, idx["train"])
+    if per_step is not None:
+        saved["meta"]["bags_per_step"] = per_step  # what --bags-per-step auto resolved to
     with rundir.staged_run(out, overwrite, cfg.inputs()) as tmp:
         rundir.write_config(tmp / rundir.CONFIG, saved)
         save_splits(split, tmp / rundir.SPLITS)
@@ -126,4 +140,4 @@ def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False,
         (tmp / rundir.REPORT_HTML).write_text(
             run_html(tmp, rundir.read_json(tmp / rundir.METRICS), saved), encoding="utf-8")
     return RunResult(Path(out), cfg, metrics, reports, threshold, best_epoch,
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, per_step)
