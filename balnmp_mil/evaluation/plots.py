@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -152,6 +153,14 @@ def plot_attention_heatmap(thumbnail: np.ndarray, coords: np.ndarray, attention:
                                   top_k, patches, mpp, title, alpha, value_label), out)
 
 
+def _colourbar(fig: Figure, im: Any, ax: Any, label: str) -> None:
+    """A colourbar for `im` with its colours opaque (the legend of the colours, not the blend)."""
+    cbar = fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02)
+    cbar.set_label(label)
+    if cbar.solids is not None:
+        cbar.solids.set_alpha(1.0)  # the legend of the colours, not of the blend
+
+
 def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.ndarray,
                      patch_size_level0: float, downsample: float, top_k: int = 8,
                      patches: Sequence[np.ndarray] | None = None, mpp: float | None = None,
@@ -193,10 +202,7 @@ def attention_figure(thumbnail: np.ndarray, coords: np.ndarray, attention: np.nd
         x, y = tiles.corners[i]
         ax.add_patch(Rectangle((x, y), tiles.side, tiles.side, fill=False, ec="white", lw=1.2))
         ax.text(x, y, str(rank), color="white", fontsize=7, va="bottom", fontweight="bold")
-    cbar = fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02)
-    cbar.set_label(value_label)
-    if cbar.solids is not None:
-        cbar.solids.set_alpha(1.0)  # the legend of the colours, not of the blend
+    _colourbar(fig, im, ax, value_label)
     if mpp:
         _scale_bar(ax, w, h, mpp * downsample)
     ax.set_axis_off()
