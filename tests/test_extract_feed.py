@@ -147,3 +147,68 @@ def test_host_pixels_are_wrapped_without_a_copy_and_pinned_only_when_asked() -> 
     if torch.cuda.is_available():
         pinned = as_tensor(pixels, pin=True)
         assert pinned.is_pinned() and torch.equal(pinned, x)
+
+
+def test_rgba_batches_decoded_on_a_device_composite_as_on_the_host() -> None:
+    from balnmp_cache.slides.cucim import _rgb, rgb_tensor
+
+    rgba = np.random.default_rng(1).integers(0, 256, (3, 5, 5, 4), dtype=np.uint8)
+    for arr in (rgba, rgba[..., :3]):
+        out = rgb_tensor(torch.from_numpy(arr))  # the CUDA path's arithmetic, run on the CPU
+        assert out.dtype == torch.uint8 and out.is_contiguous()
+        np.testing.assert_array_equal(out.numpy(), _rgb(arr))
+
+
+def test_a_batch_joins_host_rows_and_rows_decoded_on_the_gpu() -> None:
+    from balnmp_cache.extract.feed import _join
+
+    a = np.full((2, 4, 4, 3), 7, np.uint8)
+    b = np.full((3, 4, 4, 3), 9, np.uint8)
+    cpu = torch.device("cpu")
+    assert _join([a], cpu) is a and _join([], cpu) is None
+    np.testing.assert_array_equal(_join([a, b], cpu), np.concatenate([a, b]))
+    mixed = _join([a, torch.from_numpy(b)], cpu)  # a slide fell back to CPU decoding
+    assert isinstance(mixed, torch.Tensor)
+    np.testing.assert_array_equal(mixed.numpy(), np.concatenate([a, b]))
+
+
+def test_device_batches_without_a_gpu_are_the_host_arrays(cohort) -> None:  # noqa: ANN001
+    from balnmp_cache.slides.cucim import cucim_available
+
+    if cucim_available() is not None:
+        pytest.skip(cucim_available())
+    path = _slides(cohort)[0]
+    with open_slide(path, backend="cucim") as slide:
+        locs = np.array([[0, 0], [64, 32], [200, 100]], np.int64)
+        plain = list(slide.read_regions(locs, 0, (32, 32), batch_size=2))
+        slide.device_batches = True
+        kept = list(slide.read_regions(locs, 0, (32, 32), batch_size=2))
+    if slide.device == "cpu":  # no GPU: cuCIM decodes on the CPU, batches are host arrays
+        assert all(isinstance(b, np.ndarray) for b in kept)
+        np.testing.assert_array_equal(np.concatenate(kept), np.concatenate(plain))
+    else:  # decoded on the GPU: CUDA tensors of the same pixels, never copied to the host
+        assert all(isinstance(b, torch.Tensor) and b.is_cuda for b in kept)
+        np.testing.assert_array_equal(torch.cat(kept).cpu().numpy(), np.concatenate(plain))
+
+
+@pytest.mark.gpu
+def test_on_cuda_batches_reach_the_encoder_on_the_device_or_pinned(cohort, tmp_path: Path,  # noqa: ANN001
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    seen: list[tuple[bool, bool]] = []
+    call = EncoderRunner.__call__
+
+    def recording(self, batch):  # noqa: ANN001, ANN202
+        seen.append((batch.is_cuda, batch.is_cuda or batch.is_pinned()))
+        return call(self, batch)
+
+    monkeypatch.setattr(EncoderRunner, "__call__", recording)
+    opts = {**OPTS, "device": "cuda", "precision": "fp32"}
+    extract_features(cohort.slides_dir, tmp_path / "gpu", **opts)
+    assert seen and all(on_device_or_pinned for _, on_device_or_pinned in seen)
+    monkeypatch.setattr(EncoderRunner, "__call__", call)
+    extract_features(cohort.slides_dir, tmp_path / "cpu", **OPTS)
+    gpu, cpu = FeatureStore(tmp_path / "gpu"), FeatureStore(tmp_path / "cpu")
+    for sid in cpu.slide_ids:
+        np.testing.assert_allclose(gpu[sid].features, cpu[sid].features, atol=1e-3, rtol=1e-3)

@@ -98,6 +98,7 @@ class _Feed:
                  stop: _Flag | None) -> None:  # fmt: skip
         self.job, self.paths, self.ahead, self.stop = job, list(paths), ahead, stop
         self.batch_size = job.options.batch_size
+        self.device = job.runner.device  # CUDA: batches go to pinned memory, or stay on it
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="balnmp-prepare")
         self.claims: deque[Future[Claim]] = deque()
         self.slides: list[_Slide] = []
@@ -141,6 +142,7 @@ class _Feed:
         if self.buf and self.buf[0][0].shape[1:3] != size[::-1]:
             yield self._emit()  # batches hold patches of one size
         got = 0
+        prep.slide.device_batches = self.device.type == "cuda"
         try:
             if n:
                 o = self.job.options
@@ -163,9 +165,9 @@ class _Feed:
         finally:
             prep.slide.close()
 
-    def _add(self, slide: _Slide, chunk: np.ndarray) -> Iterator[Batch]:
-        if not chunk.flags.owndata:  # a view of a buffer the reader may recycle
-            chunk = np.array(chunk, copy=True)
+    def _add(self, slide: _Slide, chunk: Any) -> Iterator[Batch]:
+        if isinstance(chunk, np.ndarray) and not chunk.flags.owndata:
+            chunk = np.array(chunk, copy=True)  # a view of a buffer the reader may recycle
         pos = 0
         while pos < len(chunk):
             take = min(self.batch_size - self.n, len(chunk) - pos)
@@ -183,12 +185,7 @@ class _Feed:
                 route.segments[-1] = (slide, route.segments[-1][1] + len(arr))
             else:
                 route.segments.append((slide, len(arr)))
-        arrays = [a for a, _ in self.buf]
-        pixels = None
-        if len(arrays) == 1 and arrays[0].flags.owndata:
-            pixels = arrays[0]
-        elif arrays:
-            pixels = np.concatenate(arrays)
+        pixels = _join([a for a, _ in self.buf], self.device)
         self.buf, self.n, self.events = [], 0, []
         return Batch(pixels, route)
 
@@ -287,6 +284,29 @@ class _Feed:
             while True:
                 out.append(self.results.get_nowait())
         return out
+
+
+def _join(arrays: list[Any], device: Any) -> Any:
+    """Rows of consecutive slides as one batch: a host array (pinned memory when the encoder
+    is on CUDA, so its copy to the device is asynchronous and there is no second copy), or a
+    CUDA tensor when they were decoded on the GPU. None when there are no rows."""
+    if not arrays:
+        return None
+    import torch
+
+    if any(isinstance(a, torch.Tensor) for a in arrays):  # decoded on the GPU (some may not)
+        return torch.cat([torch.as_tensor(a).to(device, non_blocking=True) for a in arrays])
+    if device.type != "cuda":
+        if len(arrays) == 1 and arrays[0].flags.owndata:
+            return arrays[0]
+        return np.concatenate(arrays)
+    out = torch.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=torch.uint8,
+                      pin_memory=True)  # fmt: skip
+    row = 0
+    for a in arrays:
+        out[row : row + len(a)].copy_(torch.from_numpy(a))
+        row += len(a)
+    return out
 
 
 def run_feed(job: SlideJob, paths: Sequence[Path],

@@ -153,7 +153,7 @@ class Batch:
     `route` the sink needs to send each row's features to its slide. `pixels` None: a batch
     of no patches that only carries its route through the pipeline, in order."""
 
-    pixels: np.ndarray | None
+    pixels: np.ndarray | torch.Tensor | None  # a tensor: pinned host or CUDA memory
     route: Any = None
 
 
@@ -271,7 +271,7 @@ class _Pipeline:
                 event.synchronize()
             self.sink.deliver(None if feats is None else feats.numpy(), batch, error)
 
-    def encode(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    def encode(self, batch: Any) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """One batch through the encoder; on CUDA the features come back to pinned host
         memory asynchronously, with the event the writer waits on."""
         try:
