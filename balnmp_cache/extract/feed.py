@@ -95,8 +95,9 @@ class _Route:
 
 class _Feed:
     def __init__(self, job: SlideJob, paths: Sequence[Path], workers: int, ahead: int,
-                 stop: _Flag | None) -> None:  # fmt: skip
+                 stop: _Flag | None, record: Callable[[SlideResult], None]) -> None:  # fmt: skip
         self.job, self.paths, self.ahead, self.stop = job, list(paths), ahead, stop
+        self.record = record
         self.batch_size = job.options.batch_size
         self.device = job.runner.device  # CUDA: batches go to pinned memory, or stay on it
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="balnmp-prepare")
@@ -212,6 +213,7 @@ class _Feed:
     def _outcome(self, result: SlideResult) -> None:
         if self.halted:
             return
+        self.record(result)  # the manifest, before any later slide is published
         self.results.put(result)
         if result.status == "failed" and not self.job.options.skip_errors:
             self.halted = True
@@ -252,6 +254,7 @@ class _Feed:
         """The slide's last row is written: publish its file, release its lock."""
         if slide.closed or self.halted:
             return
+        self.job.resume.check_record()  # another job replaced the store's settings: stop
 
         def commit() -> None:
             self._open(slide)
@@ -310,17 +313,19 @@ def _join(arrays: list[Any], device: Any) -> Any:
 
 
 def run_feed(job: SlideJob, paths: Sequence[Path],
-             on_results: Callable[[list[SlideResult]], None], stop: _Flag | None = None,
+             on_results: Callable[[list[SlideResult]], None],
+             record: Callable[[SlideResult], None], stop: _Flag | None = None,
              workers: int | None = None, ahead: int | None = None) -> None:  # fmt: skip
-    """Extract `paths` through one encoder stream; `on_results` gets the outcomes so far, in
-    list order, in the calling thread (after each batch, and a last time at the end, also
-    when the job is stopped by an error or a signal).
+    """Extract `paths` through one encoder stream. `record` gets each outcome in the writer
+    thread, in list order, before any later slide is published (the manifest); `on_results`
+    gets the outcomes so far in the calling thread (after each batch, and a last time at the
+    end, also when the job is stopped by an error or a signal).
 
     `workers` claim and prepare slides [default: `job_cpus()`], up to `ahead` slides
     [default: 2 x workers] before the one being read.
     """
     workers = workers or job_cpus()
-    feed = _Feed(job, paths, workers, ahead or 2 * workers, stop)
+    feed = _Feed(job, paths, workers, ahead or 2 * workers, stop, record)
     try:
         encode_stream(feed.batches(), job.runner, feed,
                       on_batch=lambda _n: _report(feed, on_results),

@@ -1,8 +1,8 @@
 """One device's extraction loop: build the encoder once, then feed it every slide.
 
 Slides are claimed and prepared on a thread pool ahead of the encoder and share its batches
-(`feed.py`); each outcome is written to `<out>/manifest.csv` as it happens (outcomes that
-come together share one update).
+(`feed.py`); each outcome is written to `<out>/manifest.csv` as it happens, before any
+later slide is published.
 """
 
 from __future__ import annotations
@@ -72,17 +72,18 @@ def run_slides(
     bar = tqdm(total=len(paths), unit="slide", disable=disable, position=position,
                desc=f"extract {device or ''}".strip(), dynamic_ncols=True)  # fmt: skip
 
-    def record(batch: list[SlideResult]) -> None:
-        """Outcomes as they come (several at once share one manifest update)."""
+    def report(batch: list[SlideResult]) -> None:
         results.extend(batch)
         bar.update(len(batch))
         bar.set_postfix_str(batch[-1].slide_id)
-        rows = [row for row in (_manifest_row(r, known) for r in batch) if row is not None]
-        if rows:
-            update_manifest(spec.out, rows)
+
+    def record(res: SlideResult) -> None:  # the writer thread, as each outcome happens
+        row = _manifest_row(res, known)
+        if row is not None:
+            update_manifest(spec.out, [row])
 
     try:
-        run_feed(job, [Path(p) for p in paths], record, stop)
+        run_feed(job, [Path(p) for p in paths], report, record, stop)
     finally:
         bar.close()
     failed = next((r for r in results if r.status == "failed"), None)
