@@ -10,6 +10,14 @@ Prints patches/s for
 and the ratios end-to-end / encoder-only and end-to-end / naive. Methods run alternately for
 `--rounds` rounds and the best round of each is kept (other jobs share the machine).
 
+`--biopsies N` measures instead how well the job feeds the encoder on a cohort of N small
+slides (generated biopsies, ~34 tumour patches each, with annotations): interleaved rounds of
+  * bare read: open every slide and batch-read the same patches (nothing else),
+  * the job with a nearly free encoder (`--light-encoder`, resnet18 at `--light-input` px),
+and the feed ratio bare read time / job time per round (target >= 0.6 on 2 CPU cores), then
+end-to-end vs encoder-only with the real `--encoder` on the same patches (GPU target >= 0.9).
+Medians and the spread (min-max) over rounds are printed.
+
 Small by default (2-core CI machine); e.g. `--slides 8 --width 8192 --height 4096
 --device cuda --batch-size 256` for a GPU node. Targets: CPU end-to-end >= 0.85 x
 encoder-only and >= naive; GPU >= 0.7 x encoder-only and >= 3 x naive.
@@ -115,6 +123,86 @@ def naive(grids: list, enc, device: torch.device, batch_size: int, workers: int,
     return time.perf_counter() - t0, n
 
 
+def _spread(values: list[float]) -> str:
+    return f"median {np.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
+
+
+def _job(slides: list[Path], out: Path, args: argparse.Namespace, device: torch.device,
+         **kw: object) -> tuple[float, int]:  # fmt: skip
+    """Seconds and patches of one fresh `extract_features` run into `out`."""
+    shutil.rmtree(out, ignore_errors=True)
+    opts = dict(encoder=args.encoder, weights="none", mpp=args.mpp, patch_size=args.patch_size,
+                device=str(device), batch_size=args.batch_size, precision=args.precision,
+                num_workers=args.num_workers, progress=False)  # fmt: skip
+    opts.update(kw)
+    t0 = time.perf_counter()
+    s = extract_features(slides, out, **opts)
+    t = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return t, sum(x.n_patches for x in s.results)
+
+
+def _bare_read(grids: list, workers: int | None, batch_size: int) -> float:
+    """Seconds to open every slide and batch-read its patches, nothing else."""
+    t0 = time.perf_counter()
+    for p, g in grids:
+        with open_slide(p) as s:
+            for _ in s.read_regions(g.coords, g.plan.level, (g.plan.read_size,) * 2, batch_size,
+                                    workers):  # fmt: skip
+                pass
+    return time.perf_counter() - t0
+
+
+def biopsy_cohort(args: argparse.Namespace, device: torch.device, work: Path) -> None:
+    """The feed ratio on many small slides, then end-to-end / encoder-only (see the top)."""
+    from balnmp_cache.tiling.annotations import load_annotations
+
+    cohort = make_demo_cohort(work / "biopsies", n_patients=args.biopsies, seed=0)
+    slides = sorted(cohort.slides_dir.glob("*.svs"))
+    grids = []
+    for p in slides:
+        with open_slide(p) as s:
+            ann = load_annotations(cohort.annotations_dir / f"{p.stem}.json")
+            grids.append((p, tile_slide(s, patch_size=args.patch_size, mpp=args.mpp,
+                                        annotations=ann)))  # fmt: skip
+    n = sum(len(g) for _, g in grids)
+    ann = {"annotations": cohort.annotations_dir}
+    light = {**ann, "encoder": args.light_encoder, "input_size": args.light_input}
+    print(f"biopsy cohort: {len(slides)} slides, {n} tumour patches of {args.patch_size} px; "
+          f"light encoder {args.light_encoder} @ {args.light_input} px, device {device}, "
+          f"batch {args.batch_size}")
+    _job(slides, work / "warm", args, device, **light)  # imports, first-call costs
+    feed = []
+    for r in range(args.rounds):
+        bare = _bare_read(grids, args.num_workers, args.batch_size)
+        t, done = _job(slides, work / "feed", args, device, **light)
+        assert done == n, (done, n)
+        feed.append(bare / t)
+        print(f"round {r + 1}: bare read {n / bare:7.0f} patches/s, job {n / t:7.0f} patches/s, "
+              f"feed ratio {bare / t:.2f}")
+    print(f"feed ratio (bare read time / job time): {_spread(feed)}")
+
+    if args.e2e_slides == 0:
+        return
+    grids = grids[: args.e2e_slides or None]
+    enc = build_encoder(args.encoder, "none")
+    runner = EncoderRunner(enc, device, args.precision)
+    patches = np.concatenate([
+        np.concatenate(list(open_slide(p).read_regions(g.coords, g.plan.level, (g.plan.read_size,) * 2, 64)))
+        for p, g in grids
+    ])  # fmt: skip
+    n = len(patches)
+    ratio = []
+    for r in range(args.rounds):
+        t_enc = encoder_only(runner, patches, args.batch_size)
+        t, done = _job([p for p, _ in grids], work / "e2e", args, device, **ann)
+        ratio.append(t_enc / t)
+        print(f"round {r + 1}: {args.encoder} end-to-end {done / t:7.1f} patches/s, "
+              f"encoder-only {n / t_enc:7.1f} patches/s, ratio {t_enc / t:.2f}")
+    print(f"end-to-end / encoder-only ({args.encoder} @ {enc.input_size}, precision "
+          f"{runner.precision}): {_spread(ratio)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slides", type=int, default=2)
@@ -131,11 +219,28 @@ def main() -> None:
                     help="DataLoader workers for the naive loop [CLAM: 0 on CPU, 8 on GPU]")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--biopsies", type=int, default=0,
+                    help="biopsy-cohort mode: this many small slides (the feed ratio)")
+    ap.add_argument("--light-encoder", default="resnet18")
+    ap.add_argument("--light-input", type=int, default=16,
+                    help="input side of the light encoder (16: nearly free)")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch intra-op threads (torch.set_num_threads) [default: torch's]")
+    ap.add_argument("--e2e-slides", type=int, default=None,
+                    help="biopsy mode: the real encoder's end-to-end on the first N slides "
+                         "only (0: skip it; a CPU encodes a few patches/s) [default: all]")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     device = torch.device(args.device) if args.device else default_device()
     naive_workers = args.naive_workers if args.naive_workers is not None else (8 if device.type == "cuda" else 0)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="balnmp-bench-"))
+    if args.biopsies:
+        biopsy_cohort(args, device, work)
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     cohort = make_demo_cohort(work / "cohort", n_patients=args.slides, seed=0,
                               width=args.width, height=args.height)  # fmt: skip
     slides = sorted(cohort.slides_dir.glob("*.svs"))

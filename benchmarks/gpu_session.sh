@@ -7,7 +7,10 @@
 #
 # Then copy the numbers and the card into benchmarks/RESULTS.md. Steps, most important first:
 # the CUDA tests (pytest -m gpu), the MIL benchmark (ours vs per-bag loop, 100 epochs including
-# the load, the vectorised sweep), extraction (ours vs encoder-only vs naive), slide reading.
+# the load, the vectorised sweep), extraction (ours vs encoder-only vs naive), the biopsy-cohort
+# extraction (issue 18: feed ratio with a light encoder, then resnet50_trunc end-to-end vs
+# encoder-only on 40 small slides; target >= 0.9), slide reading. The steps' limits add up to
+# 560 s, inside the call's 590 with the install.
 set -u
 OUT=${OUT:-/tmp/balnmp-gpu}
 mkdir -p "$OUT"
@@ -32,7 +35,9 @@ print(\"cucim\", cucim.__version__, \"cupy\", cupy.__version__, \"zarr\", zarr._
 step gpu_tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests
 step mil 220 python3 benchmarks/mil.py --scale 1.0 --device cuda --epochs 10 \
     --bags-per-step 8 32 --long-epochs 100 --sweep-epochs 5 --skip memory
-step extract 100 python3 benchmarks/extract.py --slides 8 --width 8192 --height 4096 \
+step extract 90 python3 benchmarks/extract.py --slides 8 --width 8192 --height 4096 \
     --device cuda --batch-size 256 --rounds 2
-step read 50 python3 benchmarks/read.py --size 8192 --patches 1024 --workers 8
+step biopsy 60 python3 benchmarks/extract.py --biopsies 40 --encoder resnet50_trunc \
+    --patch-size 224 --device cuda --batch-size 256 --rounds 2
+step read 40 python3 benchmarks/read.py --size 8192 --patches 1024 --workers 8
 tail -n 5 "$OUT"/*.log

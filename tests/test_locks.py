@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from balnmp_cache.extract.locks import is_stale, read_lock, try_lock
 
 
@@ -112,3 +114,25 @@ def test_break_lock_left_by_a_dead_breaker_does_not_block_takeover(tmp_path: Pat
     lock = try_lock(path)
     assert lock is not None
     lock.release()
+
+
+def test_a_signal_while_a_lock_is_created_leaves_no_lock_file(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The signal waits until the lock file is written, then raises: nobody holds the lock
+    then, so the file must go (a manifest lock left behind blocked every later job)."""
+    import os
+    import signal
+
+    from balnmp_cache.extract import signals
+
+    real = os.fsync
+
+    def fsync_then_signal(fd: int) -> None:
+        real(fd)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives inside the critical section
+
+    monkeypatch.setattr(os, "fsync", fsync_then_signal)
+    path = tmp_path / "x.lock"
+    with signals.handled(), pytest.raises(signals.Interrupted):
+        try_lock(path, heartbeat_s=0)
+    assert not path.exists()

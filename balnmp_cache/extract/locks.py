@@ -121,21 +121,26 @@ class SlideLock:
 
 def _create(path: Path) -> LockInfo | None:
     """Create the lock file holding its owner, or None when it exists. Never left empty: a
-    signal waits until it is written, an error removes it."""
+    signal waits until it is written, an error removes it; a signal that waited is raised
+    once the file is complete, and the file is removed then (nobody holds it)."""
     info = LockInfo(socket.gethostname(), os.getpid(), time.time(), uuid.uuid4().hex)
-    with signals.critical():
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return None
-        try:
-            os.write(fd, json.dumps(info.__dict__).encode())
-            os.fsync(fd)
-        except BaseException:
+    made = False
+    try:
+        with signals.critical():
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return None
+            made = True
+            try:
+                os.write(fd, json.dumps(info.__dict__).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except BaseException:
+        if made:
             path.unlink(missing_ok=True)
-            raise
-        finally:
-            os.close(fd)
+        raise
     return info
 
 
@@ -152,8 +157,12 @@ def try_lock(
         info = _take_over(path, stale_after)
     if info is None:
         return None
-    lock = SlideLock(path, info, heartbeat_s)
-    lock.start_heartbeat()
+    try:
+        lock = SlideLock(path, info, heartbeat_s)
+        lock.start_heartbeat()
+    except BaseException:  # a signal before the caller holds the lock: nobody would free it
+        path.unlink(missing_ok=True)
+        raise
     return lock
 
 

@@ -112,15 +112,20 @@ def update_manifest(out: str | Path, rows: Iterable[SlideResult], timeout: float
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(f".{path.name}.lock")
     deadline = time.monotonic() + timeout
-    while (lock := try_lock(lock_path, stale_after=timeout, heartbeat_s=0)) is None:
-        if time.monotonic() > deadline:
-            raise ExtractError(
-                f"could not lock {path} for {timeout:.0f} s; if no job is running, delete "
-                f"{lock_path}"
-            )
-        time.sleep(0.05)
-    with lock, signals.critical():  # a signal waits until the new manifest is in place
-        current = read_manifest(out)
-        for row in rows:
-            current[row.slide_id] = row
-        _write(path, current.values())
+    lock = None
+    try:  # released whenever a signal comes, also just after the lock was taken
+        while (lock := try_lock(lock_path, stale_after=timeout, heartbeat_s=0)) is None:
+            if time.monotonic() > deadline:
+                raise ExtractError(
+                    f"could not lock {path} for {timeout:.0f} s; if no job is running, delete "
+                    f"{lock_path}"
+                )
+            time.sleep(0.05)
+        with signals.critical():  # a signal waits until the new manifest is in place
+            current = read_manifest(out)
+            for row in rows:
+                current[row.slide_id] = row
+            _write(path, current.values())
+    finally:
+        if lock is not None:
+            lock.release()

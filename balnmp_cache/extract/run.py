@@ -1,28 +1,20 @@
-"""One device's extraction loop: build the encoder once, then every slide in turn.
+"""One device's extraction loop: build the encoder once, then feed it every slide.
 
-The next slide is opened and tiled in a background thread while the current one is encoded;
-each outcome is written to `<out>/manifest.csv` as it happens.
+Slides are claimed and prepared on a thread pool ahead of the encoder and share its batches
+(`feed.py`); each outcome is written to `<out>/manifest.csv` as it happens, before any
+later slide is published.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 from balnmp_cache.errors import ExtractError
 from balnmp_cache.extract.manifest import read_manifest, update_manifest
-from balnmp_cache.extract.slide_job import (
-    JobSpec,
-    Prepared,
-    SlideFailure,
-    SlideJob,
-    SlideResult,
-    discard,
-    slide_id_of,
-)
+from balnmp_cache.extract.slide_job import JobSpec, SlideFailure, SlideJob, SlideResult
 
 __all__ = ["StopFlag", "run_slides"]
 
@@ -69,6 +61,8 @@ def run_slides(
     """
     from tqdm.auto import tqdm
 
+    from balnmp_cache.extract.feed import run_feed
+
     job = _build_job(spec, device)
     job.resume.start(paths)  # the store's settings and every finished slide, before any work
     o = spec.options
@@ -77,32 +71,26 @@ def run_slides(
     disable = (not sys.stderr.isatty()) if o.progress is None else not o.progress
     bar = tqdm(total=len(paths), unit="slide", disable=disable, position=position,
                desc=f"extract {device or ''}".strip(), dynamic_ncols=True)  # fmt: skip
-    pool = ThreadPoolExecutor(1, thread_name_prefix="balnmp-prepare")
-    upcoming: Future[Prepared] | None = None
+
+    def report(batch: list[SlideResult]) -> None:
+        results.extend(batch)
+        bar.update(len(batch))
+        bar.set_postfix_str(batch[-1].slide_id)
+
+    def record(res: SlideResult) -> None:  # the writer thread, as each outcome happens
+        row = _manifest_row(res, known)
+        if row is not None:
+            update_manifest(spec.out, [row])
+
     try:
-        for i, path in enumerate(paths):
-            if stop is not None and stop.is_set():
-                break  # another device's worker failed without --skip-errors
-            job.resume.check_record()  # another job may have replaced the store's settings
-            current, upcoming = upcoming, None
-            if i + 1 < len(paths) and not job.is_finished(Path(paths[i + 1])):
-                # open + tile the next slide while this one is encoded
-                upcoming = pool.submit(job.prepare, Path(paths[i + 1]))
-            bar.set_postfix_str(slide_id_of(path))
-            res = job.run(Path(path), prepared=current)
-            results.append(res)
-            bar.update(1)
-            row = _manifest_row(res, known)
-            if row is not None:
-                update_manifest(spec.out, [row])
-            if res.status == "failed" and not o.skip_errors:
-                if stop is not None:
-                    stop.set()
-                raise SlideFailure(res)
+        run_feed(job, [Path(p) for p in paths], report, record, stop)
     finally:
-        discard(upcoming)
-        pool.shutdown(wait=True)
         bar.close()
+    failed = next((r for r in results if r.status == "failed"), None)
+    if failed is not None and not o.skip_errors:
+        if stop is not None:
+            stop.set()  # the other devices' workers stop too
+        raise SlideFailure(failed)
     job.resume.finish(paths)
     return results
 

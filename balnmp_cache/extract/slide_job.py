@@ -1,8 +1,9 @@
-"""One slide through the extraction engine: open -> annotations -> tile -> (QC) -> encode -> store.
+"""One slide's decisions and preparation: finished? locked? open -> annotations -> tile -> (QC).
 
-`SlideJob.run(path)` never raises for a slide-level problem: it returns a `SlideResult`
-naming the stage that failed, so the batch job can record it and decide whether to go on.
-A full disk or a read-only output is not the slide's fault and no later slide could be
+`SlideJob.claim(path)` never raises for a slide-level problem: a slide that cannot be
+prepared comes back with a `SlideResult` naming the stage that failed, so the batch job can
+record it and decide whether to go on; `SlideJob.failure` makes the same outcome for a slide
+that fails later (read, encode, write: `feed.py`). A full disk or a read-only output is not the slide's fault and no later slide could be
 written: that `OSError` stops the job instead. Locks and the "already finished" check live
 here too, so every worker (shard, GPU, or a second job on the same directory) makes the same
 decision the same way.
@@ -15,18 +16,17 @@ import errno
 import glob
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from balnmp_cache.encoders.base import Encoder
 from balnmp_cache.errors import AnnotationError
-from balnmp_cache.extract.locks import holder, try_lock
+from balnmp_cache.extract.locks import SlideLock, holder, try_lock
 from balnmp_cache.extract.manifest import SlideResult
 from balnmp_cache.extract.options import ExtractOptions
-from balnmp_cache.extract.pipeline import EncoderRunner, PipelineError, encode_patches
+from balnmp_cache.extract.pipeline import EncoderRunner, PipelineError
 from balnmp_cache.extract.resume import ResumeCheck, annotation_sha256, source_fingerprint
 from balnmp_cache.extract.settings import SETTINGS_ATTR, job_settings
 from balnmp_cache.slides.ids import SLIDE_SUFFIXES
@@ -35,11 +35,13 @@ from balnmp_cache.store.peer_attrs import coords_attrs_for
 
 if TYPE_CHECKING:
     from balnmp_cache.slides.base import Slide
+    from balnmp_cache.store.types import SlideWriter
     from balnmp_cache.tiling.annotations import Annotations
     from balnmp_cache.tiling.grid import PatchGrid
 
 __all__ = [
     "OUTPUT_ERRNOS",
+    "Claim",
     "SLIDE_SUFFIXES",
     "JobSpec",
     "SlideFailure",
@@ -81,7 +83,7 @@ class JobSpec:
 
 
 class SlideJob:
-    """Runs slides one by one with a fixed encoder on one device."""
+    """Claims and prepares slides for a fixed encoder on one device (`feed.py` encodes them)."""
 
     def __init__(self, spec: JobSpec, encoder: Encoder, runner: EncoderRunner) -> None:
         from balnmp_cache.store.feature_store import FeatureStore
@@ -103,51 +105,63 @@ class SlideJob:
         is verified (`resume.py`; one made otherwise raises `ExtractError`)."""
         return not self.options.overwrite and self.resume.state(path) == "finished"
 
-    def run(self, path: Path, prepared: Future[Prepared] | None = None,
-            on_batch: Callable[[int], None] | None = None) -> SlideResult:  # fmt: skip
-        """Process one slide unless it is finished or locked by another job.
+    def claim(self, path: Path) -> Claim:
+        """Decide one slide and, unless it is finished or locked by another job, lock and
+        prepare it (open, annotations, tile, attributes); safe in a pool thread.
 
-        `prepared` is `prepare(path)` already started in the background (opening and tiling
-        the next slide while this job's device encodes the current one).
+        A slide-level failure comes back as the claim's `result` (its lock already
+        released); the store's settings changed by another job, or an output error no later
+        slide escapes, raise.
         """
-        sid = slide_id_of(path)
+        sid, t0 = slide_id_of(path), time.perf_counter()
+        self.resume.check_record()  # another job may have replaced the store's settings
         if self.is_finished(path):
-            discard(prepared)
-            return SlideResult(sid, str(path), "skipped", self._n_stored(sid), 0.0, "finished")
+            return Claim(path, sid, t0, self._finished(path, sid))
         lock = try_lock(self.lock_path(sid), stale_after=self.spec.stale_after)
         if lock is None:
-            discard(prepared)
             msg = f"locked by {holder(self.lock_path(sid))}"
-            return SlideResult(sid, str(path), "skipped", 0, 0.0, msg)
-        with lock:
-            if self.is_finished(path):  # finished meanwhile
-                discard(prepared)
-                return SlideResult(sid, str(path), "skipped", self._n_stored(sid), 0.0, "finished")
-            self._remove_orphans(sid)
-            return self._process(path, sid, prepared, on_batch)
-
-    def _process(self, path: Path, sid: str, prepared: Future[Prepared] | None,
-                 on_batch: Callable[[int], None] | None) -> SlideResult:  # fmt: skip
-        """Prepare (unless done in the background) and encode one slide we hold the lock of."""
-        t0 = time.perf_counter()
+            return Claim(path, sid, t0, SlideResult(sid, str(path), "skipped", 0, 0.0, msg))
         try:
-            prep = prepared.result() if prepared is not None else self.prepare(path)
-            try:
-                n = self._encode(prep.slide, prep.grid, path, sid, on_batch)
-            finally:
-                prep.slide.close()
+            if self.is_finished(path):  # finished meanwhile
+                lock.release()
+                return Claim(path, sid, t0, self._finished(path, sid))
+            self._remove_orphans(sid)
+            prep = self.prepare(path)
         except _StageError as exc:
-            err: BaseException = exc.__cause__ or exc
-            if isinstance(err, PipelineError):
-                err = err.error
-            if isinstance(err, OSError) and err.errno in OUTPUT_ERRNOS:
-                raise err from None  # the output, not the slide: stop the job
-            text = str(err)
-            message = f"{type(err).__name__}: {text}" if text else type(err).__name__
-            seconds = time.perf_counter() - t0
-            return SlideResult(sid, str(path), "failed", 0, seconds, message, exc.stage)
+            lock.release()
+            return Claim(path, sid, t0, self.failure(path, exc.stage, exc.__cause__ or exc, t0))
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            with _stage("open"):  # the slide file's fingerprint is read here
+                attrs, coords_attrs = self._attrs(prep.slide, prep.grid, path, sid)
+        except _StageError as exc:
+            prep.slide.close()
+            lock.release()
+            return Claim(path, sid, t0, self.failure(path, exc.stage, exc.__cause__ or exc, t0))
+        return Claim(path, sid, t0, None, lock, prep, attrs, coords_attrs)
+
+    def _finished(self, path: Path, sid: str) -> SlideResult:
+        return SlideResult(sid, str(path), "skipped", self._n_stored(sid), 0.0, "finished")
+
+    @staticmethod
+    def failure(path: Path, stage: str, err: BaseException, t0: float) -> SlideResult:
+        """The failed outcome of a slide at `stage`; an output error no later slide escapes
+        (disk full, read-only) is raised instead: it stops the job."""
+        if isinstance(err, PipelineError):
+            err = err.error
+        if isinstance(err, OSError) and err.errno in OUTPUT_ERRNOS:
+            raise err
+        text = str(err)
+        message = f"{type(err).__name__}: {text}" if text else type(err).__name__
         seconds = time.perf_counter() - t0
-        return SlideResult(sid, str(path), "done" if n else "empty", n, seconds)
+        return SlideResult(slide_id_of(path), str(path), "failed", 0, seconds, message, stage)
+
+    def open_writer(self, claim: Claim) -> SlideWriter:
+        """The store's writer for a claimed slide (its temp file; published on `commit`)."""
+        return self.store.writer(claim.slide_id, self.encoder.feature_dim, self.options.dtype,
+                                 claim.attrs, claim.coords_attrs)  # fmt: skip
 
     def _n_stored(self, sid: str) -> int:
         try:
@@ -260,28 +274,6 @@ class SlideJob:
         )  # fmt: skip
         return attrs, coords_attrs
 
-    def _encode(self, slide: Slide, grid: PatchGrid, path: Path, sid: str,
-                on_batch: Callable[[int], None] | None) -> int:  # fmt: skip
-        o, plan = self.options, grid.plan
-        with _stage("open"):  # the slide file's fingerprint is read here
-            attrs, coords_attrs = self._attrs(slide, grid, path, sid)
-        n = len(grid.coords)
-        with _stage("write"):  # read/encode failures inside keep their own stage
-            writer = self.store.writer(sid, self.encoder.feature_dim, o.dtype, attrs,
-                                       coords_attrs)  # fmt: skip
-            with writer:
-                if n:
-                    size = (plan.read_size, plan.read_size)
-                    batches = slide.read_regions(
-                        grid.coords, plan.level, size, batch_size=o.batch_size,
-                        num_workers=o.num_workers,
-                    )  # fmt: skip
-                    try:
-                        encode_patches(batches, grid.coords, self.runner, writer, on_batch=on_batch)
-                    except PipelineError as exc:
-                        raise _StageError(exc.stage) from exc
-        return n
-
 
 @dataclass
 class Prepared:
@@ -291,16 +283,19 @@ class Prepared:
     grid: PatchGrid
 
 
-def discard(prepared: Future[Prepared] | None) -> None:
-    """Close the slide of a background `prepare` whose result will not be used."""
-    if prepared is None:
-        return
+@dataclass
+class Claim:
+    """A slide as `SlideJob.claim` left it: decided (`result`: skipped, or failed before any
+    patch was read), or locked and prepared, with the attributes its file will hold."""
 
-    def close(fut: Future[Prepared]) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            fut.result().slide.close()
-
-    prepared.add_done_callback(close)
+    path: Path
+    slide_id: str
+    t0: float  # when its claim started (the outcome's seconds count from here)
+    result: SlideResult | None = None
+    lock: SlideLock | None = None
+    prepared: Prepared | None = None
+    attrs: dict = field(default_factory=dict)
+    coords_attrs: dict = field(default_factory=dict)
 
 
 class _StageError(Exception):

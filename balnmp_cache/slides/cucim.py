@@ -220,7 +220,10 @@ class CuCIMSlide(Slide):
                 for batch in batches:
                     # cuCIM recycles a batch's buffer once the iterator advances: callers
                     # that keep batches (list(), queues) need arrays that own their pixels.
-                    array = np.array(_rgb(_to_host(batch)).reshape(-1, h, w, 3), copy=True)
+                    if device != "cpu" and self.device_batches:
+                        array: Any = _rgb_on_device(batch).reshape(-1, h, w, 3)
+                    else:
+                        array = np.array(_rgb(_to_host(batch)).reshape(-1, h, w, 3), copy=True)
                     done += len(array)
                     yield array
             except Exception as exc:
@@ -259,6 +262,32 @@ def _to_host(array: object) -> np.ndarray:
 
             return torch.as_tensor(array, device="cuda").cpu().numpy()
     return np.asarray(array)
+
+
+def _rgb_on_device(array: object) -> Any:
+    """A batch cuCIM decoded on the GPU as an RGB uint8 CUDA tensor of its own (a copy made
+    on the device: cuCIM reuses its buffer), through DLPack or `__cuda_array_interface__`."""
+    import torch
+
+    if isinstance(array, torch.Tensor):
+        x = array
+    elif hasattr(array, "__dlpack__"):
+        x = torch.from_dlpack(array)
+    else:
+        x = torch.as_tensor(array, device="cuda")
+    return rgb_tensor(x)
+
+
+def rgb_tensor(x: Any) -> Any:
+    """`_rgb` for a uint8 torch tensor (..., 3 or 4) on any device: RGBA composited on white
+    with the same integer rounding; always a new tensor."""
+    import torch
+
+    if x.shape[-1] == 4:
+        alpha = x[..., 3:4].int()
+        rgb = (x[..., :3].int() * alpha + 255 * (255 - alpha) + 127) // 255
+        return rgb.to(torch.uint8)
+    return x[..., :3].clone(memory_format=torch.contiguous_format)
 
 
 def _rgb(arr: np.ndarray) -> np.ndarray:

@@ -1,0 +1,214 @@
+"""Several slides in flight: batches across slides, features routed back, failures isolated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _extract_helpers import FAST, tiny_cohort
+
+from balnmp_cache.encoders import build_encoder
+from balnmp_cache.extract import extract_features
+from balnmp_cache.extract.feed import job_cpus
+from balnmp_cache.extract.manifest import read_manifest
+from balnmp_cache.extract.pipeline import EncoderRunner, as_tensor, encode_patches
+from balnmp_cache.slides import open_slide
+from balnmp_cache.slides.base import Slide
+from balnmp_cache.store import FeatureStore
+from balnmp_cache.tiling.grid import tile_slide
+
+OPTS = {**FAST, "batch_size": 13, "dtype": "float32"}  # 13: no slide fills whole batches
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    return tiny_cohort(tmp_path_factory.mktemp("feed"), n=4)
+
+
+class _Rows:
+    def __init__(self) -> None:
+        self.features: list[np.ndarray] = []
+
+    def append(self, features: np.ndarray, coords: np.ndarray) -> None:
+        self.features.append(features.copy())
+
+
+def _one_slide_at_a_time(path: Path) -> np.ndarray:
+    """The slide's features encoded alone, in batches of its own patches only."""
+    enc = build_encoder(FAST["encoder"], "none", input_size=FAST["input_size"])
+    runner = EncoderRunner(enc, "cpu", "fp32", out_dtype=torch.float32)
+    with open_slide(path) as slide:
+        grid = tile_slide(slide, patch_size=FAST["patch_size"], mpp=FAST["mpp"])
+        rows = _Rows()
+        batches = slide.read_regions(grid.coords, grid.plan.level, (grid.plan.read_size,) * 2,
+                                     batch_size=OPTS["batch_size"])  # fmt: skip
+        encode_patches(batches, grid.coords, runner, rows)
+    return np.concatenate(rows.features)
+
+
+def _slides(cohort) -> list[Path]:  # noqa: ANN001
+    return sorted(cohort.slides_dir.glob("*.svs"))
+
+
+def test_features_equal_a_one_slide_at_a_time_run_to_the_bit(cohort, tmp_path: Path,  # noqa: ANN001
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    sizes: list[int] = []
+    call = EncoderRunner.__call__
+
+    def counting(self, batch):  # noqa: ANN001, ANN202
+        sizes.append(len(batch))
+        return call(self, batch)
+
+    monkeypatch.setattr(EncoderRunner, "__call__", counting)
+    summary = extract_features(cohort.slides_dir, tmp_path / "f", **OPTS)
+    counts = [r.n_patches for r in summary.results]
+    assert all(c > 0 and c % 13 for c in counts), counts  # every slide ends mid-batch
+    assert sizes[:-1] == [13] * (len(sizes) - 1)  # so batches hold patches of several slides
+    assert sum(sizes) == sum(counts)
+    monkeypatch.setattr(EncoderRunner, "__call__", call)
+    store = FeatureStore(tmp_path / "f")
+    for path in _slides(cohort):
+        np.testing.assert_array_equal(store[path.stem].features, _one_slide_at_a_time(path))
+
+
+def test_a_read_error_mid_slide_fails_that_slide_alone(cohort, tmp_path: Path,  # noqa: ANN001
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    read = Slide.read_regions
+
+    def flaky(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        batches = read(self, *args, **kwargs)
+        if self.slide_id != "2":
+            return batches
+
+        def broken():  # noqa: ANN202
+            yield next(iter(batches))
+            raise OSError(5, "Input/output error (a bad sector)")
+
+        return broken()
+
+    monkeypatch.setattr(Slide, "read_regions", flaky)
+    out = tmp_path / "f"
+    summary = extract_features(cohort.slides_dir, out, skip_errors=True, **OPTS)
+    status = {r.slide_id: (r.status, r.stage) for r in summary.results}
+    assert status["2"] == ("failed", "read") and "bad sector" in summary.failed[0].error
+    assert all(s == ("done", "") for k, s in status.items() if k != "2"), status
+    assert FeatureStore(out).slide_ids == sorted(k for k in status if k != "2")
+    rows = read_manifest(out)
+    assert rows["2"].status == "failed" and rows["2"].stage == "read"
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and "tmp" in p.name]
+    assert not list((out / ".locks").iterdir())
+    monkeypatch.setattr(Slide, "read_regions", read)
+    monkeypatch.undo()
+    again = extract_features(cohort.slides_dir, out, **OPTS)  # the resume redoes it alone
+    assert {r.slide_id: r.status for r in again.results} == {
+        k: "done" if k == "2" else "skipped" for k in status}
+    np.testing.assert_array_equal(FeatureStore(out)["2"].features,
+                                  _one_slide_at_a_time(cohort.slides_dir / "2.svs"))
+
+
+def test_an_encoder_failure_fails_the_slides_of_that_batch_only(cohort, tmp_path: Path,  # noqa: ANN001
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    calls = [0]
+    call = EncoderRunner.__call__
+
+    def failing_third(self, batch):  # noqa: ANN001, ANN202
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return call(self, batch)
+
+    monkeypatch.setattr(EncoderRunner, "__call__", failing_third)
+    summary = extract_features(cohort.slides_dir, tmp_path / "f", skip_errors=True, **OPTS)
+    failed = {r.slide_id for r in summary.failed}
+    assert failed and len(failed) < 4 and {r.stage for r in summary.failed} == {"encode"}
+    assert FeatureStore(tmp_path / "f").slide_ids == sorted(
+        r.slide_id for r in summary.results if r.slide_id not in failed)
+
+
+def test_job_cpus_follow_the_slurm_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    allowed = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert job_cpus() == allowed
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert job_cpus() == 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(allowed + 8))  # never more than allowed
+    assert job_cpus() == allowed
+
+
+def test_host_pixels_are_wrapped_without_a_copy_and_pinned_only_when_asked() -> None:
+    pixels = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    x = as_tensor(pixels)
+    assert x.data_ptr() == pixels.ctypes.data and not x.is_pinned()
+    assert as_tensor(x) is x
+    if torch.cuda.is_available():
+        pinned = as_tensor(pixels, pin=True)
+        assert pinned.is_pinned() and torch.equal(pinned, x)
+
+
+def test_rgba_batches_decoded_on_a_device_composite_as_on_the_host() -> None:
+    from balnmp_cache.slides.cucim import _rgb, rgb_tensor
+
+    rgba = np.random.default_rng(1).integers(0, 256, (3, 5, 5, 4), dtype=np.uint8)
+    for arr in (rgba, rgba[..., :3]):
+        out = rgb_tensor(torch.from_numpy(arr))  # the CUDA path's arithmetic, run on the CPU
+        assert out.dtype == torch.uint8 and out.is_contiguous()
+        np.testing.assert_array_equal(out.numpy(), _rgb(arr))
+
+
+def test_a_batch_joins_host_rows_and_rows_decoded_on_the_gpu() -> None:
+    from balnmp_cache.extract.feed import _join
+
+    a = np.full((2, 4, 4, 3), 7, np.uint8)
+    b = np.full((3, 4, 4, 3), 9, np.uint8)
+    cpu = torch.device("cpu")
+    assert _join([a], cpu) is a and _join([], cpu) is None
+    np.testing.assert_array_equal(_join([a, b], cpu), np.concatenate([a, b]))
+    mixed = _join([a, torch.from_numpy(b)], cpu)  # a slide fell back to CPU decoding
+    assert isinstance(mixed, torch.Tensor)
+    np.testing.assert_array_equal(mixed.numpy(), np.concatenate([a, b]))
+
+
+def test_device_batches_without_a_gpu_are_the_host_arrays(cohort) -> None:  # noqa: ANN001
+    from balnmp_cache.slides.cucim import cucim_available
+
+    if cucim_available() is not None:
+        pytest.skip(cucim_available())
+    path = _slides(cohort)[0]
+    with open_slide(path, backend="cucim") as slide:
+        locs = np.array([[0, 0], [64, 32], [200, 100]], np.int64)
+        plain = list(slide.read_regions(locs, 0, (32, 32), batch_size=2))
+        slide.device_batches = True
+        kept = list(slide.read_regions(locs, 0, (32, 32), batch_size=2))
+    if slide.device == "cpu":  # no GPU: cuCIM decodes on the CPU, batches are host arrays
+        assert all(isinstance(b, np.ndarray) for b in kept)
+        np.testing.assert_array_equal(np.concatenate(kept), np.concatenate(plain))
+    else:  # decoded on the GPU: CUDA tensors of the same pixels, never copied to the host
+        assert all(isinstance(b, torch.Tensor) and b.is_cuda for b in kept)
+        np.testing.assert_array_equal(torch.cat(kept).cpu().numpy(), np.concatenate(plain))
+
+
+@pytest.mark.gpu
+def test_on_cuda_batches_reach_the_encoder_on_the_device_or_pinned(cohort, tmp_path: Path,  # noqa: ANN001
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    seen: list[tuple[bool, bool]] = []
+    call = EncoderRunner.__call__
+
+    def recording(self, batch):  # noqa: ANN001, ANN202
+        seen.append((batch.is_cuda, batch.is_cuda or batch.is_pinned()))
+        return call(self, batch)
+
+    monkeypatch.setattr(EncoderRunner, "__call__", recording)
+    opts = {**OPTS, "device": "cuda", "precision": "fp32"}
+    extract_features(cohort.slides_dir, tmp_path / "gpu", **opts)
+    assert seen and all(on_device_or_pinned for _, on_device_or_pinned in seen)
+    monkeypatch.setattr(EncoderRunner, "__call__", call)
+    extract_features(cohort.slides_dir, tmp_path / "cpu", **OPTS)
+    gpu, cpu = FeatureStore(tmp_path / "gpu"), FeatureStore(tmp_path / "cpu")
+    for sid in cpu.slide_ids:
+        np.testing.assert_allclose(gpu[sid].features, cpu[sid].features, atol=1e-3, rtol=1e-3)
