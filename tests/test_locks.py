@@ -123,7 +123,7 @@ def test_a_signal_while_a_lock_is_created_leaves_no_lock_file(tmp_path: Path,
     import os
     import signal
 
-    from balnmp_cache.extract import signals
+    from balnmp_cache import _signals as signals
 
     real = os.fsync
 
