@@ -20,6 +20,7 @@ from pathlib import Path
 
 __all__ = [
     "check_output",
+    "check_replaceable",
     "create_new",
     "exchange",
     "fsync_dir",
@@ -205,3 +206,24 @@ def check_output(
                 f"{flag} {out} {where} {name} {path}, which this command reads; writing there "
                 f"could overwrite or delete it. Choose an {flag} outside {path}"
             )
+
+
+def check_replaceable(
+    out: Path,
+    inputs: Iterable[tuple[str, str | os.PathLike[str] | None]],
+    overwrite: bool,
+    error: Callable[[str], Exception],
+    ours: Callable[[Path], bool],
+    not_ours: str,
+) -> None:
+    """Refuse, before any work, an `out` that would destroy an input (`check_output`) or that
+    exists and may not be replaced: without `overwrite`, or when it is not this command's own
+    kind of output (`ours(out)` false; `not_ours` says what it is not, e.g. "a balnmp pack")."""
+    check_output(out, inputs, error)
+    if not out.exists():
+        return
+    if not overwrite:
+        raise error(f"{out}: already exists; choose another --out or pass --overwrite")
+    if not ours(out):
+        raise error(f"{out}: exists and is not {not_ours}, so --overwrite will not replace it; "
+                    "choose another --out")

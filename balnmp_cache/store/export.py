@@ -30,7 +30,13 @@ import numpy as np
 from balnmp_cache._registry import Registry
 from balnmp_cache._version import __version__
 from balnmp_cache.errors import StoreError
-from balnmp_cache.store._atomic import check_output, fsync_tree, publish, remove, side_name
+from balnmp_cache.store._atomic import (
+    check_replaceable,
+    fsync_tree,
+    publish,
+    remove,
+    side_name,
+)
 from balnmp_cache.store.feature_store import FeatureStore
 from balnmp_cache.store.load import majority
 from balnmp_cache.store.peer_attrs import clam_patch_attrs, trident_attrs, trident_dir_name
@@ -177,15 +183,9 @@ class ExportResult:
 
 
 def _check_out(src: FeatureStore, out: Path, overwrite: bool) -> None:
-    """Refuse, before any work, an `out` that would destroy an input or someone else's files."""
-    check_output(out, [("FEATURES", src.path)], StoreError)
-    if not out.exists():
-        return
-    if not overwrite:
-        raise StoreError(f"{out}: already exists; choose another --out or pass --overwrite")
-    if not (out / MARKER).is_file():
-        raise StoreError(f"{out}: exists and is not a balnmp export (no {MARKER}), so "
-                         "--overwrite will not replace it; choose another --out")
+    check_replaceable(out, [("FEATURES", src.path)], overwrite, StoreError,
+                      lambda path: (path / MARKER).is_file(),
+                      f"a balnmp export (no {MARKER})")
 
 
 def _one_dimension(src: FeatureStore, infos: Sequence[SlideInfo]) -> None:

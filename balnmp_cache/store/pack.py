@@ -20,7 +20,13 @@ from balnmp_cache._registry import Registry
 from balnmp_cache._signals import critical
 from balnmp_cache._version import __version__
 from balnmp_cache.errors import StoreError
-from balnmp_cache.store._atomic import check_output, fsync_tree, publish, remove, side_name
+from balnmp_cache.store._atomic import (
+    check_replaceable,
+    fsync_tree,
+    publish,
+    remove,
+    side_name,
+)
 from balnmp_cache.store.backend import StoreBackend
 from balnmp_cache.store.feature_store import FeatureStore
 from balnmp_cache.store.h5 import open_h5
@@ -139,15 +145,8 @@ def _read_text(path: Path) -> str:
 
 
 def _check_out(src: FeatureStore, out: Path, overwrite: bool) -> None:
-    """Refuse, before any work, an `out` that would destroy an input or someone else's file."""
-    check_output(out, [("FEATURES", src.path)], StoreError)
-    if not out.exists():
-        return
-    if not overwrite:
-        raise StoreError(f"{out}: already exists; choose another --out or pass --overwrite")
-    if not is_pack(out):
-        raise StoreError(f"{out}: exists and is not a balnmp pack, so --overwrite will not "
-                         "replace it; choose another --out")
+    check_replaceable(out, [("FEATURES", src.path)], overwrite, StoreError, is_pack,
+                      "a balnmp pack")
 
 
 def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = "h5",

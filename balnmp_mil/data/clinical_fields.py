@@ -5,6 +5,7 @@ and encoded. `balnmp_mil.data.clinical.ClinicalEncoder` puts them together.
 
 from __future__ import annotations
 
+import abc
 import math
 import re
 from collections import Counter
@@ -140,30 +141,33 @@ def parse_status(value: object) -> int | None:
     return _STATUS[key]
 
 
-class Kind:
+class Kind(abc.ABC):
     """How one kind of clinical field is read (`parse`, ValueError when it cannot be),
     summarised on the training rows (`statistics`) and encoded (`names`, `encode`)."""
 
     want: ClassVar[str] = "a value"  # what a readable value is, for the error
 
     @staticmethod
+    @abc.abstractmethod
     def parse(value: object) -> object:
-        raise NotImplementedError
+        """The value read, None when missing; ValueError when it cannot be read."""
 
     @staticmethod
+    @abc.abstractmethod
     def statistics(present: Sequence[Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        """What encoding needs, from the training rows' present values."""
 
     @staticmethod
+    @abc.abstractmethod
     def names(key: str, stats: dict[str, Any], flag: str) -> list[str]:
-        raise NotImplementedError
+        """The encoded column names of field `key`."""
 
     @staticmethod
+    @abc.abstractmethod
     def encode(parsed: Sequence[Any], stats: dict[str, Any], positive: bool
                ) -> tuple[np.ndarray, list[tuple[int, Any]]]:
         """(the (n, k) block, with missing values already imputed; rows whose value has no
         column, with that value)."""
-        raise NotImplementedError
 
 
 KINDS: Registry[type[Kind]] = Registry("clinical field kind")

@@ -10,6 +10,7 @@ offers it with no other edit.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,22 +43,25 @@ def per_model(values: list[float], like: torch.Tensor) -> torch.Tensor:
     return t.view(-1, *([1] * (like.dim() - 1)))
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """A registered optimiser: how `fit` builds it and how the sweep applies it when stacked."""
 
     # The vectorised sweep can apply this optimiser to stacked parameters (`stacked_update`).
     stackable: ClassVar[bool] = False
 
     @staticmethod
+    @abc.abstractmethod
     def build(params: list[torch.Tensor], lr: float, weight_decay: float,
               momentum: float) -> torch.optim.Optimizer:
-        raise NotImplementedError
+        """The torch optimiser over `params` (every registered optimiser defines it)."""
 
     @classmethod
     def stacked_update(cls, state: StackedState, key: str, p: torch.Tensor, g: torch.Tensor,
                        lrs: list[float], mask: torch.Tensor) -> torch.Tensor:
-        """The updated stacked parameter `p` (M, ...); models off in `mask` keep their state."""
-        raise NotImplementedError(f"{cls.__name__} has no stacked update (stackable = False)")
+        """The updated stacked parameter `p` (M, ...); models off in `mask` keep their state.
+        Only a `stackable` optimiser has one; the sweep never stacks the others."""
+        raise TypeError(f"{cls.__name__} has no stacked update (stackable = False); the sweep "
+                        "fits models with it one after another")
 
 
 OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer", "--optimizer")
