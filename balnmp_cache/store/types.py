@@ -31,13 +31,18 @@ COMMON_ATTRS = ("encoder", "weights", "target_mpp", "patch_size", "patch_size_le
 
 @dataclass
 class Bag:
-    """One slide's patch embeddings: features (N, D), coords (N, 2) int64 level-0 top-left."""
+    """One slide's patch embeddings: features (N, D), coords (N, 2) int64 level-0 top-left.
+
+    `patch_files` (N,) str: for a slide read from a folder of patches, the file each row came
+    from (its path relative to the folder, e.g. `4_0_256_512.jpg`); None for other slides.
+    """
 
     slide_id: str
     features: np.ndarray
     coords: np.ndarray
     attrs: dict
     coords_attrs: dict = field(default_factory=dict)
+    patch_files: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -160,7 +165,11 @@ def check_batch(slide_id: str, feature_dim: int, closed: bool, features: Any,
 
 @dataclass
 class PackedBags:
-    """All bags of a cohort concatenated: bag i is rows offsets[i]:offsets[i+1]."""
+    """All bags of a cohort concatenated: bag i is rows offsets[i]:offsets[i+1].
+
+    `patch_files` (P,) str, aligned with the rows: each row's source file for slides read from
+    a folder of patches, "" for rows of other slides; None when no slide recorded them.
+    """
 
     features: np.ndarray  # (P, D) float16 or float32
     coords: np.ndarray  # (P, 2) int64
@@ -170,6 +179,7 @@ class PackedBags:
     coords_attrs: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # warnings raised (on_problem="warn")
     source: str = ""
+    patch_files: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.slide_ids)
@@ -185,4 +195,8 @@ class PackedBags:
     def bag(self, i: int) -> Bag:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         ca = self.coords_attrs[i] if self.coords_attrs else {}
-        return Bag(self.slide_ids[i], self.features[a:b], self.coords[a:b], self.attrs[i], ca)
+        files = None if self.patch_files is None else self.patch_files[a:b]
+        if files is not None and not any(files):
+            files = None
+        return Bag(self.slide_ids[i], self.features[a:b], self.coords[a:b], self.attrs[i], ca,
+                   files)
