@@ -26,12 +26,22 @@ from balnmp_cache.slides.ids import PATCH_IMAGE_SUFFIXES
 from balnmp_cache.slides.image import decode_image, to_rgb8
 from balnmp_cache.slides.tiffprobe import SourceInfo
 
-__all__ = ["IMAGE_SUFFIXES", "PatchFolderSlide", "PatchLayout", "scan_patch_folder"]
+__all__ = ["IMAGE_SUFFIXES", "PatchFolderSlide", "PatchLayout", "parse_patch_name",
+           "scan_patch_folder"]
 
 IMAGE_SUFFIXES = PATCH_IMAGE_SUFFIXES
 # <anything>_<region>_<x>_<y>.<ext>; region optional.
 _NAME = re.compile(r"^(?P<stem>.*?)(?:_(?P<region>\d+))?_(?P<x>\d+)_(?P<y>\d+)$")
 _CACHE_PATCHES = 256
+
+
+def parse_patch_name(name: str) -> tuple[int | None, int, int] | None:
+    """(region, x, y) from a patch file name `<anything>[_<region>]_<x>_<y>.<ext>` (region
+    None when absent), or None when the name carries no coordinates."""
+    m = _NAME.match(Path(name).stem)
+    if m is None:
+        return None
+    return (None if m["region"] is None else int(m["region"])), int(m["x"]), int(m["y"])
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     )
     from balnmp_cache.tiling.grid import PatchGrid, ReadPlan, plan_read, tile_slide
     from balnmp_cache.tiling.qc import save_qc
+    from balnmp_cache.tiling.regions import region_origins, wsi_coords
     from balnmp_cache.tiling.tissue import PRESETS, TissueParams, tissue_mask
 
 _EXPORTS = {
@@ -37,9 +38,11 @@ _EXPORTS = {
     "find_annotation": "balnmp_cache.tiling.annotations",
     "load_annotations": "balnmp_cache.tiling.annotations",
     "plan_read": "balnmp_cache.tiling.grid",
+    "region_origins": "balnmp_cache.tiling.regions",
     "save_qc": "balnmp_cache.tiling.qc",
     "tile_slide": "balnmp_cache.tiling.grid",
     "tissue_mask": "balnmp_cache.tiling.tissue",
+    "wsi_coords": "balnmp_cache.tiling.regions",
 }
 
 __all__ = [
@@ -55,9 +58,11 @@ __all__ = [
     "find_annotation",
     "load_annotations",
     "plan_read",
+    "region_origins",
     "save_qc",
     "tile_slide",
     "tissue_mask",
+    "wsi_coords",
 ]
 
 

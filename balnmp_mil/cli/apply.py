@@ -114,7 +114,9 @@ def predict_cmd(run: Path, features: Path, out: Path, labels: Path | None,
 @click.option("--features", type=_PATH, help="Feature store holding SLIDE [the run's].")
 @click.option("--annotations", type=_PATH,
               help="Tumour annotations for the GeoJSON: a file, or a folder of <slide "
-                   "id>.json|.geojson [the folder the store was extracted with].")
+                   "id>.json|.geojson [the folder the store was extracted with]. For "
+                   "features of BCNB's paper_patches drawn on WSIs/<id>.jpg: the region "
+                   "file that places the patches [<id>.json beside SLIDE].")
 @click.option("--patient", help="Patient id of SLIDE for clinical runs [the slide id].")
 @click.option("--clinical", type=_PATH, help="Clinical table [the run's].")
 @click.option("--top-k", type=int, default=8, show_default=True, help="Patches in the gallery.")

@@ -29,6 +29,7 @@ from balnmp_mil.errors import InputError
 from balnmp_mil.workflow import geojson, rundir
 from balnmp_mil.workflow.apply import check_run_store, clinical_matrix
 from balnmp_mil.workflow.diagnose import check_store_path
+from balnmp_mil.workflow.heatmap_space import slide_coords
 
 if TYPE_CHECKING:
     from balnmp_mil.models import MILModel
@@ -166,10 +167,12 @@ class _Bag:
     coords: np.ndarray
     size0: float
     attrs: dict[str, Any] = field(default_factory=dict)
+    regions: Path | None = None  # BCNB region file the coordinates were moved with
 
 
 def _load_bag(run: rundir.Run, slide: Path, features: str | Path | None,
-              patch_size_level0: float | None, allow_store_mismatch: bool) -> _Bag:
+              patch_size_level0: float | None, allow_store_mismatch: bool,
+              annotations: str | Path | None = None) -> _Bag:
     from balnmp_cache.store import load_bags
     from balnmp_mil.data.provenance import store_record
 
@@ -188,7 +191,9 @@ def _load_bag(run: rundir.Run, slide: Path, features: str | Path | None,
         raise InputError(f"slide {sid} has no patches in {store}; nothing to draw")
     attrs = dict(packed.attrs[0]) if packed.attrs else {}
     size0 = patch_footprint(attrs, coords, f"slide {sid} in {store}", patch_size_level0)
-    return _Bag(sid, Path(store), np.asarray(packed.features), coords, size0, attrs)
+    coords, regions = slide_coords(sid, slide, coords, attrs, packed.bag(0).patch_files,
+                                   annotations)
+    return _Bag(sid, Path(store), np.asarray(packed.features), coords, size0, attrs, regions)
 
 
 def heatmap_run(run_path: str | Path, slide: str | Path, out: str | Path,
@@ -212,7 +217,8 @@ def heatmap_run(run_path: str | Path, slide: str | Path, out: str | Path,
         check_output(geojson_out, inputs, InputError)
     if run.model is None:
         raise InputError(f"run {run.path} is a clinical-only model; it has no patches to map")
-    bag = _load_bag(run, Path(slide), features, patch_size_level0, allow_store_mismatch)
+    bag = _load_bag(run, Path(slide), features, patch_size_level0, allow_store_mismatch,
+                    annotations)
     clin = None
     if run.clinical_encoder is not None:
         table = clinical or run.config.get("clinical")
@@ -264,7 +270,8 @@ def _tumour_polygons(bag: _Bag, annotations: str | Path | None) -> Any:
     """The slide's tumour `Annotations` (lazy `balnmp_cache.tiling` import), or None."""
     from balnmp_cache.tiling.annotations import find_annotation, load_annotations
 
-    source = annotations if annotations is not None else bag.attrs.get("annotations")
+    source = annotations if annotations is not None else (bag.regions
+                                                           or bag.attrs.get("annotations"))
     if not source:
         return None
     path = Path(source)
