@@ -178,3 +178,24 @@ def test_command_line_default_is_the_papers_five_variables():
     assert DEFAULT_VARIANT == "paper5"
     assert VARIANTS.get(DEFAULT_VARIANT).fields == ("age", "tumour_size", "er", "pr", "her2")
     assert TrainConfig.__dataclass_fields__["clinical_variant"].default == "paper5"
+
+
+def test_official_variant_reads_the_preprocessed_table_as_it_is() -> None:
+    """`official`: the columns of the official preprocessed-type-K.xlsx, values unchanged,
+    patients by `p_id`; a raw BCNB table is refused naming the column it lacks."""
+    import pandas as pd
+
+    cols = ["p_id", "age", "tumor_size", "is_er_negative", "is_pr_negative", "is_her2_negative"]
+    df = pd.DataFrame([[1, 1.539847, 0.909377, 0, 0, 1], [2, -1.513573, 1.500613, 1, 1, 1],
+                       [4, 0.173843, 0.081647, 1, 1, 0]], columns=cols)
+    enc = ClinicalEncoder("official").fit(df)
+    np.testing.assert_allclose(enc.transform(df.iloc[[2, 0]]),
+                               df.iloc[[2, 0], 1:].to_numpy(np.float32))
+    assert enc.feature_names == ["official_age", "official_tumour_size", "er_negative",
+                                 "pr_negative", "her2_negative"]
+    again = ClinicalEncoder.from_dict(enc.to_dict())
+    np.testing.assert_array_equal(again.transform(df), enc.transform(df))
+    raw = pd.DataFrame({"Patient ID": [1], "Age(years)": [50], "Tumour Size(cm)": [2.0],
+                        "ER": ["Positive"], "PR": ["Positive"], "HER2": ["Negative"]})
+    with pytest.raises(ClinicalError, match="official_age"):
+        ClinicalEncoder("official").fit(raw)

@@ -39,14 +39,14 @@ def released(tmp_path_factory):
     return root, state, backbone, slide
 
 
-def _official_probs(state, backbone, slide, bag) -> np.ndarray:
+def _official_probs(state, backbone, slide, bag, clinical=None) -> np.ndarray:
     """The official pipeline on the stored patches: backbone(x).flatten() -> head."""
     with open_slide(slide) as s:
         patches = [s.read_region(tuple(int(v) for v in xy), int(bag.attrs["level"]),
                                  (224, 224)) for xy in bag.coords]
     x = torch.stack([IMAGENET(T.functional.to_tensor(p)) for p in patches])
     with torch.inference_mode():
-        logits, _ = official_forward(state, backbone(x).flatten(1))
+        logits, _ = official_forward(state, backbone(x).flatten(1), clinical)
     return torch.softmax(logits, 1).numpy()[0]
 
 
@@ -97,4 +97,46 @@ def test_a_task_of_another_class_count_and_a_clinical_checkpoint_are_refused(
     torch.save(official_head(64, clinical=True), tmp_path / "clin.pth")
     res = _invoke("paper", "import", tmp_path / "clin.pth", "--out", tmp_path / "r")
     assert res.exit_code == 2 and "MILNetWithClinicalData" in res.output
+    assert "import it with --clinical" in res.output
+    res = _invoke("paper", "import", tmp_path / "two.pth", "--out", tmp_path / "r",
+                  "--clinical")
+    assert res.exit_code == 2 and "without --clinical" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_clinical_checkpoint_predicts_from_the_official_preprocessed_table(
+        released, tmp_path) -> None:
+    """MILNetWithClinicalData: the run reads preprocessed-type-K.xlsx's five values as they
+    are (columns and p_id as the official file has them) and gives the official logits."""
+    root, state, backbone, slide = released
+    clin_state = {k: v for k, v in state.items() if k.startswith("image_feature_extractor")}
+    head = official_head(512 * 7 * 7, clinical=True, seed=4)
+    head["attention_aggregator.fc1.0.weight"] *= 1e-4
+    head["classifier.0.weight"] *= 0.1
+    clin_state |= head
+    torch.save(clin_state, tmp_path / "clin.pth")
+    res = _invoke("paper", "import", tmp_path / "clin.pth", "--out", tmp_path / "run",
+                  "--task", "n0_vs_n+", "--clinical")
+    assert res.exit_code == 0, res.output
+    values = [1.539847, 0.909377, 0, 0, 1]  # patient 1 of the official preprocessed-type-0
+    table = pd.DataFrame([[int(slide.stem), *values], [999, -1.5, 1.5, 1, 1, 1]],
+                         columns=["p_id", "age", "tumor_size", "is_er_negative",
+                                  "is_pr_negative", "is_her2_negative"])
+    table.to_excel(tmp_path / "preprocessed-type-0.xlsx", index=False)
+    # Same backbone tensors, another checkpoint file: the features are the same, the
+    # recorded weights (the file's sha256) are not, hence the override.
+    res = _invoke("predict", tmp_path / "run", root / "feats", "--out", tmp_path / "p.csv",
+                  "--clinical", tmp_path / "preprocessed-type-0.xlsx", "--allow-store-mismatch")
+    assert res.exit_code == 0, res.output
+    pred = pd.read_csv(tmp_path / "p.csv", dtype={"patient_id": str})
+    bag = FeatureStore(root / "feats")[slide.stem]
+    want = _official_probs(clin_state, backbone, slide, bag, torch.tensor([values],
+                                                                          dtype=torch.float32))
+    no_clinical = _official_probs(clin_state, backbone, slide, bag,
+                                  torch.zeros(1, 5))
+    assert abs(want[1] - no_clinical[1]) > 1e-3  # the clinical values matter here
+    got = pred.loc[pred["patient_id"] == slide.stem, ["prob_N0", "prob_N+"]].to_numpy()[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    res = _invoke("predict", tmp_path / "run", root / "feats", "--out", tmp_path / "q.csv",
+                  "--allow-store-mismatch")
+    assert res.exit_code == 2 and "--clinical" in res.output

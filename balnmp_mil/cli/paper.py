@@ -36,21 +36,26 @@ def paper_group() -> None:
 @click.option("--encoder", default="vgg16_bn", show_default=True,
               help="The checkpoint's backbone (--encoder of extract-features), recorded so "
                    "that predict accepts only features made with it.")
+@click.option("--clinical", is_flag=True,
+              help="The checkpoint is a MILNetWithClinicalData: its run reads the official "
+                   "preprocessed-type-K.xlsx values as they are (predict --clinical XLSX).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run directory "
                                                 "(atomically); never another folder.")
 @handle_input_errors
-def import_cmd(checkpoint: Path, out: Path, task: str | None, encoder: str,
+def import_cmd(checkpoint: Path, out: Path, task: str | None, encoder: str, clinical: bool,
                overwrite: bool) -> None:
-    """A released BALNMP model (the whole MILNetImageOnly state dict) as a run directory.
+    """A released BALNMP model (the whole MILNetImageOnly or, with --clinical,
+    MILNetWithClinicalData state dict) as a run directory.
 
     Extract features with its fine-tuned backbone (extract-features SLIDES --out FEATURES
     --encoder vgg16_bn --flatten --weights CHECKPOINT), then `balnmp-mil predict RUN
-    FEATURES` and `balnmp-mil heatmap RUN SLIDE --features FEATURES` apply its head.
+    FEATURES` and `balnmp-mil heatmap RUN SLIDE --features FEATURES` apply its head
+    (with --clinical code/dataset/clinical_data/preprocessed-type-K.xlsx for a clinical one).
     """
     from balnmp_mil.paper.importer import import_checkpoint
 
     click.echo(import_checkpoint(checkpoint, out, task=task, encoder=encoder,
-                                 overwrite=overwrite).summary())
+                                 overwrite=overwrite, clinical=clinical).summary())
 
 
 @paper_group.command("splits")

@@ -4,8 +4,9 @@ Columns are found case-, spacing- and punctuation-insensitively ("Age(years)", "
 "AGE" all match `age`), or named explicitly with `columns={"age": "Patient age", ...}`
 (`--clinical-column age="Patient age"`).
 Variants: "full" (z-scored age, tumour size, Ki67; one-hot tumour type, molecular subtype,
-HER2 expression, surgical, histological grading; ER/PR/HER2 positive flags) and "paper5"
-(the BALNMP paper's five: z-scored age and size, ER/PR/HER2 negative flags).
+HER2 expression, surgical, histological grading; ER/PR/HER2 positive flags), "paper5"
+(the BALNMP paper's five: z-scored age and size, ER/PR/HER2 negative flags) and "official"
+(the same five as the official repository's `preprocessed-type-K.xlsx` holds them, used as is).
 Missing values and categories unseen in training raise `ClinicalError` naming the patient and
 column, unless `impute=True` (`--clinical-impute`): numeric -> training median, categorical
 and ER/PR/HER2 -> most frequent training value, unseen category -> all-zeros one-hot. How each
@@ -59,6 +60,11 @@ VARIANTS.register("full", Variant(("age", "tumour_size", "ki67", "tumour_type",
                                    "molecular_subtype", "her2_expression", "surgical",
                                    "grading", "er", "pr", "her2"), "positive"))
 VARIANTS.register("paper5", Variant(("age", "tumour_size", "er", "pr", "her2"), "negative"))
+# The official preprocessed-type-K.xlsx as it is: the paper's five inputs exactly as its
+# released models were trained on (z-scores made by the authors, with statistics they did not
+# publish, and ER/PR/HER2-negative flags), for `paper import --clinical` and faithful training.
+VARIANTS.register("official", Variant(("official_age", "official_tumour_size", "er_negative",
+                                       "pr_negative", "her2_negative"), "negative"))
 # The command line's default (`--clinical-variant`): the paper's five variables (official
 # README: "age, tumor size, ER, PR, and HER2"; code/breast.py reads 5 values per patient).
 DEFAULT_VARIANT = "paper5"

@@ -1,6 +1,6 @@
 """The BCNB clinical fields: the column names each may appear under, how a cell is read, and how
-each kind of field (`KINDS`: numeric, categorical, status) is summarised on the training rows
-and encoded. `balnmp_mil.data.clinical.ClinicalEncoder` puts them together.
+each kind of field (`KINDS`: numeric, categorical, status, given) is summarised on the training
+rows and encoded. `balnmp_mil.data.clinical.ClinicalEncoder` puts them together.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _STATUS = {"positive": 1, "pos": 1, "+": 1, "1": 1, "yes": 1, "true": 1,
 class Field:
     """One clinical variable: how it is encoded and the column names it may appear under."""
 
-    kind: str  # a name in KINDS: "numeric" | "categorical" | "status"
+    kind: str  # a name in KINDS: "numeric" | "categorical" | "status" | "given"
     aliases: tuple[str, ...]
     # Said (as a warning) whenever an encoder uses the field: why it may not belong in a model.
     caution: str | None = None
@@ -58,8 +58,16 @@ FIELDS: dict[str, Field] = {
     "er": Field("status", ("ER", "er status")),
     "pr": Field("status", ("PR", "pr status")),
     "her2": Field("status", ("HER2", "her2 status")),
+    # The official repository's preprocessed-type-K.xlsx (bupt-ai-cz/BALNMP
+    # code/dataset/clinical_data/, read by code/breast.py): the five inputs already encoded,
+    # used as they are (`--clinical-variant official`).
+    "official_age": Field("given", ("age",)),
+    "official_tumour_size": Field("given", ("tumor_size",)),
+    "er_negative": Field("given", ("is_er_negative",)),
+    "pr_negative": Field("given", ("is_pr_negative",)),
+    "her2_negative": Field("given", ("is_her2_negative",)),
 }
-PATIENT_ALIASES = ("Patient ID", "patient", "case id")
+PATIENT_ALIASES = ("Patient ID", "patient", "case id", "p_id")
 
 
 def normalize_name(name: object) -> str:
@@ -266,3 +274,29 @@ class Categorical(Kind):
             else:
                 unseen.append((row, p))
         return onehot, unseen
+
+
+@KINDS.register("given")
+class Given(Kind):
+    """A number the table already holds encoded (the official preprocessed values), used as
+    it is; missing -> the training median."""
+
+    want = "a number"
+
+    @staticmethod
+    def parse(value: object) -> object:
+        return Numeric.parse(value)
+
+    @staticmethod
+    def statistics(present: Sequence[Any]) -> dict[str, Any]:
+        return {"median": float(np.median(np.asarray(present, dtype=np.float64)))}
+
+    @staticmethod
+    def names(key: str, stats: dict[str, Any], flag: str) -> list[str]:
+        return [key]
+
+    @staticmethod
+    def encode(parsed: Sequence[Any], stats: dict[str, Any], positive: bool
+               ) -> tuple[np.ndarray, list[tuple[int, Any]]]:
+        fill = stats.get("median", np.nan)  # an imported encoder has no training rows
+        return np.array([fill if p is None else p for p in parsed], np.float64)[:, None], []

@@ -6,10 +6,17 @@ the backbone `--encoder`, the checkpoint's sha256 as the weights, the flattened 
 `predict RUN FEATURES` and `heatmap` accept exactly the features `extract-features --encoder
 E --flatten --weights CHECKPOINT` writes. Nothing was trained here: the run has no splits,
 predictions or metrics beyond its classes.
+
+A `MILNetWithClinicalData` checkpoint is imported with `clinical=True` (`--clinical`): its
+run's clinical encoder is the `official` variant, which reads the five values of the official
+`code/dataset/clinical_data/preprocessed-type-K.xlsx` (columns `age`, `tumor_size`,
+`is_er_negative`, `is_pr_negative`, `is_her2_negative`, patients by `p_id`) as they are, the
+inputs the checkpoint was trained on; `predict RUN FEATURES --clinical THAT_XLSX`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,25 +63,46 @@ def _class_names(task: str | None, n_classes: int, checkpoint: Path) -> list[str
     return names
 
 
+def _official_encoder(checkpoint: Path, clinical_dim: int, clinical: bool) -> dict | None:
+    """The saved `official` clinical encoder of a clinical checkpoint; None for image-only."""
+    if clinical_dim and not clinical:
+        raise InputError(
+            f"checkpoint {checkpoint} is a MILNetWithClinicalData (its classifier takes "
+            f"{clinical_dim} clinical values, tiled 10 times); import it with --clinical, then "
+            "predict with --clinical code/dataset/clinical_data/preprocessed-type-K.xlsx")
+    if not clinical_dim:
+        if clinical:
+            raise InputError(f"checkpoint {checkpoint} is a MILNetImageOnly (no clinical "
+                             "inputs); import it without --clinical")
+        return None
+    from balnmp_mil.data.clinical import VARIANTS, ClinicalEncoder
+
+    fields = VARIANTS.get("official").fields
+    if clinical_dim != len(fields):
+        raise InputError(f"checkpoint {checkpoint} takes {clinical_dim} clinical values; the "
+                         f"official ones are {len(fields)} ({', '.join(fields)})")
+    enc = ClinicalEncoder(variant="official")
+    enc.stats_ = {key: {} for key in fields}  # the values are used as they are
+    return enc.to_dict()
+
+
 def import_checkpoint(checkpoint: str | Path, out: str | Path, task: str | None = None,
-                      encoder: str = PAPER_ENCODER, overwrite: bool = False) -> ImportResult:
+                      encoder: str = PAPER_ENCODER, overwrite: bool = False,
+                      clinical: bool = False) -> ImportResult:
     """Write run `out` from a released BALNMP checkpoint (see module docstring)."""
     checkpoint = Path(checkpoint)
     out = rundir.check_target(out, overwrite, [("CHECKPOINT", checkpoint)])
     model = head_from_checkpoint(read_checkpoint(checkpoint))
-    if model.clinical_dim:
-        raise InputError(
-            f"checkpoint {checkpoint} is a MILNetWithClinicalData (its classifier takes "
-            f"{model.clinical_dim} clinical values, tiled 10 times): the official values come "
-            "from its preprocessed-type-K.xlsx, which no --clinical-variant reproduces; use "
-            "balnmp_mil.paper.head_from_checkpoint and pass those values to forward_bag")
+    clinical_encoder = _official_encoder(checkpoint, model.clinical_dim, clinical)
     names = _class_names(task, model.n_classes, checkpoint)
     weights = weights_id(checkpoint)
     record = {"encoder": encoder, "weights": weights, "feature_dim": model.in_dim,
               "target_mpp": None, "patch_size": None}
     imported = f"(none: imported from {checkpoint.resolve()})"
-    saved = resolved_config(TrainConfig(features=imported, labels=imported, task=task,
-                                        model="balnmp"))
+    config = TrainConfig(features=imported, labels=imported, task=task, model="balnmp")
+    if clinical_encoder is not None:
+        config = dataclasses.replace(config, clinical_variant="official")
+    saved = resolved_config(config)
     saved.update(features=imported, labels=imported)
     saved["meta"] = {"balnmp_version": __version__, "run_format": rundir.RUN_FORMAT,
                      "out": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -86,4 +114,6 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, task: str | None 
         rundir.write_config(tmp / rundir.CONFIG, saved)
         rundir.save_model(tmp, model)
         rundir.write_json(tmp / rundir.METRICS, metrics)
+        if clinical_encoder is not None:
+            rundir.write_json(tmp / rundir.CLINICAL_ENCODER, clinical_encoder)
     return ImportResult(Path(out), names, model.in_dim, encoder, weights)

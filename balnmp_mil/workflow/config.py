@@ -87,7 +87,8 @@ class TrainConfig(FitConfig):
     clinical: str | None = option(None, check=Text(), path=True,
                                   help="Clinical table (BCNB columns); may be the labels file.")
     clinical_variant: str = option(DEFAULT_VARIANT, check=OneOf(VARIANTS), help=(
-        "Clinical encoding: the paper's 5 features (paper5) or every BCNB column (full)."))
+        "Clinical encoding: the paper's 5 features (paper5), every BCNB column (full), or "
+        "the official preprocessed-type-K.xlsx values as they are (official)."))
     clinical_impute: bool = option(False, check=Flag(), help=(
         "Fill missing clinical values with training medians / modes instead of failing."))
     clinical_columns: dict[str, str] = option(
