@@ -313,7 +313,7 @@ ERRORS = [
     ("patient not in store", ["--labels", "{tmp}/extra.csv"],
      r"not in the feature store .*features: \['999'\]"),
     ("run dir exists", ["--out", "{tmp}/exists"],
-     r"run directory .*exists already exists; pass --overwrite"),
+     r"exists: already exists; choose another --out or pass --overwrite"),
     ("unknown config key", ["--config", "{tmp}/bad.yaml"],
      r"config file .*bad\.yaml: unknown option\(s\) foo"),
     ("config not a mapping", ["--config", "{tmp}/list.yaml"],

@@ -39,7 +39,7 @@ def test_failure_leaves_nothing(tmp_path):
 def test_existing_target_needs_overwrite(tmp_path):
     target = tmp_path / "run"
     target.mkdir()
-    with pytest.raises(RunDirError, match=r"run directory .*run already exists; pass --overwrite"):
+    with pytest.raises(RunDirError, match=r"run: already exists; choose another --out or pass --overwrite"):
         with rundir.staged_run(target):
             pass
 
@@ -70,7 +70,7 @@ def test_overwrite_replaces_and_failure_keeps_old(tmp_path, monkeypatch, exchang
 
 def test_target_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "run").write_text("x")
-    with pytest.raises(RunDirError, match="is not a directory"):
+    with pytest.raises(RunDirError, match=r"is not a balnmp-mil run directory \(it is a file\), so --overwrite will not"):
         rundir.check_target(tmp_path / "run", overwrite=True)
 
 

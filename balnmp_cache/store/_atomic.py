@@ -214,16 +214,18 @@ def check_replaceable(
     overwrite: bool,
     error: Callable[[str], Exception],
     ours: Callable[[Path], bool],
-    not_ours: str,
+    not_ours: str | Callable[[Path], str],
 ) -> None:
     """Refuse, before any work, an `out` that would destroy an input (`check_output`) or that
     exists and may not be replaced: without `overwrite`, or when it is not this command's own
-    kind of output (`ours(out)` false; `not_ours` says what it is not, e.g. "a balnmp pack")."""
+    kind of output (`ours(out)` false; `not_ours` says what it is not, e.g. "a balnmp pack",
+    or is a function of `out` that also says what it holds)."""
     check_output(out, inputs, error)
     if not out.exists():
         return
     if not overwrite:
         raise error(f"{out}: already exists; choose another --out or pass --overwrite")
     if not ours(out):
-        raise error(f"{out}: exists and is not {not_ours}, so --overwrite will not replace it; "
+        what = not_ours(out) if callable(not_ours) else not_ours
+        raise error(f"{out}: exists and is not {what}, so --overwrite will not replace it; "
                     "choose another --out")

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from balnmp_cache._version import __version__
-from balnmp_cache.store._atomic import check_output, fsync_file, fsync_tree, publish, side_name
+from balnmp_cache.store._atomic import (
+    check_replaceable,
+    fsync_file,
+    fsync_tree,
+    publish,
+    side_name,
+)
 from balnmp_mil.errors import RunDirError
 
 if TYPE_CHECKING:
@@ -196,24 +202,20 @@ def check_target(target: str | Path, overwrite: bool,
     not be, hold, or lie inside any of `inputs` (FEATURES, `--labels`, `--clinical`, ...).
     """
     target = Path(target)
-    check_output(target, inputs, RunDirError)
-    if not target.exists():
-        return target
-    if not overwrite:
-        raise RunDirError(
-            f"run directory {target} already exists; pass --overwrite to replace it "
-            "or choose another --out"
-        )
-    if not target.is_dir():
-        raise RunDirError(f"{target} exists and is not a directory; choose another --out")
-    if any(target.iterdir()) and not is_run_dir(target):
-        sample = ", ".join(sorted(p.name for p in target.iterdir())[:3])
-        raise RunDirError(
-            f"--out {target} is not a balnmp-mil run directory (it holds {sample}, ...; no "
-            f"{CONFIG} written by balnmp-mil), so --overwrite will not replace it; "
-            "choose another --out"
-        )
+    check_replaceable(target, inputs, overwrite, RunDirError, _replaceable, _not_a_run)
     return target
+
+
+def _replaceable(path: Path) -> bool:
+    """An earlier run directory, or an empty folder."""
+    return path.is_dir() and (not any(path.iterdir()) or is_run_dir(path))
+
+
+def _not_a_run(path: Path) -> str:
+    if not path.is_dir():
+        return "a balnmp-mil run directory (it is a file)"
+    sample = ", ".join(sorted(p.name for p in path.iterdir())[:3])
+    return f"a balnmp-mil run directory (it holds {sample}, ...; no {CONFIG} written by balnmp-mil)"
 
 
 @contextlib.contextmanager
