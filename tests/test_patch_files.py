@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 from _data import write_store
+from click.testing import CliRunner
 from PIL import Image
 
 from balnmp_cache.errors import StoreError
@@ -17,6 +18,7 @@ from balnmp_cache.extract import extract_features
 from balnmp_cache.slides.patches import scan_patch_folder
 from balnmp_cache.store import FeatureStore, load_bags
 from balnmp_cache.store.pack import pack_store
+from balnmp_mil.cli import main as mil_main
 
 PATCH = 32
 # BCNB paper_patches: `<pid>/<pid>_<region>_<x>_<y>.jpg`, x/y pixel offsets inside a region.
@@ -173,6 +175,9 @@ def test_a_resume_keeps_slides_written_before_names_were_recorded(bcnb: Path, tm
         np.testing.assert_array_equal(after["102"].features, before.features)
         packed = load_bags(out)
         assert packed.bag(1).patch_files is None and packed.bag(0).patch_files is not None
+        shown = CliRunner().invoke(mil_main, ["inspect", str(out)])
+        assert shown.exit_code == 0, shown.output
+        assert "names:     each patch's source file recorded for 2 of 3 slides" in shown.output
         extract_features(bcnb, out, format=fmt, overwrite=True, **OPTS)
         assert FeatureStore(out)["102"].patch_files is not None  # --overwrite records them
 
