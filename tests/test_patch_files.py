@@ -87,6 +87,7 @@ def test_packs_and_load_bags_carry_the_names(extracted: Path, tmp_path: Path,
             np.testing.assert_array_equal(packed.bag(i).patch_files, store[sid].patch_files)
             np.testing.assert_array_equal(packed.bag(i).coords, store[sid].coords)
     np.testing.assert_array_equal(FeatureStore(pack)["102"].patch_files, store["102"].patch_files)
+    assert FeatureStore(pack).info("102").has_patch_files and store.info("102").has_patch_files
     subset = load_bags(pack, slide_ids=["103", "101"])
     assert list(subset.bag(0).patch_files) == list(store["103"].patch_files)
 
@@ -97,6 +98,7 @@ def test_slides_without_names_read_as_none_and_pack_as_empty_strings(tmp_path: P
     path = tmp_path / ("s.zarr" if fmt == "zarr" else "s")
     write_store(path, {"old1": 5, "old2": 3}, format=fmt)  # no names: a pyramid, an old store
     assert FeatureStore(path)["old1"].patch_files is None
+    assert not FeatureStore(path).info("old1").has_patch_files
     assert load_bags(path).patch_files is None
     assert load_bags(pack_store(path, tmp_path / "p.h5", progress=False)).patch_files is None
     with FeatureStore(path, mode="a") as store, store.writer("new", 16) as w:
@@ -110,6 +112,8 @@ def test_slides_without_names_read_as_none_and_pack_as_empty_strings(tmp_path: P
                                     progress=False))  # fmt: skip
         np.testing.assert_array_equal(pack.patch_files, packed.patch_files)
         assert pack.bag(2).patch_files is None
+        with FeatureStore(tmp_path / f"mixed.{pack_format}") as opened:
+            assert [opened.info(s).has_patch_files for s in opened] == [True, False, False]
     skipped = load_bags(path, slide_ids=["old1", "old2"])
     assert skipped.patch_files is None
 

@@ -68,8 +68,8 @@ class FeatureStore:
         coords = np.empty((info.n_patches, 2), dtype=np.int64)
         if info.n_patches:
             self.backend.read_into(info.slide_id, features, coords)
-        return Bag(info.slide_id, features, coords, info.attrs, info.coords_attrs,
-                   self.backend.patch_files(info.slide_id))
+        files = self.backend.patch_files(info.slide_id) if info.has_patch_files else None
+        return Bag(info.slide_id, features, coords, info.attrs, info.coords_attrs, files)
 
     def attrs(self, slide_id: str) -> dict:
         """Root attributes of one slide (no feature read); names of docs/format.md that the

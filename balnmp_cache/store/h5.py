@@ -116,7 +116,8 @@ def slide_info(path: Path, slide_id: str, f: h5py.File) -> SlideInfo:
     for key in ("patch_size", "patch_size_level0"):  # TRIDENT/CLAM keep these on coords
         if attrs[key] is None and coords_attrs.get(key) is not None:
             attrs[key] = coords_attrs[key]
-    return SlideInfo(slide_id, n, dim, np.dtype(feats.dtype), attrs, coords_attrs, str(path))
+    return SlideInfo(slide_id, n, dim, np.dtype(feats.dtype), attrs, coords_attrs, str(path),
+                     PATCH_FILES in f)
 
 
 def read_file_into(path: Path, features: np.ndarray, coords: np.ndarray) -> None:

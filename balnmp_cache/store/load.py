@@ -157,7 +157,7 @@ def _read_names(store: FeatureStore, infos: list[SlideInfo], ok: np.ndarray,
     out: list[np.ndarray | None] = []
     for k, info in enumerate(infos):
         names = None
-        if ok[k]:
+        if ok[k] and info.has_patch_files:
             try:
                 names = store.backend.patch_files(info.slide_id)
             except StoreError as e:

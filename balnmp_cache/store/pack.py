@@ -92,7 +92,8 @@ class PackBackend(StoreBackend):
         i = self.rows[slide_id]
         n = int(ix.offsets[i + 1] - ix.offsets[i])
         return SlideInfo(slide_id, n, ix.feature_dim, ix.dtype, dict(ix.attrs[i]),
-                         dict(ix.coords_attrs[i]), f"{self.path} (slide {slide_id})")
+                         dict(ix.coords_attrs[i]), f"{self.path} (slide {slide_id})",
+                         self.patch_files(slide_id) is not None)
 
     def patch_files(self, slide_id: str) -> np.ndarray | None:
         """The slide's rows of the pack's `patch_files` (read once, on first use); None when
@@ -229,7 +230,7 @@ def _copy_bags(src: FeatureStore, infos: list[SlideInfo], offsets: np.ndarray, s
     from tqdm.auto import tqdm
 
     nonfinite = np.zeros(len(infos), dtype=np.int64)
-    names = [src.backend.patch_files(i.slide_id) if i.n_patches else None for i in infos]
+    names = [src.backend.patch_files(i.slide_id) if i.has_patch_files else None for i in infos]
     show = sys.stderr.isatty() if progress is None else progress
     for k, info in enumerate(tqdm(infos, desc="pack", unit="slide", disable=not show)):
         a, b = int(offsets[k]), int(offsets[k + 1])

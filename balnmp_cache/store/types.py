@@ -61,6 +61,7 @@ class SlideInfo:
     attrs: dict
     coords_attrs: dict
     source: str  # file (or group) that holds the slide, for error messages
+    has_patch_files: bool = False  # records each row's source file (`patch_files`)
 
 
 def check_slide_id(slide_id: str) -> str:

@@ -206,7 +206,8 @@ class ZarrBackend(StoreBackend):
             attrs = with_known(dict(g.attrs))
             cattrs = dict(coords.attrs)
             missing = missing_chunks(feats, "features") or missing_chunks(coords, "coords")
-            if PATCH_FILES in g:
+            named = PATCH_FILES in g
+            if named:
                 missing = missing or missing_chunks(array_of(g, PATCH_FILES), PATCH_FILES)
         except ZARR_ERRORS as e:
             raise _fail(where, e) from e
@@ -217,7 +218,8 @@ class ZarrBackend(StoreBackend):
                              f"match; {DAMAGED_FIX}")
         n, dim = (int(x) for x in feats.shape)
         attrs["slide_id"] = attrs["slide_id"] or slide_id
-        return SlideInfo(slide_id, n, dim, np.dtype(feats.dtype), attrs, cattrs, str(where))
+        return SlideInfo(slide_id, n, dim, np.dtype(feats.dtype), attrs, cattrs, str(where),
+                         named)
 
     def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
         where = self.path / slide_id

@@ -95,12 +95,10 @@ def summarize(path: Path, check_features: bool = True) -> StoreSummary:
     """Metadata of every slide, plus (check_features) the problems `load_bags` would raise."""
     unreadable: list[str] = []
     infos: list[SlideInfo] = []
-    named = 0
     with FeatureStore(path) as store:
         for sid in store.slide_ids:
             try:
                 infos.append(store.info(sid))
-                named += store.backend.patch_files(sid) is not None
             except StoreError as e:
                 unreadable.append(str(e))
         problems = unreadable  # quick mode: metadata problems only
@@ -120,7 +118,7 @@ def summarize(path: Path, check_features: bool = True) -> StoreSummary:
         return StoreSummary(str(store.path), store.format, len(store.slide_ids),
                             [i.n_patches for i in infos], sorted({i.feature_dim for i in infos}),
                             sorted({str(i.dtype) for i in infos}), values, problems,
-                            named)  # fmt: skip
+                            sum(i.has_patch_files for i in infos))  # fmt: skip
 
 
 def _fmt(values: list[str]) -> str:
