@@ -1,8 +1,9 @@
 """Per-slide HDF5 feature store: `<dir>/<slide_id>.h5`, readable by CLAM and TRIDENT code.
 
 Each file holds `features` (N, D) float16/float32 and `coords` (N, 2) int64 plus the
-attributes of docs/format.md, and for a folder of patches `patch_files` (N,) str. Files are written under a hidden temp name and renamed into place, so
-a listed slide is always complete. See docs/format.md.
+attributes of docs/format.md, and for a folder of patches `patch_files` (N,) str. Files are
+written under a hidden temp name and renamed into place, so a listed slide is always
+complete. See docs/format.md.
 """
 
 from __future__ import annotations
