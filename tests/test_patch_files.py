@@ -198,3 +198,36 @@ def test_the_grid_of_a_patch_folder_names_every_cell(bcnb: Path) -> None:
         slide.fixed_files = slide.fixed_files[:-1]
         with pytest.raises(TilingError, match="names 7 patch files for 8 patches"):
             tile_slide(slide, patch_size=PATCH, level=0)
+
+
+def test_a_zarr_slide_missing_a_names_chunk_is_damage(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    with FeatureStore(path, mode="a") as store:
+        for sid in ("a", "b"):
+            with store.writer(sid, 4) as w:
+                w.append(np.ones((3, 4)), np.zeros((3, 2)), [f"{sid}{i}.jpg" for i in range(3)])
+    next((path / "b" / "patch_files" / "c").iterdir()).unlink()
+    with pytest.raises(StoreError, match=r"\bb\b.*patch_files.*missing.*extract-features"):
+        FeatureStore(path)["b"]
+    with pytest.warns(UserWarning, match="missing"):
+        packed = load_bags(path, on_problem="warn")
+    assert packed.slide_ids == ["a"] and list(packed.patch_files) == ["a0.jpg", "a1.jpg", "a2.jpg"]
+
+
+def test_a_failed_write_of_the_names_publishes_nothing(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import errno
+
+    create = h5py.Group.create_dataset
+
+    def full(self, name, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if name == "patch_files":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return create(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", full)
+    store = FeatureStore(tmp_path / "s", mode="a")
+    with pytest.raises(OSError, match="No space left") as caught, store.writer("a", 4) as w:
+        w.append(np.ones((3, 4)), np.zeros((3, 2)), ["a.jpg", "b.jpg", "c.jpg"])
+    assert caught.value.errno == errno.ENOSPC  # the job stops on it (slide_job.OUTPUT_ERRNOS)
+    assert store.slide_ids == [] and list((tmp_path / "s").iterdir()) == []
