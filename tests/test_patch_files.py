@@ -231,3 +231,19 @@ def test_a_failed_write_of_the_names_publishes_nothing(tmp_path: Path,
         w.append(np.ones((3, 4)), np.zeros((3, 2)), ["a.jpg", "b.jpg", "c.jpg"])
     assert caught.value.errno == errno.ENOSPC  # the job stops on it (slide_job.OUTPUT_ERRNOS)
     assert store.slide_ids == [] and list((tmp_path / "s").iterdir()) == []
+
+
+def test_zarr_names_are_a_string_array_written_without_a_warning(tmp_path: Path) -> None:
+    import json
+    import warnings
+
+    path = tmp_path / "s.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # zarr's UnstableSpecificationWarning among them
+        with FeatureStore(path, mode="a") as store, store.writer("a", 4) as w:
+            w.append(np.ones((2, 4)), np.zeros((2, 2)), ["a_0_0_0.jpg", "a_1_0_0.jpg"])
+        pack_store(path, tmp_path / "p.zarr", format="zarr", progress=False)
+        assert list(load_bags(tmp_path / "p.zarr").patch_files) == ["a_0_0_0.jpg", "a_1_0_0.jpg"]
+    meta = json.loads((path / "a" / "patch_files" / "zarr.json").read_text())
+    assert meta["data_type"] == "string" and meta["shape"] == [2]
+    assert [c["name"] for c in meta["codecs"]][0] == "vlen-utf8"

@@ -3,9 +3,10 @@
 The BCNB `paper_patches` layout is `<patient>/<patient>_<region>_<x>_<y>.jpg`: each file is
 one grid cell whose top-left corner is (x, y). The folder becomes a one-level slide as large
 as the patches' bounding extent; `fixed_coords`/`fixed_patch_size` tell the tiler to use
-exactly these cells, and `fixed_files` names each cell's file (relative to the folder). Reading a patch's own box returns that patch; other boxes are composed
-from the overlapping patches, white elsewhere. A folder of images without coordinates in their
-names is laid out row by row, in name order.
+exactly these cells, and `fixed_files` names each cell's file (relative to the folder).
+Reading a patch's own box returns that patch; other boxes are composed from the overlapping
+patches, white elsewhere. A folder of images without coordinates in their names is laid out
+row by row, in name order.
 """
 
 from __future__ import annotations

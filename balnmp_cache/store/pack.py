@@ -32,7 +32,7 @@ from balnmp_cache.store.feature_store import FeatureStore
 from balnmp_cache.store.h5 import open_h5
 from balnmp_cache.store.load import finite_rows, joined_names, majority
 from balnmp_cache.store.pack_index import INDEX_ARRAYS, PackIndex, PackReader, PackSink, make_index
-from balnmp_cache.store.types import COMMON_ATTRS, SlideInfo, plain
+from balnmp_cache.store.types import COMMON_ATTRS, PATCH_FILES, SlideInfo, plain
 
 __all__ = [
     "INDEX_ARRAYS", "PACK_READERS", "PACK_SINKS", "PackBackend", "PackIndex", "is_pack",
@@ -199,7 +199,7 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
                          "slide_coords_attrs": [json.dumps(plain(i.coords_attrs))
                                                 for i in infos],
                          "nonfinite_rows": nonfinite,
-                         **({} if names is None else {"patch_files": names.tolist()})},
+                         **({} if names is None else {PATCH_FILES: names.tolist()})},
                         root)  # fmt: skip
         fsync_tree(tmp)
         _check_out(src, out, overwrite)  # another job may have written `out` meanwhile

@@ -170,7 +170,7 @@ def check_batch(slide_id: str, feature_dim: int, closed: bool, features: Any, co
     if patch_files is None:
         return features, coords, None
     files = np.asarray(patch_files)
-    if files.shape != (features.shape[0],) or (files.size and files.dtype.kind not in "UO"):
+    if files.shape != (features.shape[0],) or (files.size and files.dtype.kind not in "UOT"):
         raise StoreError(f"slide {slide_id!r}: patch_files batch has shape {files.shape} "
                          f"({files.dtype}), expected ({features.shape[0]},) str")
     if not all(isinstance(f, str) and f and "\0" not in f for f in files.tolist()):

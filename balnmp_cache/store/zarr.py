@@ -5,7 +5,7 @@ Layout (LocalStore directory, see docs/format.md):
     <store>.zarr/<slide_id>/zarr.json      slide group; attributes: those of docs/format.md
     <store>.zarr/<slide_id>/features/      (N, D) float16 | float32, zstd, row chunks
     <store>.zarr/<slide_id>/coords/        (N, 2) int64; attributes = the coords attributes
-<store>.zarr/<slide_id>/patch_files/   (N,) string (vlen-utf8): folders of patches only
+    <store>.zarr/<slide_id>/patch_files/   (N,) string (vlen-utf8): folders of patches only
 Parallel writers on distinct slides are safe: each builds its group in a hidden directory
 `.<slide_id>.tmp-<pid>-<token>` inside the store, fsyncs it and renames it to `<slide_id>`
 (atomic on POSIX), so a listed slide is always complete and the root is never rewritten.
