@@ -73,6 +73,11 @@ class _Slide:
     def coords(self) -> np.ndarray:
         return self.claim.prepared.grid.coords if self.claim.prepared else np.zeros((0, 2))
 
+    @property
+    def patch_files(self) -> np.ndarray | None:
+        """Each row's source file (a folder of patches), aligned with `coords`; else None."""
+        return self.claim.prepared.grid.patch_files if self.claim.prepared else None
+
     def release(self, keep_writer: bool = False) -> None:
         """Give up its temp file (unless committed) and its lock; the slide itself is closed
         by the reader, which may still be reading it (and by `_Feed.close`)."""
@@ -245,7 +250,9 @@ class _Feed:
 
         def step() -> None:
             self._open(slide)
-            slide.writer.append(rows, slide.coords[start : start + len(rows)])  # type: ignore[union-attr]
+            end, files = start + len(rows), slide.patch_files
+            slide.writer.append(rows, slide.coords[start:end],  # type: ignore[union-attr]
+                                None if files is None else files[start:end])
 
         if self._write(slide, step):
             slide.written += len(rows)

@@ -42,6 +42,9 @@ class Slide(abc.ABC):
     auto: ClassVar[bool] = True  # tried by `open_slide(backend="auto")`
     fixed_coords: np.ndarray | None = None
     fixed_patch_size: int | None = None
+    # Aligned with `fixed_coords`: the file each cell was read from, relative to the slide's
+    # folder (str); stored per row as `patch_files` (docs/format.md).
+    fixed_files: np.ndarray | None = None
     # Set by a caller that encodes on a CUDA device: `read_regions` may then yield batches
     # decoded on the GPU as CUDA `torch` tensors, never copied to the host (cuCIM only).
     device_batches: bool = False

@@ -3,9 +3,10 @@
 The BCNB `paper_patches` layout is `<patient>/<patient>_<region>_<x>_<y>.jpg`: each file is
 one grid cell whose top-left corner is (x, y). The folder becomes a one-level slide as large
 as the patches' bounding extent; `fixed_coords`/`fixed_patch_size` tell the tiler to use
-exactly these cells. Reading a patch's own box returns that patch; other boxes are composed
-from the overlapping patches, white elsewhere. A folder of images without coordinates in their
-names is laid out row by row, in name order.
+exactly these cells, and `fixed_files` names each cell's file (relative to the folder).
+Reading a patch's own box returns that patch; other boxes are composed from the overlapping
+patches, white elsewhere. A folder of images without coordinates in their names is laid out
+row by row, in name order.
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ class PatchFolderSlide(Slide):
         self.layout = layout
         self.fixed_coords = layout.coords.copy()
         self.fixed_patch_size = layout.patch_size
+        self.fixed_files = np.array([f.relative_to(path).as_posix() for f in layout.files],
+                                    dtype=str)
         self._index = {(int(x), int(y)): i for i, (x, y) in enumerate(layout.coords)}
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()

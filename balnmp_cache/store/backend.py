@@ -56,6 +56,12 @@ class StoreBackend(abc.ABC):
             if b > a:
                 self.read_into(sid, features[a:b], coords[a:b])
 
+    def patch_files(self, slide_id: str) -> np.ndarray | None:
+        """Each row's source file (N,) str for a slide read from a folder of patches; None
+        when the slide records none (other slides, stores written before names were kept,
+        formats that have no names)."""
+        return None
+
     def nonfinite_rows(self, slide_ids: Sequence[str]) -> np.ndarray | None:
         """Per-slide NaN/Inf row counts known without reading (packs), else None (scan)."""
         return None

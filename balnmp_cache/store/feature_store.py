@@ -68,7 +68,8 @@ class FeatureStore:
         coords = np.empty((info.n_patches, 2), dtype=np.int64)
         if info.n_patches:
             self.backend.read_into(info.slide_id, features, coords)
-        return Bag(info.slide_id, features, coords, info.attrs, info.coords_attrs)
+        files = self.backend.patch_files(info.slide_id) if info.has_patch_files else None
+        return Bag(info.slide_id, features, coords, info.attrs, info.coords_attrs, files)
 
     def attrs(self, slide_id: str) -> dict:
         """Root attributes of one slide (no feature read); names of docs/format.md that the
@@ -84,8 +85,9 @@ class FeatureStore:
 
     def writer(self, slide_id: str, feature_dim: int, dtype: DTypeLike = "float16",
                attrs: dict | None = None, coords_attrs: dict | None = None) -> SlideWriter:  # fmt: skip
-        """Context manager with `.append(features (b, D), coords (b, 2))`; finalises on clean
-        exit, discards everything on exception."""
+        """Context manager with `.append(features (b, D), coords (b, 2), patch_files=None)`
+        (`patch_files` (b,): each row's source file, for a folder of patches); finalises on
+        clean exit, discards everything on exception."""
         if self.mode != "a":
             raise StoreError(f"{self.path}: opened read-only; use FeatureStore(path, mode='a')")
         return self.backend.writer(check_slide_id(slide_id), int(feature_dim),

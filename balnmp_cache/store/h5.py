@@ -1,8 +1,9 @@
 """Per-slide HDF5 feature store: `<dir>/<slide_id>.h5`, readable by CLAM and TRIDENT code.
 
 Each file holds `features` (N, D) float16/float32 and `coords` (N, 2) int64 plus the
-attributes of docs/format.md. Files are written under a hidden temp name and renamed into place, so
-a listed slide is always complete. See docs/format.md.
+attributes of docs/format.md, and for a folder of patches `patch_files` (N,) str. Files are
+written under a hidden temp name and renamed into place, so a listed slide is always
+complete. See docs/format.md.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from balnmp_cache.store.backend import StoreBackend
 from balnmp_cache.store.types import (
     COORDS_ATTRS,
     DAMAGED_FIX,
+    PATCH_FILES,
+    PatchFileLog,
     SlideInfo,
     SlideWriter,
     check_batch,
+    checked_patch_files,
     plain,
     root_attrs,
     with_known,
@@ -113,7 +117,8 @@ def slide_info(path: Path, slide_id: str, f: h5py.File) -> SlideInfo:
     for key in ("patch_size", "patch_size_level0"):  # TRIDENT/CLAM keep these on coords
         if attrs[key] is None and coords_attrs.get(key) is not None:
             attrs[key] = coords_attrs[key]
-    return SlideInfo(slide_id, n, dim, np.dtype(feats.dtype), attrs, coords_attrs, str(path))
+    return SlideInfo(slide_id, n, dim, np.dtype(feats.dtype), attrs, coords_attrs, str(path),
+                     PATCH_FILES in f)
 
 
 def read_file_into(path: Path, features: np.ndarray, coords: np.ndarray) -> None:
@@ -185,6 +190,7 @@ class H5Writer(SlideWriter):
         self.dtype = dtype
         self.tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
         self.n = 0
+        self.files = PatchFileLog(slide_id)
         self._done = False
         self._file = h5py.File(self.tmp, "w")
         self._abandoned = False
@@ -220,11 +226,14 @@ class H5Writer(SlideWriter):
                 raise
             raise err from exc
 
-    def append(self, features: np.ndarray, coords: np.ndarray) -> None:
-        """Add a batch: features (b, D), coords (b, 2) level-0 top-left (x, y)."""
-        features, coords = check_batch(self.slide_id, self.feature_dim, self._done, features,
-                                       coords)
+    def append(self, features: np.ndarray, coords: np.ndarray,
+               patch_files: np.ndarray | None = None) -> None:
+        """Add a batch: features (b, D), coords (b, 2) level-0 top-left (x, y), and each row's
+        source file (b,) for a folder of patches (written as `patch_files` on commit)."""
+        features, coords, files = check_batch(self.slide_id, self.feature_dim, self._done,
+                                              features, coords, patch_files)
         b = features.shape[0]
+        self.files.add(files, b)
         if b == 0:
             return
         with self._writing():
@@ -239,6 +248,9 @@ class H5Writer(SlideWriter):
         if self._done:
             return self.final
         with self._writing():
+            if self.files.names is not None:
+                self._file.create_dataset(PATCH_FILES, data=np.array(self.files.names, object),
+                                          dtype=h5py.string_dtype())
             self._file.flush()
             self._file.close()
         self._done = True
@@ -291,6 +303,18 @@ class H5Backend(StoreBackend):
 
     def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
         read_file_into(self.file(slide_id), features, coords)
+
+    def patch_files(self, slide_id: str) -> np.ndarray | None:
+        path = self.file(slide_id)
+        with open_h5(path) as f:
+            if PATCH_FILES not in f:
+                return None
+            try:
+                names = f[PATCH_FILES][()]
+            except (OSError, KeyError, TypeError, ValueError) as e:
+                raise StoreError(f"{path}: reading 'patch_files' failed ({e}); the file is "
+                                 f"corrupted or truncated: {DAMAGED_FIX}") from e
+            return checked_patch_files(str(path), names, slide_info(path, slide_id, f).n_patches)
 
     def writer(self, slide_id: str, feature_dim: int, dtype: np.dtype, attrs: dict,
                coords_attrs: dict) -> H5Writer:  # fmt: skip

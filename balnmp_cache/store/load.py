@@ -150,6 +150,33 @@ def _read(store: FeatureStore, infos: list[SlideInfo], features: np.ndarray,
     return ok
 
 
+def _read_names(store: FeatureStore, infos: list[SlideInfo], ok: np.ndarray,
+                problems: _Problems) -> list[np.ndarray | None]:  # fmt: skip
+    """Each read slide's source file names (None: it records none); a slide whose names
+    cannot be read is a problem like one whose features cannot (clears its `ok` flag)."""
+    out: list[np.ndarray | None] = []
+    for k, info in enumerate(infos):
+        names = None
+        if ok[k] and info.has_patch_files:
+            try:
+                names = store.backend.patch_files(info.slide_id)
+            except StoreError as e:
+                if problems.mode == "error":
+                    raise
+                problems.add(f"unreadable ({e})", [info.slide_id])
+                ok[k] = False
+        out.append(names)
+    return out
+
+
+def joined_names(names: list[np.ndarray | None], counts: np.ndarray) -> np.ndarray | None:
+    """Per-slide names as one (P,) str array, "" for rows of slides without; None if none."""
+    if all(n is None for n in names):
+        return None
+    return np.concatenate([np.full(int(c), "", dtype=str) if n is None else n
+                           for n, c in zip(names, counts)])  # fmt: skip
+
+
 def run_parallel(fn: Callable[[T], None], items: Sequence[T]) -> None:
     """fn(item) for every item on a thread pool (numpy and os.preadv release the GIL)."""
     workers = min(MAX_THREADS, os.cpu_count() or 1, len(items))
@@ -199,10 +226,12 @@ def _compact(packed: PackedBags, keep: np.ndarray) -> PackedBags:
     rows = np.repeat(keep, counts)
     offsets = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
     pick = [i for i, k in enumerate(keep) if k]
+    files = None if packed.patch_files is None else packed.patch_files[rows]
     return PackedBags(
         packed.features[rows], packed.coords[rows], offsets,
         [packed.slide_ids[i] for i in pick], [packed.attrs[i] for i in pick],
         [packed.coords_attrs[i] for i in pick], packed.problems, packed.source,
+        files if files is not None and (files != "").any() else None,
     )  # fmt: skip
 
 
@@ -259,6 +288,7 @@ def _load(store: FeatureStore, slide_ids: Sequence[str] | None, on_problem: str,
     features = np.empty((int(offsets[-1]), infos[0].feature_dim), dtype=dtype)
     coords = np.empty((int(offsets[-1]), 2), dtype=np.int64)
     ok = _read(store, infos, features, coords, offsets, problems)
+    names = _read_names(store, infos, ok, problems)
 
     bad_rows = store.backend.nonfinite_rows([i.slide_id for i in infos])
     if bad_rows is None:  # per-slide stores: scan (packs were scanned once, when packing)
@@ -272,6 +302,7 @@ def _load(store: FeatureStore, slide_ids: Sequence[str] | None, on_problem: str,
     packed = PackedBags(
         features, coords, offsets, [i.slide_id for i in infos], [i.attrs for i in infos],
         [i.coords_attrs for i in infos], problems.reported, str(store.path),
+        joined_names(names, counts),
     )  # fmt: skip
     keep = ok & ~bad
     if not keep.all():

@@ -30,9 +30,9 @@ from balnmp_cache.store._atomic import (
 from balnmp_cache.store.backend import StoreBackend
 from balnmp_cache.store.feature_store import FeatureStore
 from balnmp_cache.store.h5 import open_h5
-from balnmp_cache.store.load import finite_rows, majority
+from balnmp_cache.store.load import finite_rows, joined_names, majority
 from balnmp_cache.store.pack_index import INDEX_ARRAYS, PackIndex, PackReader, PackSink, make_index
-from balnmp_cache.store.types import COMMON_ATTRS, SlideInfo, plain
+from balnmp_cache.store.types import COMMON_ATTRS, PATCH_FILES, SlideInfo, plain
 
 __all__ = [
     "INDEX_ARRAYS", "PACK_READERS", "PACK_SINKS", "PackBackend", "PackIndex", "is_pack",
@@ -62,6 +62,8 @@ class PackBackend(StoreBackend):
     def __init__(self, path: Path, mode: str) -> None:
         super().__init__(path, mode)
         self.reader = open_pack(path)
+        self._names: np.ndarray | None = None
+        self._names_read = False
         index = self.reader.index
         self.rows: dict[str, int] = {}
         self.dups: list[str] = []
@@ -90,7 +92,20 @@ class PackBackend(StoreBackend):
         i = self.rows[slide_id]
         n = int(ix.offsets[i + 1] - ix.offsets[i])
         return SlideInfo(slide_id, n, ix.feature_dim, ix.dtype, dict(ix.attrs[i]),
-                         dict(ix.coords_attrs[i]), f"{self.path} (slide {slide_id})")
+                         dict(ix.coords_attrs[i]), f"{self.path} (slide {slide_id})",
+                         self.patch_files(slide_id) is not None)
+
+    def patch_files(self, slide_id: str) -> np.ndarray | None:
+        """The slide's rows of the pack's `patch_files` (read once, on first use); None when
+        the pack has none or the slide's rows are all "" (a slide without names)."""
+        if not self._names_read:
+            self._names, self._names_read = self.reader.patch_files(), True
+        if self._names is None:
+            return None
+        i = self.rows[slide_id]
+        a, b = (int(x) for x in self.reader.index.offsets[i : i + 2])
+        names = self._names[a:b]
+        return names if (names != "").any() else None
 
     def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
         i = self.rows[slide_id]
@@ -172,7 +187,7 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
     tmp = side_name(out, "tmp")
     sink = PACK_SINKS.get(format)(tmp, int(offsets[-1]), dim, dtype, len(infos))
     try:
-        nonfinite = _copy_bags(src, infos, offsets, sink, progress)
+        nonfinite, names = _copy_bags(src, infos, offsets, sink, progress)
         root = {"balnmp_pack": PACK_VERSION, "n_slides": len(infos), "n_patches": int(offsets[-1]),
                 "feature_dim": dim, "source": str(src.path), "source_format": src.format,
                 "balnmp_version": __version__,
@@ -183,7 +198,9 @@ def pack_store(store: str | Path | FeatureStore, out: str | Path, format: str = 
                          "slide_attrs": [json.dumps(plain(i.attrs)) for i in infos],
                          "slide_coords_attrs": [json.dumps(plain(i.coords_attrs))
                                                 for i in infos],
-                         "nonfinite_rows": nonfinite}, root)  # fmt: skip
+                         "nonfinite_rows": nonfinite,
+                         **({} if names is None else {PATCH_FILES: names.tolist()})},
+                        root)  # fmt: skip
         fsync_tree(tmp)
         _check_out(src, out, overwrite)  # another job may have written `out` meanwhile
         publish(tmp, out)
@@ -207,11 +224,13 @@ def _one_dimension(src: FeatureStore, infos: list[SlideInfo]) -> int:
 
 
 def _copy_bags(src: FeatureStore, infos: list[SlideInfo], offsets: np.ndarray, sink: PackSink,
-               progress: bool | None) -> np.ndarray:  # fmt: skip
-    """Copy each bag into its rows of the sink; returns the NaN/Inf row count per slide."""
+               progress: bool | None) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """Copy each bag into its rows of the sink; returns the NaN/Inf row count per slide and
+    the rows' source file names (`load.joined_names`: "" for slides without, None if none)."""
     from tqdm.auto import tqdm
 
     nonfinite = np.zeros(len(infos), dtype=np.int64)
+    names = [src.backend.patch_files(i.slide_id) if i.has_patch_files else None for i in infos]
     show = sys.stderr.isatty() if progress is None else progress
     for k, info in enumerate(tqdm(infos, desc="pack", unit="slide", disable=not show)):
         a, b = int(offsets[k]), int(offsets[k + 1])
@@ -224,4 +243,4 @@ def _copy_bags(src: FeatureStore, infos: list[SlideInfo], offsets: np.ndarray, s
         with critical():  # a Zarr write runs on zarr's thread: let it finish (see ZarrWriter)
             sink.features[a:b] = feats
             sink.coords[a:b] = coords
-    return nonfinite
+    return nonfinite, joined_names(names, np.diff(offsets))

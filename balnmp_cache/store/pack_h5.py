@@ -14,6 +14,7 @@ from balnmp_cache.errors import StoreError
 from balnmp_cache.store.h5 import decode_attrs, encode_attrs, open_h5
 from balnmp_cache.store.load import run_parallel
 from balnmp_cache.store.pack_index import INDEX_ARRAYS, Run, make_index
+from balnmp_cache.store.types import PATCH_FILES, checked_patch_files
 
 __all__ = ["H5PackReader", "H5PackSink"]
 
@@ -68,6 +69,17 @@ class H5PackReader:
         except (OSError, ValueError, TypeError) as e:
             raise StoreError(f"{self.path}: reading the pack failed ({e}); the pack is "
                              "corrupted or truncated - pack it again") from e
+
+    def patch_files(self) -> np.ndarray | None:
+        if PATCH_FILES not in self.file:
+            return None
+        try:
+            names = self.file[PATCH_FILES][()]
+        except (OSError, KeyError, ValueError) as e:
+            raise StoreError(f"{self.path}: reading 'patch_files' failed ({e}); pack it "
+                             "again") from e
+        return checked_patch_files(str(self.path), names, int(self.file["features"].shape[0]),
+                                   "pack it again")
 
     def _pread(self, task: tuple[memoryview, int, int, int]) -> None:
         buf, start, end, where = task

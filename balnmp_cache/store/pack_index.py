@@ -1,8 +1,10 @@
 """What a cohort pack holds, read and validated once when it is opened, and the reader and sink
 contracts each pack format implements (HDF5: `pack_h5`, Zarr: `zarr`).
 
-A pack holds `features` (P, D), `coords` (P, 2), `offsets` (B + 1,), `slide_ids` (B,) and
-per-slide attributes as JSON text (`slide_attrs`, `slide_coords_attrs`); see docs/format.md.
+A pack holds `features` (P, D), `coords` (P, 2), `offsets` (B + 1,), `slide_ids` (B,),
+per-slide attributes as JSON text (`slide_attrs`, `slide_coords_attrs`) and, when some slide
+recorded them, each row's source file (`patch_files` (P,), read only on demand); see
+docs/format.md.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class PackReader(Protocol):
     def read_runs(self, runs: list[Run], features: np.ndarray, coords: np.ndarray) -> None:
         """Copy pack rows src_a:src_b to features/coords rows dst_a:dst_b for each run."""
 
+    def patch_files(self) -> np.ndarray | None:
+        """The pack's (P,) `patch_files` ("" for rows of slides without), None if absent."""
+
     def close(self) -> None: ...
 
 
@@ -60,7 +65,8 @@ class PackSink(Protocol):
                  n_slides: int) -> None: ...  # fmt: skip
 
     def finish(self, index: dict[str, Any], root_attrs: dict) -> None:
-        """Write the per-slide index arrays (INDEX_ARRAYS) and the root attributes."""
+        """Write the per-slide index arrays (INDEX_ARRAYS), `patch_files` when given (a list
+        of P str) and the root attributes."""
 
     def abort(self) -> None:
         """Release what is open after a failure (the caller removes the file)."""

@@ -27,6 +27,8 @@ DAMAGED_FIX = ("rerun `extract-features` with the options that made the store: i
                "damaged slides again (--overwrite redoes every slide)")
 # Attributes a cohort shares; a pack records them on its root when every slide agrees.
 COMMON_ATTRS = ("encoder", "weights", "target_mpp", "patch_size", "patch_size_level0", "tissue")
+# The array of each row's source file (slides read from a folder of patches, and packs).
+PATCH_FILES = "patch_files"
 
 
 @dataclass
@@ -59,6 +61,7 @@ class SlideInfo:
     attrs: dict
     coords_attrs: dict
     source: str  # file (or group) that holds the slide, for error messages
+    has_patch_files: bool = False  # records each row's source file (`patch_files`)
 
 
 def check_slide_id(slide_id: str) -> str:
@@ -78,7 +81,10 @@ class SlideWriter(abc.ABC):
     that fails (a full disk): no temp file is left behind either way."""
 
     @abc.abstractmethod
-    def append(self, features: np.ndarray, coords: np.ndarray) -> None: ...
+    def append(self, features: np.ndarray, coords: np.ndarray,
+               patch_files: np.ndarray | None = None) -> None:
+        """Add a batch: features (b, D), coords (b, 2) level-0 top-left (x, y) and, for a slide
+        read from a folder of patches, each row's source file (b,) (see `PatchFileLog`)."""
 
     @abc.abstractmethod
     def commit(self) -> Path: ...
@@ -148,9 +154,10 @@ def root_attrs(slide_id: str, feature_dim: int, attrs: dict) -> dict:
     return root
 
 
-def check_batch(slide_id: str, feature_dim: int, closed: bool, features: Any,
-                coords: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one writer batch (features (b, D), coords (b, 2)); StoreError names the slide."""
+def check_batch(slide_id: str, feature_dim: int, closed: bool, features: Any, coords: Any,
+                patch_files: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Validate one writer batch (features (b, D), coords (b, 2), optional patch_files (b,)
+    non-empty str); StoreError names the slide."""
     if closed:
         raise StoreError(f"slide {slide_id!r}: writer already closed")
     features, coords = np.asarray(features), np.asarray(coords)
@@ -160,7 +167,51 @@ def check_batch(slide_id: str, feature_dim: int, closed: bool, features: Any,
     if coords.shape != (features.shape[0], 2):
         raise StoreError(f"slide {slide_id!r}: coords batch has shape {coords.shape}, "
                          f"expected ({features.shape[0]}, 2)")
-    return features, coords
+    if patch_files is None:
+        return features, coords, None
+    files = np.asarray(patch_files)
+    if files.shape != (features.shape[0],) or (files.size and files.dtype.kind not in "UOT"):
+        raise StoreError(f"slide {slide_id!r}: patch_files batch has shape {files.shape} "
+                         f"({files.dtype}), expected ({features.shape[0]},) str")
+    if not all(isinstance(f, str) and f and "\0" not in f for f in files.tolist()):
+        raise StoreError(f"slide {slide_id!r}: patch_files must be non-empty str without NUL")
+    return features, coords, files.astype(str)
+
+
+class PatchFileLog:
+    """The source file names a writer was given, batch by batch (`SlideWriter.append`).
+
+    A slide records names for every row or for none: the first batch with rows decides, and
+    a later batch that differs is refused, so a stored `patch_files` is always aligned with
+    `coords`. `names` is None when no batch gave any."""
+
+    def __init__(self, slide_id: str) -> None:
+        self.slide_id = slide_id
+        self.rows = 0
+        self.names: list[str] | None = None
+
+    def add(self, files: np.ndarray | None, rows: int) -> None:
+        """Record a validated batch's names (`check_batch`) before its rows are written."""
+        if rows == 0:
+            return
+        if self.rows and (files is None) != (self.names is None):
+            given = "without" if files is None else "with"
+            raise StoreError(f"slide {self.slide_id!r}: a batch {given} patch_files after "
+                             f"{self.rows} rows that were not: give them for every row or none")
+        if files is not None:
+            if self.names is None:
+                self.names = []
+            self.names.extend(files.tolist())
+        self.rows += rows
+
+
+def checked_patch_files(source: str, files: Any, n: int, fix: str = DAMAGED_FIX) -> np.ndarray:
+    """A stored `patch_files` read back: (n,) str, else it is damaged (StoreError, `fix`)."""
+    out = np.asarray(plain(np.asarray(files)), dtype=str)
+    if out.shape != (n,):
+        raise StoreError(f"{source}: 'patch_files' has shape {out.shape}, expected ({n},); "
+                         f"{fix}")
+    return out
 
 
 @dataclass

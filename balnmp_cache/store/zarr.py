@@ -5,6 +5,7 @@ Layout (LocalStore directory, see docs/format.md):
     <store>.zarr/<slide_id>/zarr.json      slide group; attributes: those of docs/format.md
     <store>.zarr/<slide_id>/features/      (N, D) float16 | float32, zstd, row chunks
     <store>.zarr/<slide_id>/coords/        (N, 2) int64; attributes = the coords attributes
+    <store>.zarr/<slide_id>/patch_files/   (N,) string (vlen-utf8): folders of patches only
 Parallel writers on distinct slides are safe: each builds its group in a hidden directory
 `.<slide_id>.tmp-<pid>-<token>` inside the store, fsyncs it and renames it to `<slide_id>`
 (atomic on POSIX), so a listed slide is always complete and the root is never rewritten.
@@ -32,9 +33,12 @@ from balnmp_cache.store.pack_index import INDEX_ARRAYS, make_index
 from balnmp_cache.store.types import (
     COORDS_ATTRS,
     DAMAGED_FIX,
+    PATCH_FILES,
+    PatchFileLog,
     SlideInfo,
     SlideWriter,
     check_batch,
+    checked_patch_files,
     plain,
     root_attrs,
     with_known,
@@ -44,6 +48,7 @@ ZARR_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, zarr.erro
 ROOT_META = {"zarr_format": 3, "node_type": "group", "attributes": {"balnmp_store": 1}}
 CHUNK_BYTES = 1 << 20  # per-slide feature chunks (zstd squeezes the zero pad of the last one)
 PACK_CHUNK_BYTES = 8 << 20  # uncompressed pack chunks: large sequential reads, small edge pad
+NAME_CHUNK = 8192  # rows per `patch_files` chunk
 
 
 def _write_root(path: Path) -> None:
@@ -109,6 +114,7 @@ class ZarrWriter(SlideWriter):
         self.feature_dim = feature_dim
         self.tmp = root / f".{slide_id}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         self.n = 0
+        self.files = PatchFileLog(slide_id)
         self._done = False
         try:
             with critical():
@@ -127,10 +133,13 @@ class ZarrWriter(SlideWriter):
             self.abort()
             raise
 
-    def append(self, features: np.ndarray, coords: np.ndarray) -> None:
-        """Add a batch: features (b, D), coords (b, 2) level-0 top-left (x, y)."""
-        features, coords = check_batch(self.slide_id, self.feature_dim, self._done, features,
-                                       coords)
+    def append(self, features: np.ndarray, coords: np.ndarray,
+               patch_files: np.ndarray | None = None) -> None:
+        """Add a batch: features (b, D), coords (b, 2) level-0 top-left (x, y), and each row's
+        source file (b,) for a folder of patches (written as `patch_files` on commit)."""
+        features, coords, files = check_batch(self.slide_id, self.feature_dim, self._done,
+                                              features, coords, patch_files)
+        self.files.add(files, features.shape[0])
         if features.shape[0]:
             with critical():
                 self.features.append(features.astype(self.features.dtype, copy=False), axis=0)
@@ -141,6 +150,13 @@ class ZarrWriter(SlideWriter):
         if self._done:
             return self.final
         with critical():
+            names = self.files.names
+            if names is not None:
+                arr = self.group.create_array(
+                    PATCH_FILES, shape=(len(names),), chunks=(NAME_CHUNK,), dtype=str,
+                    config={"write_empty_chunks": True},
+                )  # fmt: skip
+                arr[:] = np.array(names, dtype=str)
             self.group.attrs.update(self.attrs)
         self._done = True
         fsync_tree(self.tmp)
@@ -190,6 +206,9 @@ class ZarrBackend(StoreBackend):
             attrs = with_known(dict(g.attrs))
             cattrs = dict(coords.attrs)
             missing = missing_chunks(feats, "features") or missing_chunks(coords, "coords")
+            named = PATCH_FILES in g
+            if named:
+                missing = missing or missing_chunks(array_of(g, PATCH_FILES), PATCH_FILES)
         except ZARR_ERRORS as e:
             raise _fail(where, e) from e
         if missing:
@@ -199,7 +218,8 @@ class ZarrBackend(StoreBackend):
                              f"match; {DAMAGED_FIX}")
         n, dim = (int(x) for x in feats.shape)
         attrs["slide_id"] = attrs["slide_id"] or slide_id
-        return SlideInfo(slide_id, n, dim, np.dtype(feats.dtype), attrs, cattrs, str(where))
+        return SlideInfo(slide_id, n, dim, np.dtype(feats.dtype), attrs, cattrs, str(where),
+                         named)
 
     def read_into(self, slide_id: str, features: np.ndarray, coords: np.ndarray) -> None:
         where = self.path / slide_id
@@ -214,6 +234,22 @@ class ZarrBackend(StoreBackend):
             raise _fail(where, e) from e
         if missing:  # checked again: the slide may have been damaged since `info`
             raise StoreError(f"{where}: the slide is damaged: {missing}; {DAMAGED_FIX}")
+
+    def patch_files(self, slide_id: str) -> np.ndarray | None:
+        where = self.path / slide_id
+        g = self._group(slide_id)
+        try:
+            if PATCH_FILES not in g:
+                return None
+            arr = array_of(g, PATCH_FILES)
+            missing = missing_chunks(arr, PATCH_FILES)
+            names = None if missing else arr[:]
+            n = int(array_of(g, "features").shape[0])
+        except ZARR_ERRORS as e:
+            raise _fail(where, e) from e
+        if names is None:
+            raise StoreError(f"{where}: the slide is damaged: {missing}; {DAMAGED_FIX}")
+        return checked_patch_files(str(where), names, n)
 
     def writer(self, slide_id: str, feature_dim: int, dtype: np.dtype, attrs: dict,
                coords_attrs: dict) -> ZarrWriter:  # fmt: skip
@@ -269,6 +305,7 @@ class ZarrPackReader:
         self.path = path
         try:
             g = zarr.open_group(path, mode="r")
+            self.group = g
             self.features, self.coords = array_of(g, "features"), array_of(g, "coords")
             missing = missing_chunks(self.features, "features") or missing_chunks(self.coords,
                                                                                   "coords")
@@ -299,6 +336,17 @@ class ZarrPackReader:
         except ZARR_ERRORS as e:
             raise StoreError(f"{self.path}: reading the pack failed ({e}); the pack is "
                              "corrupted or truncated - pack it again") from e
+
+    def patch_files(self) -> np.ndarray | None:
+        try:
+            if PATCH_FILES not in self.group:
+                return None
+            names = array_of(self.group, PATCH_FILES)[:]
+        except ZARR_ERRORS as e:
+            raise StoreError(f"{self.path}: reading 'patch_files' failed ({e}); pack it "
+                             "again") from e
+        return checked_patch_files(str(self.path), names, int(self.features.shape[0]),
+                                   "pack it again")
 
     def close(self) -> None:
         """Zarr holds no open file handles between reads."""

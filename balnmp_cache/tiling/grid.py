@@ -58,7 +58,8 @@ class ReadPlan:
 @dataclass
 class PatchGrid:
     """Kept patches of one slide: top-left level-0 `coords` (N, 2) int64 and their tissue
-    (or tumour-and-tissue) fraction; the mask they were chosen on is kept for QC."""
+    (or tumour-and-tissue) fraction; the mask they were chosen on is kept for QC. For a
+    folder of patches, `patch_files` (N,) str names each kept row's file (else None)."""
 
     coords: np.ndarray
     plan: ReadPlan
@@ -70,6 +71,7 @@ class PatchGrid:
     annotations: str | None
     tissue: str
     regions: Annotations | None = None  # the loaded annotations, for QC pictures
+    patch_files: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(len(self.coords))
@@ -197,6 +199,21 @@ def _as_annotations(annotations: str | Path | Annotations | None) -> Annotations
     return load_annotations(annotations)
 
 
+def _fixed_grid(slide: Slide, plan: ReadPlan, annotated: bool) -> PatchGrid:
+    """A folder of pre-cut patches: every cell, in the slide's order, with its file name."""
+    if annotated:
+        warnings.warn(f"{_slide_name(slide)} is a folder of pre-cut patches: annotations ignored",
+                      stacklevel=3)  # fmt: skip
+    coords = np.asarray(slide.fixed_coords, dtype=np.int64).reshape(-1, 2)
+    files = getattr(slide, "fixed_files", None)
+    if files is not None and len(files) != len(coords):
+        raise TilingError(f"{_slide_name(slide)} names {len(files)} patch files for "
+                          f"{len(coords)} patches")
+    return PatchGrid(coords, plan, np.ones(len(coords), np.float32), slide.slide_id,
+                     plan.patch_size_level0, None, 1.0, None, "none",
+                     patch_files=None if files is None else np.asarray(files, dtype=str))
+
+
 def tile_slide(
     slide: Slide,
     patch_size: int = 256,
@@ -220,16 +237,8 @@ def tile_slide(
     ann_name = regions.describe() if regions is not None else None
     params = get_params(tissue)
     stride0 = (plan.patch_size - int(overlap)) * plan.level0_per_px
-    fixed = getattr(slide, "fixed_coords", None)
-    if fixed is not None:
-        if regions is not None:
-            warnings.warn(
-                f"{_slide_name(slide)} is a folder of pre-cut patches: annotations ignored",
-                stacklevel=2,
-            )
-        coords = np.asarray(fixed, dtype=np.int64).reshape(-1, 2)
-        return PatchGrid(coords, plan, np.ones(len(coords), np.float32), slide.slide_id,
-                         plan.patch_size_level0, None, 1.0, None, "none")
+    if getattr(slide, "fixed_coords", None) is not None:
+        return _fixed_grid(slide, plan, regions is not None)
 
     mask, ds = slide_tissue_mask(slide, params, plan.level0_per_px * plan.patch_size)
     region = mask

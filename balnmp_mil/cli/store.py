@@ -85,6 +85,7 @@ class StoreSummary:
     dtypes: list[str]
     values: dict[str, list[str]]  # attribute -> distinct values (encoder, µm/px, ...)
     problems: list[str] = field(default_factory=list)
+    named: int = 0  # slides that record each row's source file (`patch_files`)
 
 
 SUMMARY_ATTRS = ("encoder", "weights", "target_mpp", "slide_mpp", "patch_size", "tissue")
@@ -116,7 +117,8 @@ def summarize(path: Path, check_features: bool = True) -> StoreSummary:
             values[key] = seen
         return StoreSummary(str(store.path), store.format, len(store.slide_ids),
                             [i.n_patches for i in infos], sorted({i.feature_dim for i in infos}),
-                            sorted({str(i.dtype) for i in infos}), values, problems)  # fmt: skip
+                            sorted({str(i.dtype) for i in infos}), values, problems,
+                            sum(i.has_patch_files for i in infos))  # fmt: skip
 
 
 def _fmt(values: list[str]) -> str:
@@ -150,6 +152,9 @@ def inspect_cmd(features: Path, quick: bool) -> None:
     click.echo(f"µm/px:     target {_fmt(s.values['target_mpp'])}; "
                f"slides {_fmt(s.values['slide_mpp'])}")
     click.echo(f"patch:     {_fmt(s.values['patch_size'])} px   tissue: {_fmt(s.values['tissue'])}")
+    if s.named:  # folders of patches: see docs/format.md, "Source file names"
+        click.echo(f"names:     each patch's source file recorded for {s.named} of {s.n_slides} "
+                   "slides")
     if not s.problems:
         click.echo("problems:  none" + (" (metadata only: --quick)" if quick else ""))
         return
