@@ -141,3 +141,63 @@ def test_slide_coords_refusals_say_what_to_do(bcnb: dict, tmp_path: Path) -> Non
         slide_coords("4", other, np.zeros((1, 2)), _attrs(bcnb), names, tmp_path / "elsewhere")
     with pytest.raises(InputError, match="written before balnmp recorded"):
         slide_coords("4", bcnb["slide"], np.zeros((1, 2)), _attrs(bcnb), None, None)
+
+
+def _tile_corners(path: Path) -> list[tuple[float, float]]:
+    doc = json.loads(path.read_text())
+    tiles = [f for f in doc["features"] if f["properties"].get("objectType") == "tile"]
+    return sorted((t["geometry"]["coordinates"][0][0][0], t["geometry"]["coordinates"][0][0][1])
+                  for t in tiles)
+
+
+def test_heatmap_of_patch_folder_features_on_the_whole_slide_image(bcnb: dict, tmp_path: Path
+                                                                  ) -> None:
+    """extract-features on the patch folder, a head, then `heatmap` on WSIs/4.png: every
+    tile sits at its region's corner + the offset in its file name (computed here from the
+    polygons themselves), and the GeoJSON's tumour regions are 4.json's; on the folder itself
+    the tiles keep the folder's own coordinates."""
+    import torch
+    from _paper_helpers import official_head
+    from click.testing import CliRunner
+
+    from balnmp_cache.cli import main as extract_main
+    from balnmp_mil.cli import main
+
+    store = tmp_path / "feats"
+    res = CliRunner().invoke(extract_main, [
+        str(bcnb["folder"].parent), "--out", str(store), "--backend", "patches", "--level", "0",
+        "--patch-size", str(PATCH), "--encoder", "resnet18", "--weights", "none",
+        "--input-size", "32", "--device", "cpu", "--min-tissue", "0"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    torch.save(official_head(512, seed=2), tmp_path / "head.pth")
+    res = CliRunner().invoke(main, ["paper", "import", str(tmp_path / "head.pth"), "--out",
+                                    str(tmp_path / "run"), "--encoder", "resnet18"])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in bcnb["folder"].iterdir())
+    want = []
+    for name in names:
+        region, x, y = (int(v) for v in Path(name).stem.split("_")[1:])
+        corner = np.min(POLYGONS[region], axis=0)
+        want.append((float(corner[0] + x), float(corner[1] + y)))
+    common = ["--features", str(store), "--allow-store-mismatch"]
+    res = CliRunner().invoke(main, ["heatmap", str(tmp_path / "run"), str(bcnb["slide"]),
+                                    "--out", str(tmp_path / "heat.png"), "--geojson",
+                                    str(tmp_path / "heat.geojson"), *common])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "heat.png").stat().st_size > 0
+    assert _tile_corners(tmp_path / "heat.geojson") == sorted(want)
+    doc = json.loads((tmp_path / "heat.geojson").read_text())
+    tumours = [f for f in doc["features"]
+               if (f["properties"].get("classification") or {}).get("name") == "Tumor"]
+    assert len(tumours) == len(POLYGONS)
+    res = CliRunner().invoke(main, ["heatmap", str(tmp_path / "run"), str(bcnb["folder"]),
+                                    "--out", str(tmp_path / "own.png"), "--geojson",
+                                    str(tmp_path / "own.geojson"), *common])
+    assert res.exit_code == 0, res.output
+    layout = scan_patch_folder(bcnb["folder"])
+    assert _tile_corners(tmp_path / "own.geojson") == sorted(map(tuple, layout.coords.astype(
+        float).tolist()))
+    (bcnb["regions"]).unlink()
+    res = CliRunner().invoke(main, ["heatmap", str(tmp_path / "run"), str(bcnb["slide"]),
+                                    "--out", str(tmp_path / "h2.png"), *common])
+    assert res.exit_code == 2 and "put its region file 4.json" in res.output
