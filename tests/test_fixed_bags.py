@@ -265,3 +265,23 @@ def test_bags_and_splits_must_agree_and_cv_folds_over_the_bags(named_store, tmp_
         "cv", str(tiny.features), "--labels", str(tiny.labels), "--task", "n0_vs_n+",
         "--bags", str(path), "--folds", "2", "--out", str(tmp_path / "cv"), *fast_args(1)])
     assert res.exit_code == 0, res.output
+
+
+def test_recipe_passes_the_bags_file_for_features_from_paper_patches(tmp_path) -> None:
+    """run_recipe.py --official-splits: the image models get `--bags <task>.bags.json` (not
+    `--instances-per-bag`) when the bags file exists and the features are paper_patches'."""
+    from _docs_helpers import ROOT, import_script
+
+    recipe = import_script(ROOT / "examples" / "bcnb" / "run_recipe.py")
+    bags = tmp_path / "n0_vs_n+.bags.json"
+    assert recipe.fixed_bags(tmp_path, "n0_vs_n+", "patches") is None  # not written
+    bags.write_text("{}")
+    assert recipe.fixed_bags(tmp_path, "n0_vs_n+", "patches") == bags
+    assert recipe.fixed_bags(tmp_path, "n0_vs_n+", "wsi") is None
+    assert recipe.fixed_bags(None, "n0_vs_n+", "patches") is None
+    settings = recipe._settings("clin.xlsx", 10, "paper", bags)
+    for name in ("image", "image+clinical"):
+        assert settings[name][settings[name].index("--bags") + 1] == str(bags)
+        assert "--instances-per-bag" not in settings[name]
+    assert "--bags" not in settings["clinical"]
+    assert "--instances-per-bag" in recipe._settings("clin.xlsx", 10, "paper")["image"]
