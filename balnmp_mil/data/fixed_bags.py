@@ -176,11 +176,10 @@ def _patient_rows(cohort: Cohort) -> list[np.ndarray]:
     return [np.concatenate(r) if r else np.zeros(0, np.int64) for r in rows]
 
 
-def _resolve(cohort: Cohort, fixed: FixedBags, patients: list[int]
+def _resolve(cohort: Cohort, fixed: FixedBags, patients: list[int], files: np.ndarray
              ) -> list[tuple[int, np.ndarray]]:
-    """(cohort patient index, rows) of every fixed bag, patients in cohort order."""
-    files = cohort.patch_files
-    assert files is not None  # checked by fixed_bag_cohort first
+    """(cohort patient index, rows) of every fixed bag, patients in cohort order, found by
+    the rows' patch file names `files`."""
     by_patient: dict[str, list[FixedBag]] = {}
     for bag in fixed.bags:
         by_patient.setdefault(bag.patient_id, []).append(bag)
@@ -236,13 +235,14 @@ def fixed_bag_cohort(cohort: Cohort, fixed: FixedBags, task: str | None = None,
     `meta["fixed_bags"]` records the file, the number of bags, the rows no bag uses and the
     file's split parts."""
     check_task(fixed, task, cohort.class_names)
-    if cohort.patch_files is None:
+    files = cohort.patch_files
+    if files is None:
         raise CohortError(f"the feature store {cohort.meta.get('store')} records no patch file "
                           f"names, so the bags of {fixed.path} cannot be found in it: "
                           f"{NO_NAMES_FIX}")
     patients = _patients(cohort, fixed, on_missing)
     _check_labels(cohort, fixed, patients)
-    bags = _resolve(cohort, fixed, patients)
+    bags = _resolve(cohort, fixed, patients, files)
     new_index = {old: new for new, old in enumerate(patients)}
     rows = np.concatenate([r for _, r in bags])
     counts = np.array([len(r) for _, r in bags], dtype=np.int64)
@@ -271,5 +271,5 @@ def fixed_bag_cohort(cohort: Cohort, fixed: FixedBags, task: str | None = None,
         meta=meta,
         slides=slides,
         slide_offsets=slide_offsets,
-        patch_files=None if cohort.patch_files is None else cohort.patch_files[rows],
+        patch_files=files[rows],
     )
