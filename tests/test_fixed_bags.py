@@ -285,3 +285,33 @@ def test_recipe_passes_the_bags_file_for_features_from_paper_patches(tmp_path) -
         assert "--instances-per-bag" not in settings[name]
     assert "--bags" not in settings["clinical"]
     assert "--instances-per-bag" in recipe._settings("clin.xlsx", 10, "paper")["image"]
+
+
+def test_chunked_loading_keeps_each_rows_name_aligned(tmp_path, monkeypatch) -> None:
+    """`load_chunked` (one `load_bags` call per chunk) carries `PackedBags.patch_files` in row
+    order, "" for the rows of slides without names; None when no slide has any."""
+    from _data import write_store
+
+    import balnmp_mil.data.load as load
+
+    write_store(tmp_path / "s", {"a": 3, "b": 4, "c": 2}, dim=DIM)
+    real = balnmp_cache.store.load_bags
+    named = {"b"}
+
+    def load_bags(*args, **kwargs):
+        bags = real(*args, **kwargs)
+        if named & set(bags.slide_ids):
+            bags.patch_files = np.concatenate([
+                names_of(s, int(n)) if s in named else [""] * int(n)
+                for s, n in zip(bags.slide_ids, bags.n_patches, strict=True)])
+        return bags
+
+    monkeypatch.setattr(balnmp_cache.store, "load_bags", load_bags)
+    monkeypatch.setattr(load, "CHUNK_ELEMENTS", 1)  # one slide per chunk
+    with balnmp_cache.store.FeatureStore(tmp_path / "s") as store:
+        out = load.load_chunked(store, ["a", "b", "c"], "error", False, torch.float32,
+                                torch.device("cpu"))
+        assert out.patch_files.tolist() == [""] * 3 + names_of("b", 4) + [""] * 2
+        named.clear()
+        assert load.load_chunked(store, ["a", "b", "c"], "error", False, torch.float32,
+                                 torch.device("cpu")).patch_files is None
