@@ -242,6 +242,7 @@ def test_paper_bags_train_end_to_end(named_store, tmp_path) -> None:
     assert saved["bags"] == str(path.resolve()) and saved["protocol"] == "paper"
     assert saved["meta"]["n_bags"] == len(doc["bags"])
     assert saved["meta"]["bags_per_step"] == 1
+    assert str(path.resolve()) in (out / "report.html").read_text()  # the run says its bags
     splits = json.loads((out / "splits.json").read_text())["splits"][0]
     for part in ("train", "val", "test"):  # the bags file's parts are the run's split
         want = list(dict.fromkeys(b["patient_id"] for b in doc["bags"] if b["split"] == part))
