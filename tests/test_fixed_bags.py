@@ -3,8 +3,9 @@ sample per bag and epoch, patients scored by the mean (or max) of their bags' pr
 
 Until the stores record patch file names (`PackedBags.patch_files`, filled by `load_bags`),
 the tests build `PackedBags` with names themselves, or give the store's `load_bags` names
-(`named_store`); after that lands, `test_paper_bags_train_end_to_end` should also run on the
-extracted BCNB stand-in without the patch.
+(`named_store`, and `_names_by_coords` in test_paper_protocol.py, which the recipe test on the
+extracted BCNB stand-in uses); once extraction records them, drop `_names_by_coords` there:
+that test must then pass on the store's own names.
 """
 
 from __future__ import annotations
@@ -316,3 +317,16 @@ def test_chunked_loading_keeps_each_rows_name_aligned(tmp_path, monkeypatch) -> 
         named.clear()
         assert load.load_chunked(store, ["a", "b", "c"], "error", False, torch.float32,
                                  torch.device("cpu")).patch_files is None
+
+
+def test_command_line_bags_errors_exit_2_naming_the_file(named_store, tmp_path) -> None:
+    tiny, path, _ = named_store
+    res = _train(tiny, tmp_path / "nope.bags.json", tmp_path / "r1")
+    assert res.exit_code == 2 and "bags file" in res.output and "does not exist" in res.output
+    res = _train(tiny, path, tmp_path / "r2", "--task", "three_class")
+    assert res.exit_code == 2 and "--task n0_vs_n+" in res.output, res.output
+    bad = tmp_path / "bad.bags.json"
+    bad.write_text("[]")
+    res = _train(tiny, bad, tmp_path / "r3")
+    assert res.exit_code == 2 and f"bags file {bad} is not a balnmp-bags file" in res.output
+    assert not (tmp_path / "r3").exists()
