@@ -4,7 +4,8 @@
 store in chunks; `tables` reads one table from a file; `labels` resolves label tables and the
 BCNB tasks (`label_values`: what a label means, which class is positive); `provenance`
 records what bags were extracted with; `clinical` encodes the BCNB clinical table (fitted on
-training patients only); `splits` makes, checks and reads patient splits.
+training patients only); `splits` makes, checks and reads patient splits; `fixed_bags` reads
+the paper's fixed bags and re-expresses a cohort as them (`--bags`).
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ class Cohort:
 
     `bag_level="patient"`: one bag per patient (their slides concatenated); `"slide"`: one
     bag per slide, `bag_patient` maps bags to patients. `slides`/`slide_offsets` locate
-    each slide's rows (for heatmaps) whatever the bag level.
+    each slide's rows (for heatmaps) whatever the bag level. `patch_files` (P,): each row's
+    source file name where the store recorded it ("" elsewhere), else None.
     """
 
     features: torch.Tensor
@@ -56,6 +57,7 @@ class Cohort:
     meta: dict[str, Any] = field(default_factory=dict)
     slides: list[str] = field(default_factory=list)
     slide_offsets: np.ndarray | None = None
+    patch_files: np.ndarray | None = None
 
     @property
     def n_classes(self) -> int:
@@ -112,6 +114,7 @@ class Cohort:
             labels=self.labels.index_select(0, idx.to(self.labels.device)),
             slide_ids=[self.slide_ids[i] for i in keep.tolist()],
             coords=self.coords[rows.numpy()],
+            patch_files=None if self.patch_files is None else self.patch_files[rows.numpy()],
             clinical=None if self.clinical is None else self.clinical.index_select(
                 0, idx.to(self.clinical.device)
             ),
@@ -332,8 +335,8 @@ def _assemble(packed: PackedBags | LoadedBags, present: list[str], request: _Req
     if not loaded:
         raise CohortError(f"none of the labelled slides could be loaded from {found['store']}")
     order = np.array([pos[s] for s in loaded], dtype=np.int64)
-    features, coords, slide_offsets = gather_slides(packed, order, request.dtype,
-                                                    request.device)
+    features, coords, slide_offsets, files = gather_slides(packed, order, request.dtype,
+                                                           request.device)
     slide_patient = request.slide_patient
     slide_patients = [slide_patient[s] for s in loaded]
     patients = list(dict.fromkeys(slide_patients))
@@ -357,6 +360,7 @@ def _assemble(packed: PackedBags | LoadedBags, present: list[str], request: _Req
         meta=_meta(packed, request, found, skipped),
         slides=list(loaded),
         slide_offsets=slide_offsets,
+        patch_files=files,
     )
 
 

@@ -79,9 +79,11 @@ def pack_to_tensor(
 
 
 def gather_slides(packed: PackedBags | LoadedBags, order: np.ndarray, dtype: torch.dtype,
-                  device: torch.device) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+                  device: torch.device
+                  ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray | None]:
     """The rows of slides `order` (positions in `packed`), in that order: (features on
-    `device`, coords, slide offsets). Copies nothing extra when the order is already packed."""
+    `device`, coords, slide offsets, patch file names or None). Copies nothing extra when the
+    order is already packed."""
     offs = np.asarray(packed.offsets, dtype=np.int64)
     counts = offs[1:][order] - offs[:-1][order]
     contiguous = np.array_equal(order, np.arange(len(packed.slide_ids)))
@@ -91,4 +93,7 @@ def gather_slides(packed: PackedBags | LoadedBags, order: np.ndarray, dtype: tor
     features = pack_to_tensor(packed.features, rows, dtype, device)
     coords = np.asarray(packed.coords)
     coords = coords if rows is None else coords[rows]
-    return features, coords, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    files = packed.patch_files
+    if files is not None and rows is not None:
+        files = np.asarray(files)[rows]
+    return features, coords, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), files

@@ -24,13 +24,15 @@ CHUNK_ELEMENTS = 1 << 26  # features per load_bags call (128 MiB of float16)
 
 @dataclass
 class LoadedBags:
-    """PackedBags with `features` already a tensor of the requested dtype/device."""
+    """PackedBags with `features` already a tensor of the requested dtype/device;
+    `patch_files` as `PackedBags.patch_files` (each row's source file, or None)."""
 
     features: torch.Tensor
     coords: np.ndarray
     offsets: np.ndarray
     slide_ids: list[str]
     attrs: list[dict]
+    patch_files: np.ndarray | None = None
 
 
 def _chunks(sizes: list[int], dim: int) -> list[tuple[int, int]]:
@@ -63,7 +65,7 @@ def load_chunked(store: FeatureStore, slide_ids: list[str], on_problem: str, all
     dim = infos[0].feature_dim if infos else 0
     total = sum(i.n_patches for i in infos)
     out = torch.empty((total, dim), dtype=dtype, device=device)
-    coords, offsets, ids, attrs = [], [0], [], []
+    coords, offsets, ids, attrs, files = [], [0], [], [], []
     pos = 0
     for a, b in _chunks([i.n_patches for i in infos], max(dim, 1)):
         part = load_bags(store, slide_ids=slide_ids[a:b], on_problem=on_problem,
@@ -74,9 +76,12 @@ def load_chunked(store: FeatureStore, slide_ids: list[str], on_problem: str, all
         offsets.extend((np.asarray(part.offsets[1:]) + pos).tolist())
         ids.extend(part.slide_ids)
         attrs.extend(part.attrs)
+        files.append(part.patch_files if part.patch_files is not None else np.full(n, ""))
         pos += n
         del part
     if pos < total:  # slides skipped with on_problem="warn"
         out = out[:pos].clone()
+    names = np.concatenate(files).astype(str) if files else None
     return LoadedBags(out, np.concatenate(coords) if coords else np.zeros((0, 2), np.int64),
-                      np.asarray(offsets, dtype=np.int64), ids, attrs)
+                      np.asarray(offsets, dtype=np.int64), ids, attrs,
+                      names if names is not None and (names != "").any() else None)

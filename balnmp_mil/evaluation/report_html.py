@@ -17,7 +17,7 @@ from balnmp_mil.evaluation import html as h
 
 SPLITS = ("train", "val", "test")
 CONFIG_KEYS = ("features", "labels", "clinical", "task", "model", "folds", "seed", "epochs",
-               "lr", "bag_level")
+               "lr", "bag_level", "bags")
 HeatmapLinks = Mapping[str, Sequence[tuple[str, str]]]
 
 

@@ -18,6 +18,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from balnmp_cache.store._atomic import check_output
+from balnmp_mil.data.fixed_bags import FORMAT as BAGS_FORMAT
+from balnmp_mil.data.fixed_bags import VERSION as BAGS_VERSION
 from balnmp_mil.data.labels import TASKS
 from balnmp_mil.data.splits import Split, save_splits
 from balnmp_mil.errors import SplitError
@@ -25,7 +27,6 @@ from balnmp_mil.workflow import rundir
 
 __all__ = ["BAGS_FORMAT", "TYPE_TASKS", "OfficialTask", "import_splits", "read_official"]
 
-BAGS_FORMAT = "balnmp-bags"
 # `type-K` of the official file names -> our task (the paper's five experiments, in order).
 TYPE_TASKS = {0: "n0_vs_n+", 1: "n12_vs_n3", 2: "three_class", 3: "n0_vs_n12", 4: "n0_vs_n3"}
 PARTS = ("train", "val", "test")
@@ -40,7 +41,7 @@ class OfficialTask:
     bags: list[dict[str, Any]]  # {"patient_id", "label", "split", "patches"}
 
     def bags_doc(self, source: Path) -> dict[str, Any]:
-        return {"format": BAGS_FORMAT, "version": 1, "task": self.task,
+        return {"format": BAGS_FORMAT, "version": BAGS_VERSION, "task": self.task,
                 "class_names": list(TASKS.get(self.task).class_names),
                 "source": str(source), "bags": self.bags}
 

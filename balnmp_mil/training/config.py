@@ -121,8 +121,8 @@ class FitConfig:
     monitor: str = option("auc", check=OneOf(MONITORS),
                           help="Validation metric that picks the kept epoch.")
     merge: str = option("mean", check=OneOf(MERGES),
-                        help="How slide bags merge into a patient's probabilities (with "
-                             "--bag-level slide).")
+                        help="How a patient's bags merge into its probabilities (with "
+                             "--bag-level slide or --bags).")
     standardize: bool | None = option(None, check=Flag(), default_text=(
         "the model's: on, off for balnmp (the paper's head takes raw features)"), help=(
         "Z-score each feature with the training instances' mean and std (saved with the "

@@ -42,7 +42,7 @@ __all__ = ["SETTINGS", "SPLIT_NAMES", "CVConfig", "TrainConfig",
 SPLIT_NAMES = ("train", "val", "test")
 SETTINGS = ("image", "image+clinical", "clinical")
 FIT_FIELDS = tuple(f.name for f in dataclasses.fields(FitConfig))
-PATH_FIELDS = ("features", "labels", "clinical", "splits")
+PATH_FIELDS = ("features", "labels", "clinical", "splits", "bags")
 # Consent given to one command (and asked again by the next): not written to config.yaml.
 NOT_SAVED = ("allow_store_mismatch",)
 
@@ -123,6 +123,12 @@ class TrainConfig(FitConfig):
                          commands=("train",), help="Test fraction of patients.")
     splits: str | None = option(None, check=Text(), path=True, commands=("train",), help=(
         "Reuse a saved split (splits.json of an earlier run)."))
+    bags: str | None = option(None, check=Text(), path=True, default_text="none", help=(
+        "Train and evaluate on fixed bags (the paper's: `balnmp-mil paper splits` writes "
+        "DIR/<task>.bags.json), found in FEATURES by their patch file names: each bag is "
+        "one sample per epoch, a patient's score merges its bags (--merge). train: the "
+        "file's split is the run's unless --splits (which must agree); cv: folds of its "
+        "patients."))
     ci: str = option("bootstrap", check=OneOf(CI_METHODS), help="AUC CI method.")
     n_bootstrap: int = option(1000, check=Interval(int, 1),
                               help="Bootstrap resamples for the AUC CI.")
@@ -132,6 +138,12 @@ class TrainConfig(FitConfig):
         check_options(self)
         if self.clinical_only and self.clinical is None:
             raise InputError("--clinical-only needs --clinical TABLE (the clinical data)")
+        if self.bags is not None and self.bag_level != "patient":
+            raise InputError(f"--bags makes the bags; leave --bag-level at patient (not "
+                             f"{self.bag_level})")
+        if self.bags is not None and self.instances_per_bag is not None:
+            raise InputError("--bags trains on each fixed bag whole; leave out "
+                             f"--instances-per-bag {self.instances_per_bag}")
         if not self.val + self.test < 1:
             raise InputError(
                 f"--val {self.val} and --test {self.test} must be fractions with val + test < 1"
@@ -145,7 +157,8 @@ class TrainConfig(FitConfig):
     def inputs(self) -> list[tuple[str, str | None]]:
         """The files and folders a run reads: its `--out` may not be, hold or lie inside one."""
         return [("FEATURES", self.features), ("--labels", self.labels),
-                ("--clinical", self.clinical), ("--splits", self.splits)]
+                ("--clinical", self.clinical), ("--splits", self.splits),
+                ("--bags", self.bags)]
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:

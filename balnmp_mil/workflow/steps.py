@@ -88,7 +88,7 @@ def check_inputs(cfg: TrainConfig) -> None:
     when the config was made); errors say what to do."""
     check_store_path(cfg.features)
     for what, path in (("labels file", cfg.labels), ("clinical table", cfg.clinical),
-                       ("splits file", cfg.splits)):
+                       ("splits file", cfg.splits), ("bags file", cfg.bags)):
         if path is not None and Path(path).is_dir():
             raise InputError(f"{what} {path} is a folder; pass the file")
         if path is not None and not Path(path).is_file():
@@ -98,9 +98,11 @@ def check_inputs(cfg: TrainConfig) -> None:
 def load_training_cohort(cfg: TrainConfig, device: str, config: str | Path | None = None
                          ) -> Cohort:
     """`load_cohort` with the run's labels, clinical table, task, positive class, bag level
-    and store policy. `config`: the `--config` file `cfg` came from; when it is a run's, the
-    bags must match the store that run was trained on (`--allow-store-mismatch` to go on)."""
+    and store policy, re-expressed as the fixed bags of `--bags` when given. `config`: the
+    `--config` file `cfg` came from; when it is a run's, the bags must match the store that
+    run was trained on (`--allow-store-mismatch` to go on)."""
     from balnmp_mil.data.cohort import load_cohort
+    from balnmp_mil.data.fixed_bags import fixed_bag_cohort, read_fixed_bags
 
     cohort = load_cohort(
         cfg.features, cfg.labels, clinical=cfg.clinical, task=cfg.task,
@@ -113,6 +115,9 @@ def load_training_cohort(cfg: TrainConfig, device: str, config: str | Path | Non
             check_store(cohort.meta["store_record"], recorded, store=str(cfg.features),
                         run=f"the run of --config {config}", allow=cfg.allow_store_mismatch,
                         applying=False)
+    if cfg.bags is not None:
+        cohort = fixed_bag_cohort(cohort, read_fixed_bags(cfg.bags), task=cfg.task,
+                                  on_missing=cfg.on_missing)
     return cohort
 
 
@@ -139,13 +144,17 @@ def make_split(cfg: TrainConfig, cohort: Cohort) -> Split:
     y = labels_numpy(cohort)
     with labels_named(cfg):
         check_classes(y, cohort.class_names)
-        if cfg.splits is None:
+        if cfg.splits is None and cfg.bags is None:
             check_split_sizes(y, cohort.class_names)
-    if cfg.splits is None:
+    if cfg.splits is None and cfg.bags is not None:
+        split = _bags_split(cfg, cohort)
+    elif cfg.splits is None:
         split = stratified_split(cohort.patient_ids, y, val=cfg.val, test=cfg.test,
                                  seed=cfg.seed)
     else:
         split = _saved_split(cfg, cohort)
+        if cfg.bags is not None:
+            _bags_split(cfg, cohort, split)
     _check_train_classes(cohort, split, "the train part" if cfg.splits is None
                          else f"the train part of splits file {cfg.splits}")
     warn_missing_classes(cohort, split)
@@ -169,6 +178,28 @@ def _check_train_classes(cohort: Cohort, split: Split, where: str) -> None:
     if absent:
         raise SplitError(f"{where} has no patient of class {', '.join(absent)}; the model "
                          "could not learn it: label more patients, or pass another --splits")
+
+
+def _bags_split(cfg: TrainConfig, cohort: Cohort, given: Split | None = None) -> Split:
+    """The split parts of the `--bags` file (its patients in the cohort); with `given` (the
+    `--splits` file's), check that each patient is in the same part of both."""
+    from balnmp_mil.data.splits import Split
+
+    parts = cohort.meta["fixed_bags"]["parts"]
+    known = set(cohort.patient_ids)
+    split = Split(**{k: [p for p in v if p in known] for k, v in parts.items()})
+    if given is not None:
+        part_of = {p: k for k, v in split.parts().items() for p in v}
+        for name, ids in given.parts().items():
+            wrong = [p for p in ids if part_of.get(p, name) != name]
+            if wrong:
+                raise SplitError(
+                    f"patient {wrong[0]} is in the {name} part of splits file {cfg.splits} "
+                    f"but in the {part_of[wrong[0]]} part of bags file {cfg.bags} "
+                    f"({len(wrong)} such patients in {name}); pass the splits file written "
+                    "beside the bags file (`balnmp-mil paper splits`: DIR/<task>.json), or "
+                    "leave --splits out to use the bags file's parts")
+    return split
 
 
 def _saved_split(cfg: TrainConfig, cohort: Cohort) -> Split:
@@ -329,5 +360,6 @@ def fit_and_predict(
     val = cohort.subset(idx["val"]) if "val" in idx else None
     result = fit(model, cohort.subset(idx["train"]), val=val,
                  **{**fit_options(cfg), "device": device})
-    probs = {part: predict(result.model, cohort.subset(rows)) for part, rows in idx.items()}
+    probs = {part: predict(result.model, cohort.subset(rows), cfg.merge)
+             for part, rows in idx.items()}
     return result.model, result, probs

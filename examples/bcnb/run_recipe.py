@@ -17,7 +17,10 @@ so they can be copied into a batch script):
 
 `--protocol paper` trains the image models with the official code's schedule; `--official-splits
 DIR` (the repository's `code/dataset/json`) first runs `balnmp-mil paper splits DIR --out
-OUT/paper-splits` and gives every run its experiment's published patient split (`--splits`).
+OUT/paper-splits` and gives every run its experiment's published patient split (`--splits`);
+with features from `paper_patches` (`--source patches`), the image models also train and
+evaluate on the paper's fixed bags of 10 (`--bags OUT/paper-splits/<task>.bags.json`, instead
+of `--instances-per-bag`).
 
 The commands run in this process (click's `main(args)`), so torch is imported once. Finished
 steps are kept: rerunning skips extracted slides and existing run directories (`--overwrite`
@@ -41,14 +44,23 @@ import table2  # noqa: E402
 TASKS = tuple(task for task, _ in table2.EXPERIMENTS)
 
 
-def _settings(clinical: str, instances: int, protocol: str | None = None
-              ) -> dict[str, list[str]]:
-    """`balnmp-mil train` options of the paper's three models, by run-directory name."""
+def _settings(clinical: str, instances: int, protocol: str | None = None,
+              bags: Path | None = None) -> dict[str, list[str]]:
+    """`balnmp-mil train` options of the paper's three models, by run-directory name; the
+    image models train on the fixed `bags` when given, else on `instances` per bag."""
     clin = ["--clinical", clinical, "--clinical-variant", "paper5"]
-    image = ["--model", "balnmp", "--instances-per-bag", str(instances)]
+    image = ["--model", "balnmp",
+             *(["--bags", str(bags)] if bags else ["--instances-per-bag", str(instances)])]
     image += ["--protocol", protocol] if protocol else []
     return {"clinical": ["--clinical-only", *clin], "image": image,
             "image+clinical": [*image, *clin]}
+
+
+def fixed_bags(official: Path | None, task: str, source: str) -> Path | None:
+    """The paper's fixed bags of `task` (`paper splits` wrote them into `official`), when the
+    features come from paper_patches, whose file names the bags list; else None."""
+    bags = None if official is None else official / f"{task}.bags.json"
+    return bags if bags is not None and bags.is_file() and source == "patches" else None
 
 
 def run_command(name: str, main: Callable[..., object], argv: list[str]) -> int:
@@ -133,8 +145,9 @@ def run_recipe(args: argparse.Namespace) -> int:
             return status
     for task in args.experiments:
         splits: Path | None = None if official is None else official / f"{task}.json"
-        for setting, options in _settings(clinical, args.instances_per_bag,
-                                          args.protocol).items():
+        bags = fixed_bags(official, task, args.source)
+        for setting, options in _settings(clinical, args.instances_per_bag, args.protocol,
+                                          bags).items():
             if setting not in args.settings:
                 continue
             run = Path(args.out) / "runs" / task / setting
@@ -186,7 +199,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "SGD, warm restarts, 200 epochs, train-AUC stop) [balnmp's defaults]")
     p.add_argument("--official-splits", default=None, metavar="DIR",
                    help="the official code/dataset/json folder: train every run on the "
-                        "paper's patient split of its experiment instead of drawing one")
+                        "paper's patient split of its experiment instead of drawing one "
+                        "(and, from paper_patches, the image models on its fixed bags)")
     p.add_argument("--overwrite", action="store_true", help="retrain existing run directories")
     args = p.parse_args(argv)
     args.experiments = [t.strip() for t in args.experiments.split(",") if t.strip()]
