@@ -107,10 +107,38 @@ def test_readme_recipe_prints_table2(readme_run: ReadmeRun,
     for setting in ("image", "image+clinical"):
         other = json.loads((out / "runs" / "n0_vs_n+" / setting / "splits.json").read_text())
         assert other == split
+    # --heatmaps: the DL-CNB model of each experiment on its test patients' whole-slide JPEGs,
+    # the paper_patches features placed by their regions: every tile inside its WSI and inside
+    # the bounding box of a tumour polygon of WSIs/<id>.json (grown by the white padding).
+    for task in ("n0_vs_n+", "three_class"):
+        test_ids = json.loads((out / "runs" / task / "image" / "splits.json").read_text())
+        test_ids = test_ids["splits"][0]["test"]
+        drawn = out / "heatmaps" / task
+        assert sorted(p.stem for p in drawn.glob("*.png")) == sorted(test_ids), printed
+        for pid in test_ids:
+            _tiles_lie_in_their_regions(drawn / f"{pid}.geojson",
+                                        readme_run.standin / "WSIs" / f"{pid}.json")
     # Rerunning keeps finished work (extraction skipped, runs kept) and prints the table again.
     assert run_recipe.main([str(readme_run.standin), str(out), *SMALL,
                             "--experiments", "n0_vs_n+"]) == 0
     assert "exists; kept" in capsys.readouterr().out
+
+
+def _tiles_lie_in_their_regions(geojson: Path, regions: Path, patch: int = 256) -> None:
+    import numpy as np
+
+    doc = json.loads(geojson.read_text())
+    corners = np.array([f["geometry"]["coordinates"][0][0] for f in doc["features"]
+                        if f["properties"].get("objectType") == "tile"], float)
+    assert len(corners)
+    boxes = []
+    for poly in json.loads(regions.read_text())["positive"]:
+        v = np.asarray(poly["vertices"], float)
+        lo = np.floor(v.min(0))
+        hi = lo + np.ceil((np.ceil(v.max(0)) - lo) / patch) * patch
+        boxes.append((lo, hi))
+    inside = [any(((c >= lo) & (c + patch <= hi)).all() for lo, hi in boxes) for c in corners]
+    assert all(inside), geojson
 
 
 def test_recipe_from_wsis_and_json(standin: Path, tmp_path: Path,

@@ -13,7 +13,10 @@ so they can be copied into a batch script):
    `balnmp-mil train` of the clinical-only logistic regression, DL-CNB (model `balnmp`, bags
    of 10 patches) and DL-CNB+C (the same with the paper's five clinical features), all three
    on the same patient split (`--splits` of the first run);
-4. `table2.py` — the Table-2-style table, printed and written to OUT/table2.md.
+4. `table2.py` — the Table-2-style table, printed and written to OUT/table2.md;
+5. with `--heatmaps`: `balnmp-mil heatmap` of each experiment's image model on its test
+   patients' whole-slide JPEGs (`WSIs/<id>.jpg`; patches from `paper_patches` are placed by
+   their region in `WSIs/<id>.json`), PNG + QuPath GeoJSON + index in OUT/heatmaps/<task>/.
 
 `--protocol paper` trains the image models with the official code's schedule; `--official-splits
 DIR` (the repository's `code/dataset/json`) first runs `balnmp-mil paper splits DIR --out
@@ -163,7 +166,32 @@ def run_recipe(args: argparse.Namespace) -> int:
     table_path = Path(args.out) / "table2.md"
     print(f"$ python examples/bcnb/table2.py {shlex.quote(str(Path(args.out) / 'runs'))} "
           f"--out {shlex.quote(str(table_path))}")
-    return table2.main([str(Path(args.out) / "runs"), "--out", str(table_path)])
+    status = table2.main([str(Path(args.out) / "runs"), "--out", str(table_path)])
+    if status == 0 and args.heatmaps:
+        status = draw_heatmaps(layout, args, mil_main)
+    return status
+
+
+def draw_heatmaps(layout: check_data.BCNBLayout, args: argparse.Namespace,
+                  mil_main: Callable[..., object]) -> int:
+    """`balnmp-mil heatmap RUN --slides WSIs --split test` of each experiment's image model
+    (DL-CNB, else DL-CNB+C) into OUT/heatmaps/<task>/; the first failing status, else 0."""
+    if layout.wsi_dir is None:
+        print(f"error: {layout.root}: no WSIs folder to draw the heatmaps on", file=sys.stderr)
+        return 2
+    setting = next((s for s in ("image", "image+clinical") if s in args.settings), None)
+    if setting is None:
+        print("# --heatmaps: no image model among --settings; nothing to draw")
+        return 0
+    status = 0
+    for task in args.experiments:
+        run = Path(args.out) / "runs" / task / setting
+        out = Path(args.out) / "heatmaps" / task
+        code = run_command("balnmp-mil", mil_main, [
+            "heatmap", str(run), "--slides", str(layout.wsi_dir), "--features",
+            str(Path(args.out) / "features"), "--out", str(out), "--split", "test"])
+        status = status or code
+    return status
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -201,6 +229,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the official code/dataset/json folder: train every run on the "
                         "paper's patient split of its experiment instead of drawing one "
                         "(and, from paper_patches, the image models on its fixed bags)")
+    p.add_argument("--heatmaps", action="store_true",
+                   help="draw each experiment's image model on its test patients' WSIs "
+                        "(OUT/heatmaps/<task>/)")
     p.add_argument("--overwrite", action="store_true", help="retrain existing run directories")
     args = p.parse_args(argv)
     args.experiments = [t.strip() for t in args.experiments.split(",") if t.strip()]
