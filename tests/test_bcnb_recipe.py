@@ -152,3 +152,25 @@ def test_recipe_from_wsis_and_json(standin: Path, tmp_path: Path,
     assert "| N0 vs N+(>2) | DL-CNB | Training |" in printed
     assert "|  |  | Test |" in printed and "| Test (paper) | 173 | 0.837 [0.773, 0.888] |" in printed
     assert len(list((out / "features").glob("*.h5"))) == 10
+
+
+def test_official_clinical_values_are_used_when_the_repository_is_at_hand(tmp_path: Path
+                                                                          ) -> None:
+    """--official-splits REPO/code/dataset/json: the clinical models read
+    REPO/code/dataset/clinical_data/preprocessed-type-K.xlsx as it is (K of the task)."""
+    json_dir = tmp_path / "code" / "dataset" / "json"
+    json_dir.mkdir(parents=True)
+    assert run_recipe.official_clinical(str(json_dir), "n0_vs_n3") is None
+    assert run_recipe.official_clinical(None, "n0_vs_n3") is None
+    clin = tmp_path / "code" / "dataset" / "clinical_data" / "preprocessed-type-4.xlsx"
+    clin.parent.mkdir()
+    clin.write_bytes(b"")
+    assert run_recipe.official_clinical(str(json_dir), "n0_vs_n3") == clin
+    settings = run_recipe._settings("bcnb.xlsx", 10, "paper", None, clin)
+    for name in ("clinical", "image+clinical"):
+        opts = settings[name]
+        assert opts[opts.index("--clinical") + 1] == str(clin)
+        assert opts[opts.index("--clinical-variant") + 1] == "official"
+    assert "--clinical-variant" not in settings["image"]
+    plain = run_recipe._settings("bcnb.xlsx", 10)["image+clinical"]
+    assert plain[plain.index("--clinical-variant") + 1] == "paper5"

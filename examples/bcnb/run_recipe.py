@@ -24,6 +24,9 @@ OUT/paper-splits` and gives every run its experiment's published patient split (
 with features from `paper_patches` (`--source patches`), the image models also train and
 evaluate on the paper's fixed bags of 10 (`--bags OUT/paper-splits/<task>.bags.json`, instead
 of `--instances-per-bag`).
+When the official `code/dataset/clinical_data/preprocessed-type-K.xlsx` lies beside that
+folder (a checkout of the repository), the clinical models take its values as they are
+(`--clinical-variant official`) instead of encoding the BCNB table's (`paper5`).
 
 The commands run in this process (click's `main(args)`), so torch is imported once. Finished
 steps are kept: rerunning skips extracted slides and existing run directories (`--overwrite`
@@ -48,10 +51,14 @@ TASKS = tuple(task for task, _ in table2.EXPERIMENTS)
 
 
 def _settings(clinical: str, instances: int, protocol: str | None = None,
-              bags: Path | None = None) -> dict[str, list[str]]:
+              bags: Path | None = None, official_clinical: Path | None = None
+              ) -> dict[str, list[str]]:
     """`balnmp-mil train` options of the paper's three models, by run-directory name; the
-    image models train on the fixed `bags` when given, else on `instances` per bag."""
-    clin = ["--clinical", clinical, "--clinical-variant", "paper5"]
+    image models train on the fixed `bags` when given, else on `instances` per bag; the
+    clinical inputs are the official preprocessed values when `official_clinical` is given,
+    else the paper's five variables encoded from the BCNB table."""
+    clin = (["--clinical", str(official_clinical), "--clinical-variant", "official"]
+            if official_clinical else ["--clinical", clinical, "--clinical-variant", "paper5"])
     image = ["--model", "balnmp",
              *(["--bags", str(bags)] if bags else ["--instances-per-bag", str(instances)])]
     image += ["--protocol", protocol] if protocol else []
@@ -64,6 +71,18 @@ def fixed_bags(official: Path | None, task: str, source: str) -> Path | None:
     features come from paper_patches, whose file names the bags list; else None."""
     bags = None if official is None else official / f"{task}.bags.json"
     return bags if bags is not None and bags.is_file() and source == "patches" else None
+
+
+def official_clinical(official_json: str | None, task: str) -> Path | None:
+    """The official `code/dataset/clinical_data/preprocessed-type-K.xlsx` of `task`, beside the
+    `--official-splits` folder (`code/dataset/json`), when it is there; else None."""
+    from balnmp_mil.paper.splits import TYPE_TASKS
+
+    if official_json is None:
+        return None
+    k = next(k for k, t in TYPE_TASKS.items() if t == task)
+    path = Path(official_json).parent / "clinical_data" / f"preprocessed-type-{k}.xlsx"
+    return path if path.is_file() else None
 
 
 def run_command(name: str, main: Callable[..., object], argv: list[str]) -> int:
@@ -150,7 +169,8 @@ def run_recipe(args: argparse.Namespace) -> int:
         splits: Path | None = None if official is None else official / f"{task}.json"
         bags = fixed_bags(official, task, args.source)
         for setting, options in _settings(clinical, args.instances_per_bag, args.protocol,
-                                          bags).items():
+                                          bags, official_clinical(args.official_splits,
+                                                                  task)).items():
             if setting not in args.settings:
                 continue
             run = Path(args.out) / "runs" / task / setting
