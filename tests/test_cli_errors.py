@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from _data import fast_args, make_tiny_cohort
+from _mounts import tmpfs
 from click.testing import CliRunner
 
 from balnmp_cache._signals import Interrupted
@@ -176,14 +177,8 @@ def test_sigterm_removes_the_staged_run_and_exits_143(cohort, tmp_path):
 def full_disk(request, tmp_path):
     """A tiny tmpfs (needs root) that fills up at some point of writing a run: its config, its
     model, its pictures, depending on the size."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}", "tmpfs",
-                           str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    with tmpfs(tmp_path / "small", f"size={request.param}") as mount:
+        yield mount
 
 
 @pytest.mark.faults_slow

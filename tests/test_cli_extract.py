@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from _extract_helpers import fast_cli_args, tiny_cohort
+from _mounts import tmpfs
 from click.testing import CliRunner
 
 from balnmp_cache._signals import Interrupted
@@ -132,16 +133,8 @@ def test_a_bug_keeps_its_traceback(cohort, tmp_path: Path, monkeypatch: pytest.M
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path):  # noqa: ANN201
     """A 96 KiB tmpfs: room for the manifest and locks, not for a slide's features."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
-    try:
+    with tmpfs(tmp_path / "full", "size=96k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("fmt,name", [("h5", "features"), ("zarr", "features.zarr")])

@@ -5,11 +5,11 @@ Each case names the file at fault and the command-line fix; nothing already writ
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from _extract_helpers import fast_cli_args, tiny_cohort
+from _mounts import tmpfs
 from click.testing import CliRunner
 
 from balnmp_cache.cli import main
@@ -74,16 +74,8 @@ def test_missing_out_parents_are_created(cohort, tmp_path: Path) -> None:  # noq
 
 @pytest.fixture
 def read_only_dir(tmp_path: Path):  # noqa: ANN201
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip("mounting a read-only tmpfs needs root (CAP_SYS_ADMIN)")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("name", ["features", "features.zarr"])

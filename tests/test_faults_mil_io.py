@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import ast
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 from _data import fast_args, make_tiny_cohort
 from _faults import assert_refused, mil, train_tiny_run
+from _mounts import tmpfs
 
 ROOT = Path(__file__).parents[1]
 
@@ -84,14 +84,8 @@ def test_an_earlier_output_stays_whole_when_writing_fails(cohort, run, tmp_path,
 @pytest.fixture
 def read_only(tmp_path):
     """A read-only tmpfs (needs root: permissions do not stop root, a read-only mount does)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
+        yield mount
 
 
 @pytest.mark.faults_slow
