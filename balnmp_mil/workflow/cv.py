@@ -21,20 +21,18 @@ import pandas as pd
 from balnmp_mil.evaluation.report import COLUMNS, cv_report, cv_table
 from balnmp_mil.evaluation.report_html import run_html
 from balnmp_mil.workflow import rundir
-from balnmp_mil.workflow.config import CVConfig, resolve_device, resolved_config
+from balnmp_mil.workflow.config import CVConfig
 from balnmp_mil.workflow.steps import (
     attach_clinical,
     bags_per_step,
-    check_inputs,
     clinical_only_fit,
     fit_and_predict,
     labels_named,
     labels_numpy,
-    load_training_cohort,
     positive_class,
     positive_scores,
 )
-from balnmp_mil.workflow.train import bags_line, run_meta
+from balnmp_mil.workflow.train import bags_line, start_run
 
 if TYPE_CHECKING:
     from balnmp_mil.data.cohort import Cohort
@@ -82,17 +80,13 @@ def cv_run(cfg: CVConfig, out: str | Path, overwrite: bool = False,
     from balnmp_mil.data.splits import check_classes, check_fold_sizes, kfold_splits, save_splits
     from balnmp_mil.evaluation.metrics import evaluate
     start = time.perf_counter()
-    out = rundir.check_target(out, overwrite, cfg.inputs())
-    check_inputs(cfg)
-    device = resolve_device(cfg.device)
-    cohort = load_training_cohort(cfg, device, config)
+    begun = start_run(cfg, out, overwrite, config)
+    out, device, cohort, saved = begun.out, begun.device, begun.cohort, begun.saved
     y_all = labels_numpy(cohort)
     with labels_named(cfg):
         check_classes(y_all, cohort.class_names)
         check_fold_sizes(y_all, cohort.class_names, cfg.folds)
     folds = kfold_splits(cohort.patient_ids, y_all, k=cfg.folds, val=cfg.val, seed=cfg.seed)
-    saved = resolved_config(cfg)
-    saved["meta"] = run_meta(cohort, device, Path(out))
     if any(setting != "clinical" for setting in cfg.settings()):  # a MIL model is fitted
         saved["meta"]["bags_per_step"] = [  # per fold: what --bags-per-step auto resolved to
             bags_per_step(cfg, cohort, f.indices(cohort.patient_ids)["train"]) for f in folds]

@@ -77,6 +77,30 @@ def bags_line(used: int | list[int], given: int | str) -> str:
     return f"bags per optimiser step: {shown}" + (" (auto)" if given == AUTO else "")
 
 
+@dataclass
+class Started:
+    """What `train_run` and `cv_run` begin with: the checked `--out`, the device, the loaded
+    cohort and the config record to save (its `meta` filled in)."""
+
+    out: Path
+    device: str
+    cohort: Any
+    saved: dict[str, Any]
+
+
+def start_run(cfg: TrainConfig, out: str | Path, overwrite: bool,
+              config: str | Path | None) -> Started:
+    """Refuse an `--out` that may not be written and bad inputs before any work, then load
+    the cohort on the resolved device (`config` as for `train_run`)."""
+    target = rundir.check_target(out, overwrite, cfg.inputs())
+    check_inputs(cfg)
+    device = resolve_device(cfg.device)
+    cohort = load_training_cohort(cfg, device, config)
+    saved = resolved_config(cfg)
+    saved["meta"] = run_meta(cohort, device, target)
+    return Started(target, device, cohort, saved)
+
+
 def run_meta(cohort: Any, device: str, out: Path) -> dict[str, Any]:
     """The `meta` block of a run's `config.yaml`: who wrote it, where and when, and the
     record of the store it was trained on (checked when the run is applied or reused)."""
@@ -96,15 +120,11 @@ def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False,
     from balnmp_mil.evaluation.plots import plot_roc, plot_training_curves
 
     start = time.perf_counter()
-    out = rundir.check_target(out, overwrite, cfg.inputs())
-    check_inputs(cfg)
-    device = resolve_device(cfg.device)
-    cohort = load_training_cohort(cfg, device, config)
+    begun = start_run(cfg, out, overwrite, config)
+    out, device, cohort, saved = begun.out, begun.device, begun.cohort, begun.saved
     split = make_split(cfg, cohort)
     idx = split_indices(cohort, split)
     class_names = list(cohort.class_names)
-    saved = resolved_config(cfg)
-    saved["meta"] = run_meta(cohort, device, Path(out))
     per_step = bags_per_step(cfg, cohort, idx["train"])
     if per_step is not None:
         saved["meta"]["bags_per_step"] = per_step  # what --bags-per-step auto resolved to
