@@ -3,7 +3,8 @@ sample per bag and epoch, patients scored by the mean (or max) of their bags' pr
 
 The stores here record their rows' names themselves (`write_store(..., patch_files=...)`,
 read back as `PackedBags.patch_files` by `load_bags`); the tests on `fixed_bag_cohort` alone
-build `PackedBags` with names directly.
+build `PackedBags` with names directly. Real patch folders extracted into HDF5, Zarr and a
+pack, then trained on: test_fixed_bags_e2e.py.
 """
 
 from __future__ import annotations
