@@ -4,7 +4,7 @@ The one home of random test data (fixtures shared by several test modules live i
 `conftest.py`):
 
 - `write_store`: a feature store written with `FeatureStore`'s own writer, random bags or
-  given features, random or grid coordinates;
+  given features, random or grid coordinates, optionally each row's patch file name;
 - `planted_bags` / `planted_cohort`: MIL bags whose positive label plants a few shifted
   instances, so a model learns in a few epochs;
 - `bcnb_table`: a clinical table with BCNB's column names and value spellings;
@@ -15,7 +15,7 @@ The one home of random test data (fixtures shared by several test modules live i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,12 +56,15 @@ def write_store(
     attrs: dict[str, Any] | None = None,
     batch: int = 7,
     grid: int | None = None,
+    patch_files: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Write slides `{id: n_patches or (n, D) features}` in batches of `batch` rows with
     `FeatureStore`'s writer; returns the exact arrays written, by slide id.
 
     `grid`: coordinates are distinct cells of an 8 x 8 grid of `grid`-px patches (what a
     heatmap draws on) and `patch_size_level0` says so; else random level-0 positions.
+    `patch_files`: `{id: one name per row}`, each row's source file name, appended with its
+    rows as extraction from a folder of patches does; slides not in it record no names.
     """
     from balnmp_cache.store import FeatureStore
 
@@ -83,8 +86,10 @@ def write_store(
                 coords = np.stack([cells % 8, cells // 8], axis=1).astype(np.int64) * grid
             with store.writer(sid, feats.shape[1], dtype=dtype, attrs=dict(attrs),
                               coords_attrs=coords_attrs) as w:  # fmt: skip
+                names = None if patch_files is None else patch_files.get(sid)
                 for a in range(0, len(feats), batch):
-                    w.append(feats[a : a + batch], coords[a : a + batch])
+                    w.append(feats[a : a + batch], coords[a : a + batch],
+                             None if names is None else list(names[a : a + batch]))
             written[sid] = (feats, coords)
     return written
 
@@ -160,9 +165,11 @@ class TinyCohort:
     table: pd.DataFrame
 
 
-def make_tiny_cohort(root: Path, n_patients: int = 30, seed: int = 0,
-                     signal: float = 2.0) -> TinyCohort:  # fmt: skip
-    """`root/features` (one slide per patient, id = patient id) and `root/clinical.csv`.
+def make_tiny_cohort(root: Path, n_patients: int = 30, seed: int = 0, signal: float = 2.0,
+                     patch_files: Callable[[str, int], Sequence[str]] | None = None,
+                     ) -> TinyCohort:  # fmt: skip
+    """`root/features` (one slide per patient, id = patient id) and `root/clinical.csv`;
+    `patch_files(slide_id, n_rows)`: the names each slide records for its rows (none if None).
 
     N+ patients carry a planted signal in a few of their instances (first feature dims
     shifted), so an attention model learns the task in a few epochs; the tumour size carries a
@@ -182,7 +189,8 @@ def make_tiny_cohort(root: Path, n_patients: int = 30, seed: int = 0,
     root.mkdir(parents=True, exist_ok=True)
     labels = root / "clinical.csv"
     table.to_csv(labels, index=False)
-    write_store(root / "features", slides, dtype="float32", grid=448)
+    names = None if patch_files is None else {s: patch_files(s, len(x)) for s, x in slides.items()}
+    write_store(root / "features", slides, dtype="float32", grid=448, patch_files=names)
     return TinyCohort(root / "features", labels, table)
 
 

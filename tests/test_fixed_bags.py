@@ -1,11 +1,10 @@
 """`--bags`: the paper's fixed bags resolved to store rows by patch file name, one training
 sample per bag and epoch, patients scored by the mean (or max) of their bags' probabilities.
 
-Until the stores record patch file names (`PackedBags.patch_files`, filled by `load_bags`),
-the tests build `PackedBags` with names themselves, or give the store's `load_bags` names
-(`named_store`, and `_names_by_coords` in test_paper_protocol.py, which the recipe test on the
-extracted BCNB stand-in uses); once extraction records them, drop `_names_by_coords` there:
-that test must then pass on the store's own names.
+The stores here record their rows' names themselves (`write_store(..., patch_files=...)`,
+read back as `PackedBags.patch_files` by `load_bags`); the tests on `fixed_bag_cohort` alone
+build `PackedBags` with names directly. Real patch folders extracted into HDF5, Zarr and a
+pack, then trained on: test_fixed_bags_e2e.py.
 """
 
 from __future__ import annotations
@@ -200,24 +199,16 @@ def test_bags_conflicts_with_other_ways_of_making_bags() -> None:
 
 
 @pytest.fixture
-def named_store(tmp_path, monkeypatch):
-    """A tiny BCNB-like store whose `load_bags` gives each row a patch file name (what the
-    store records once extraction writes names), and the paper's bags for it."""
-    tiny = make_tiny_cohort(tmp_path, n_patients=24)
-    real = balnmp_cache.store.load_bags
-
-    def load_bags(*args, **kwargs):
-        bags = real(*args, **kwargs)
-        bags.patch_files = np.concatenate([names_of(s, int(n)) for s, n in
-                                           zip(bags.slide_ids, bags.n_patches, strict=True)])
-        return bags
-
-    monkeypatch.setattr(balnmp_cache.store, "load_bags", load_bags)
+def named_store(tmp_path):
+    """A tiny BCNB-like store that records each row's patch file name, and the paper's bags
+    for it, made from the names the store reads back."""
+    tiny = make_tiny_cohort(tmp_path, n_patients=24, patch_files=names_of)
     table = tiny.table
     status = table["ALN status"].astype(str)
     labels = {str(p): int(s != "N0") for p, s in zip(table["Patient ID"], status, strict=True)}
     with balnmp_cache.store.FeatureStore(tiny.features) as store:
-        files = {s: names_of(s, store.info(s).n_patches) for s in sorted(store.slide_ids)}
+        files = {s: store[s].patch_files.tolist() for s in sorted(store.slide_ids)}
+    assert files == {s: names_of(s, len(n)) for s, n in files.items()}
     parts = {p: ("train", "train", "val", "test")[i % 4] for i, p in enumerate(labels)}
     doc = bags_doc(files, labels, 3, task="n0_vs_n+", class_names=("N0", "N+"), parts=parts)
     path = tmp_path / "n0_vs_n+.bags.json"
@@ -296,27 +287,16 @@ def test_chunked_loading_keeps_each_rows_name_aligned(tmp_path, monkeypatch) -> 
 
     import balnmp_mil.data.load as load
 
-    write_store(tmp_path / "s", {"a": 3, "b": 4, "c": 2}, dim=DIM)
-    real = balnmp_cache.store.load_bags
-    named = {"b"}
-
-    def load_bags(*args, **kwargs):
-        bags = real(*args, **kwargs)
-        if named & set(bags.slide_ids):
-            bags.patch_files = np.concatenate([
-                names_of(s, int(n)) if s in named else [""] * int(n)
-                for s, n in zip(bags.slide_ids, bags.n_patches, strict=True)])
-        return bags
-
-    monkeypatch.setattr(balnmp_cache.store, "load_bags", load_bags)
+    sizes = {"a": 3, "b": 4, "c": 2}
+    write_store(tmp_path / "s", sizes, dim=DIM, batch=3, patch_files={"b": names_of("b", 4)})
+    write_store(tmp_path / "bare", sizes, dim=DIM)
     monkeypatch.setattr(load, "CHUNK_ELEMENTS", 1)  # one slide per chunk
-    with balnmp_cache.store.FeatureStore(tmp_path / "s") as store:
-        out = load.load_chunked(store, ["a", "b", "c"], "error", False, torch.float32,
-                                torch.device("cpu"))
-        assert out.patch_files.tolist() == [""] * 3 + names_of("b", 4) + [""] * 2
-        named.clear()
-        assert load.load_chunked(store, ["a", "b", "c"], "error", False, torch.float32,
-                                 torch.device("cpu")).patch_files is None
+    for path, want in [(tmp_path / "s", [""] * 3 + names_of("b", 4) + [""] * 2),
+                       (tmp_path / "bare", None)]:
+        with balnmp_cache.store.FeatureStore(path) as store:
+            out = load.load_chunked(store, ["a", "b", "c"], "error", False, torch.float32,
+                                    torch.device("cpu"))
+        assert (out.patch_files if want is None else out.patch_files.tolist()) == want
 
 
 def test_command_line_bags_errors_exit_2_naming_the_file(named_store, tmp_path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -91,34 +90,8 @@ def test_protocol_paper_trains_on_the_bcnb_standin(standin_features) -> None:
     assert first_lr == pytest.approx(SCHEDULES.get("warm_restarts")(1e-4, 0, 3))
 
 
-def _names_by_coords(monkeypatch, patches: Path) -> None:
-    """Give `load_bags` each row's patch file name, found by its coordinates in the patch
-    folder's layout: what the store records itself once extraction writes the names
-    (issue 14, cache side); drop this then, the test must pass without it."""
-    import numpy as np
-
-    import balnmp_cache.store
-    from balnmp_cache.slides.patches import scan_patch_folder
-
-    real = balnmp_cache.store.load_bags
-
-    def load_bags(*args, **kwargs):
-        bags = real(*args, **kwargs)
-        names = []
-        for i, sid in enumerate(bags.slide_ids):
-            layout = scan_patch_folder(patches / sid)
-            by_xy = {tuple(c): f.name for c, f in zip(layout.coords.tolist(), layout.files,
-                                                       strict=True)}
-            rows = bags.coords[bags.offsets[i] : bags.offsets[i + 1]].tolist()
-            names.extend(by_xy[tuple(c)] for c in rows)
-        bags.patch_files = np.array(names, dtype=str)
-        return bags
-
-    monkeypatch.setattr(balnmp_cache.store, "load_bags", load_bags)
-
-
 def test_recipe_with_the_paper_protocol_and_official_splits(standin_features, tmp_path,
-                                                            capsys, monkeypatch) -> None:
+                                                            capsys) -> None:
     """`run_recipe.py --protocol paper --official-splits DIR`: the published split files (here
     generated for the stand-in's patients, bags of 4 of their patch files) become every run's
     patients, and their fixed bags (`--bags`) the image models' bags."""
@@ -130,7 +103,6 @@ def test_recipe_with_the_paper_protocol_and_official_splits(standin_features, tm
     run_recipe = import_script(ROOT / "examples" / "bcnb" / "run_recipe.py")
     standin = standin_features / "BCNB"
     patches = standin / "paper_patches" / "patches"
-    _names_by_coords(monkeypatch, patches)
     table = pd.read_excel(standin / "patient-clinical-data.xlsx", dtype={"Patient ID": str})
     ids = table["Patient ID"].tolist()
     labels = [0 if s == "N0" else 1 for s in table["ALN status"]]
