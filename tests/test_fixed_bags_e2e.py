@@ -107,6 +107,7 @@ def test_each_store_trains_on_the_official_bags(paper_run: dict) -> None:
         assert saved["bags"] == str(paper_run["bags"].resolve())
         assert saved["meta"]["n_bags"] == paper_run["n_bags"]
         assert saved["meta"]["n_patients"] == N_PATIENTS
+        assert saved["meta"]["n_rows_unused"] == sum(map(len, paper_run["files"].values())) - used
         split = json.loads((run / "splits.json").read_text())["splits"][0]
         assert {part: split[part] for part in PARTS} == PARTS  # the official parts
         pred = pd.read_csv(run / "predictions.csv", dtype={"patient_id": str})

@@ -104,10 +104,14 @@ def start_run(cfg: TrainConfig, out: str | Path, overwrite: bool,
 def run_meta(cohort: Any, device: str, out: Path) -> dict[str, Any]:
     """The `meta` block of a run's `config.yaml`: who wrote it, where and when, and the
     record of the store it was trained on (checked when the run is applied or reused)."""
-    return {"balnmp_version": __version__, "run_format": rundir.RUN_FORMAT, "device": device,
+    meta = {"balnmp_version": __version__, "run_format": rundir.RUN_FORMAT, "device": device,
             "out": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "n_patients": len(cohort), "n_bags": int(cohort.n_bags),
             "store": cohort.meta.get("store_record")}
+    fixed = cohort.meta.get("fixed_bags")
+    if fixed:  # --bags: the rows of the store that no fixed bag names (the paper's leftovers)
+        meta["n_rows_unused"] = int(fixed["n_rows_unused"])
+    return meta
 
 
 def train_run(cfg: TrainConfig, out: str | Path, overwrite: bool = False,
