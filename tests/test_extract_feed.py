@@ -212,3 +212,27 @@ def test_on_cuda_batches_reach_the_encoder_on_the_device_or_pinned(cohort, tmp_p
     gpu, cpu = FeatureStore(tmp_path / "gpu"), FeatureStore(tmp_path / "cpu")
     for sid in cpu.slide_ids:
         np.testing.assert_allclose(gpu[sid].features, cpu[sid].features, atol=1e-3, rtol=1e-3)
+
+
+def test_the_end_check_reads_back_only_slides_this_job_did_not_publish(cohort, tmp_path: Path,  # noqa: ANN001
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`ResumeCheck.finish` skips a slide that is still the file this job published; one
+    replaced since (another job's rename) is read and compared again."""
+    from balnmp_cache.extract.resume import ResumeCheck
+    from balnmp_cache.store.h5 import H5Backend
+
+    out, read, ending = tmp_path / "out", [], []
+    info, finish = H5Backend.info, ResumeCheck.finish
+    monkeypatch.setattr(H5Backend, "info", lambda self, sid: (read.append(sid) if ending else None)
+                        or info(self, sid))  # fmt: skip
+
+    def replace_slide_2_then_finish(self, paths):  # noqa: ANN001, ANN202
+        twin = out / ".2.copy"
+        twin.write_bytes((out / "2.h5").read_bytes())
+        twin.replace(out / "2.h5")  # what another job's publish does
+        ending.append(True)
+        return finish(self, paths)
+
+    monkeypatch.setattr(ResumeCheck, "finish", replace_slide_2_then_finish)
+    extract_features(cohort.slides_dir, out, **OPTS)
+    assert read == ["2"]

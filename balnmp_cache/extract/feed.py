@@ -258,7 +258,8 @@ class _Feed:
 
         def commit() -> None:
             self._open(slide)
-            slide.writer.commit()  # type: ignore[union-attr]
+            entry = slide.writer.commit()  # type: ignore[union-attr]
+            self.job.resume.published(slide.claim.slide_id, entry)
 
         if not self._write(slide, commit):
             return

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from balnmp_cache.errors import ExtractError
-from balnmp_cache.extract.manifest import read_manifest, update_manifest
+from balnmp_cache.extract.manifest import ManifestCache, read_manifest, update_manifest
 from balnmp_cache.extract.slide_job import JobSpec, SlideFailure, SlideJob, SlideResult
 
 __all__ = ["StopFlag", "run_slides"]
@@ -77,10 +77,12 @@ def run_slides(
         bar.update(len(batch))
         bar.set_postfix_str(batch[-1].slide_id)
 
+    cache = ManifestCache()  # this job's last manifest: not read back after its own updates
+
     def record(res: SlideResult) -> None:  # the writer thread, as each outcome happens
         row = _manifest_row(res, known)
         if row is not None:
-            update_manifest(spec.out, [row])
+            update_manifest(spec.out, [row], cache=cache)
 
     try:
         run_feed(job, [Path(p) for p in paths], report, record, stop)
