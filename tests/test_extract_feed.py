@@ -236,3 +236,64 @@ def test_the_end_check_reads_back_only_slides_this_job_did_not_publish(cohort, t
     monkeypatch.setattr(ResumeCheck, "finish", replace_slide_2_then_finish)
     extract_features(cohort.slides_dir, out, **OPTS)
     assert read == ["2"]
+
+
+def test_the_manifest_is_updated_once_per_batch_for_the_slides_that_ended_with_it(
+        cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001 fmt: skip
+    import balnmp_cache.extract.run as run_mod
+
+    updates: list[list[str]] = []
+    real = run_mod.update_manifest
+
+    def update(out, rows, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        updates.append([r.slide_id for r in rows])
+        real(out, rows, *a, **kw)
+
+    monkeypatch.setattr(run_mod, "update_manifest", update)
+    out = tmp_path / "out"
+    extract_features(cohort.slides_dir, out, **{**OPTS, "batch_size": 4096})  # one batch
+    assert updates == [["1", "2", "3", "4"]]
+    assert sorted(read_manifest(out)) == ["1", "2", "3", "4"]
+
+
+def test_slides_tiled_while_the_encoder_is_built_are_tiled_once_and_always_closed(
+        cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001 fmt: skip
+    """`EarlyTiling`: the first slides are prepared before the encoder exists; their claims
+    use that work (each slide tiled once), and a slide then found finished is closed unused."""
+    from balnmp_cache.extract import slide_job
+
+    prepared: list = []
+    real = slide_job.prepare_slide
+
+    def spy(spec, path):  # noqa: ANN001, ANN202
+        prepared.append(real(spec, path))
+        return prepared[-1]
+
+    monkeypatch.setattr(slide_job, "prepare_slide", spy)
+    out = tmp_path / "out"
+    extract_features(cohort.slides_dir, out, **OPTS)
+    assert sorted(p.slide.slide_id for p in prepared) == ["1", "2", "3", "4"]
+    assert all(p.slide._closed for p in prepared)
+    prepared.clear()
+    again = extract_features(cohort.slides_dir, out, **OPTS)  # all finished: tiled early, unused
+    assert [r.status for r in again.results] == ["skipped"] * 4
+    assert prepared and all(p.slide._closed for p in prepared)
+    assert not list((out / ".locks").glob("*.lock"))
+
+
+def test_the_annotation_is_read_once_and_its_parsed_bytes_recorded(cohort, tmp_path: Path,  # noqa: ANN001
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import hashlib
+
+    from balnmp_cache.extract import resume
+
+    read = []
+    real = resume._sha256_file
+    monkeypatch.setattr(resume, "_sha256_file", lambda p, *a: read.append(Path(p)) or real(p, *a))
+    out = tmp_path / "out"
+    extract_features(cohort.slides_dir, out, annotations=cohort.annotations_dir, **OPTS)
+    assert not [p for p in read if p.parent == cohort.annotations_dir]  # hashed when parsed
+    store = FeatureStore(out)
+    for sid in store.slide_ids:
+        ann = next(cohort.annotations_dir.glob(f"{sid}.*"))
+        assert store.attrs(sid)["annotations_sha256"] == hashlib.sha256(ann.read_bytes()).hexdigest()
