@@ -13,7 +13,7 @@ from balnmp_cache.encoders import build_encoder
 from balnmp_cache.extract import extract_features
 from balnmp_cache.extract.feed import job_cpus
 from balnmp_cache.extract.manifest import read_manifest
-from balnmp_cache.extract.pipeline import EncoderRunner, as_tensor, encode_patches
+from balnmp_cache.extract.pipeline import EncoderRunner, as_tensor, batch_rows, encode_patches
 from balnmp_cache.slides import open_slide
 from balnmp_cache.slides.base import Slide
 from balnmp_cache.store import FeatureStore
@@ -58,7 +58,7 @@ def test_features_equal_a_one_slide_at_a_time_run_to_the_bit(cohort, tmp_path: P
     call = EncoderRunner.__call__
 
     def counting(self, batch):  # noqa: ANN001, ANN202
-        sizes.append(len(batch))
+        sizes.append(batch_rows(batch))  # the rows of several slides come as a list of arrays
         return call(self, batch)
 
     monkeypatch.setattr(EncoderRunner, "__call__", counting)
@@ -166,7 +166,8 @@ def test_a_batch_joins_host_rows_and_rows_decoded_on_the_gpu() -> None:
     b = np.full((3, 4, 4, 3), 9, np.uint8)
     cpu = torch.device("cpu")
     assert _join([a], cpu) is a and _join([], cpu) is None
-    np.testing.assert_array_equal(_join([a, b], cpu), np.concatenate([a, b]))
+    rows = _join([a, b], cpu)  # a CPU encoder takes the slides' rows as they are, not copied
+    assert isinstance(rows, list) and rows[0] is a and rows[1] is b
     mixed = _join([a, torch.from_numpy(b)], cpu)  # a slide fell back to CPU decoding
     assert isinstance(mixed, torch.Tensor)
     np.testing.assert_array_equal(mixed.numpy(), np.concatenate([a, b]))
@@ -297,3 +298,13 @@ def test_the_annotation_is_read_once_and_its_parsed_bytes_recorded(cohort, tmp_p
     for sid in store.slide_ids:
         ann = next(cohort.annotations_dir.glob(f"{sid}.*"))
         assert store.attrs(sid)["annotations_sha256"] == hashlib.sha256(ann.read_bytes()).hexdigest()
+
+
+def test_a_list_of_batches_encodes_as_their_concatenation_to_the_bit() -> None:
+    enc = build_encoder(FAST["encoder"], "none", input_size=16)
+    runner = EncoderRunner(enc, "cpu", "fp32", out_dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 256, (n, 40, 40, 3), dtype=np.uint8) for n in (5, 11, 1)]
+    assert batch_rows(parts) == 17 and batch_rows(parts[0]) == 5 and batch_rows(None) == 0
+    joined = runner(torch.from_numpy(np.concatenate(parts)))
+    assert torch.equal(runner(as_tensor(parts)), joined)

@@ -303,7 +303,9 @@ class _Feed:
 def _join(arrays: list[Any], device: Any) -> Any:
     """Rows of consecutive slides as one batch: a host array (pinned memory when the encoder
     is on CUDA, so its copy to the device is asynchronous and there is no second copy), or a
-    CUDA tensor when they were decoded on the GPU. None when there are no rows."""
+    CUDA tensor when they were decoded on the GPU. None when there are no rows. For a CPU
+    encoder, the slides' arrays as they are, in a list (not copied into one: the runner
+    preprocesses a few patches at a time anyway, `EncoderRunner.preprocess`)."""
     if not arrays:
         return None
     import torch
@@ -313,7 +315,7 @@ def _join(arrays: list[Any], device: Any) -> Any:
     if device.type != "cuda":
         if len(arrays) == 1 and arrays[0].flags.owndata:
             return arrays[0]
-        return np.concatenate(arrays)
+        return [np.ascontiguousarray(a) for a in arrays]
     out = torch.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=torch.uint8,
                       pin_memory=True)  # fmt: skip
     row = 0
