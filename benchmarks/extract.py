@@ -14,7 +14,9 @@ and the ratios end-to-end / encoder-only and end-to-end / naive. Methods run alt
 slides (generated biopsies, ~34 tumour patches each, with annotations): interleaved rounds of
   * bare read: open every slide and batch-read the same patches (nothing else),
   * the job with a nearly free encoder (`--light-encoder`, resnet18 at `--light-input` px),
-and the feed ratio bare read time / job time per round (target >= 0.6 on 2 CPU cores), then
+and the feed ratio bare read time / job time per round (target >= 0.6 on 2 CPU cores; with
+the process CPU seconds of each, whose ratio is what the feed ratio tends to on two idle cores
+and is less disturbed by other jobs on a shared machine), then
 end-to-end vs encoder-only with the real `--encoder` on the same patches (GPU target >= 0.9).
 Medians and the spread (min-max) over rounds are printed.
 
@@ -172,15 +174,20 @@ def biopsy_cohort(args: argparse.Namespace, device: torch.device, work: Path) ->
           f"light encoder {args.light_encoder} @ {args.light_input} px, device {device}, "
           f"batch {args.batch_size}")
     _job(slides, work / "warm", args, device, **light)  # imports, first-call costs
-    feed = []
+    feed, cpu = [], []
     for r in range(args.rounds):
+        c0 = time.process_time()
         bare = _bare_read(grids, args.num_workers, args.batch_size)
+        c1 = time.process_time()
         t, done = _job(slides, work / "feed", args, device, **light)
+        c2 = time.process_time()
         assert done == n, (done, n)
         feed.append(bare / t)
+        cpu.append((c1 - c0) / (c2 - c1))
         print(f"round {r + 1}: bare read {n / bare:7.0f} patches/s, job {n / t:7.0f} patches/s, "
-              f"feed ratio {bare / t:.2f}")
+              f"feed ratio {bare / t:.2f}; CPU-s bare read {c1 - c0:.2f}, job {c2 - c1:.2f}")
     print(f"feed ratio (bare read time / job time): {_spread(feed)}")
+    print(f"CPU ratio (bare read CPU-s / job CPU-s; less sensitive to other load): {_spread(cpu)}")
 
     if args.e2e_slides == 0:
         return

@@ -13,7 +13,7 @@ from balnmp_cache.encoders import build_encoder
 from balnmp_cache.extract import extract_features
 from balnmp_cache.extract.feed import job_cpus
 from balnmp_cache.extract.manifest import read_manifest
-from balnmp_cache.extract.pipeline import EncoderRunner, as_tensor, encode_patches
+from balnmp_cache.extract.pipeline import EncoderRunner, as_tensor, batch_rows, encode_patches
 from balnmp_cache.slides import open_slide
 from balnmp_cache.slides.base import Slide
 from balnmp_cache.store import FeatureStore
@@ -58,7 +58,7 @@ def test_features_equal_a_one_slide_at_a_time_run_to_the_bit(cohort, tmp_path: P
     call = EncoderRunner.__call__
 
     def counting(self, batch):  # noqa: ANN001, ANN202
-        sizes.append(len(batch))
+        sizes.append(batch_rows(batch))  # the rows of several slides come as a list of arrays
         return call(self, batch)
 
     monkeypatch.setattr(EncoderRunner, "__call__", counting)
@@ -166,7 +166,8 @@ def test_a_batch_joins_host_rows_and_rows_decoded_on_the_gpu() -> None:
     b = np.full((3, 4, 4, 3), 9, np.uint8)
     cpu = torch.device("cpu")
     assert _join([a], cpu) is a and _join([], cpu) is None
-    np.testing.assert_array_equal(_join([a, b], cpu), np.concatenate([a, b]))
+    rows = _join([a, b], cpu)  # a CPU encoder takes the slides' rows as they are, not copied
+    assert isinstance(rows, list) and rows[0] is a and rows[1] is b
     mixed = _join([a, torch.from_numpy(b)], cpu)  # a slide fell back to CPU decoding
     assert isinstance(mixed, torch.Tensor)
     np.testing.assert_array_equal(mixed.numpy(), np.concatenate([a, b]))
@@ -212,3 +213,98 @@ def test_on_cuda_batches_reach_the_encoder_on_the_device_or_pinned(cohort, tmp_p
     gpu, cpu = FeatureStore(tmp_path / "gpu"), FeatureStore(tmp_path / "cpu")
     for sid in cpu.slide_ids:
         np.testing.assert_allclose(gpu[sid].features, cpu[sid].features, atol=1e-3, rtol=1e-3)
+
+
+def test_the_end_check_reads_back_only_slides_this_job_did_not_publish(cohort, tmp_path: Path,  # noqa: ANN001
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`ResumeCheck.finish` skips a slide that is still the file this job published; one
+    replaced since (another job's rename) is read and compared again."""
+    from balnmp_cache.extract.resume import ResumeCheck
+    from balnmp_cache.store.h5 import H5Backend
+
+    out, read, ending = tmp_path / "out", [], []
+    info, finish = H5Backend.info, ResumeCheck.finish
+    monkeypatch.setattr(H5Backend, "info", lambda self, sid: (read.append(sid) if ending else None)
+                        or info(self, sid))  # fmt: skip
+
+    def replace_slide_2_then_finish(self, paths):  # noqa: ANN001, ANN202
+        twin = out / ".2.copy"
+        twin.write_bytes((out / "2.h5").read_bytes())
+        twin.replace(out / "2.h5")  # what another job's publish does
+        ending.append(True)
+        return finish(self, paths)
+
+    monkeypatch.setattr(ResumeCheck, "finish", replace_slide_2_then_finish)
+    extract_features(cohort.slides_dir, out, **OPTS)
+    assert read == ["2"]
+
+
+def test_the_manifest_is_updated_once_per_batch_for_the_slides_that_ended_with_it(
+        cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001 fmt: skip
+    import balnmp_cache.extract.run as run_mod
+
+    updates: list[list[str]] = []
+    real = run_mod.update_manifest
+
+    def update(out, rows, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        updates.append([r.slide_id for r in rows])
+        real(out, rows, *a, **kw)
+
+    monkeypatch.setattr(run_mod, "update_manifest", update)
+    out = tmp_path / "out"
+    extract_features(cohort.slides_dir, out, **{**OPTS, "batch_size": 4096})  # one batch
+    assert updates == [["1", "2", "3", "4"]]
+    assert sorted(read_manifest(out)) == ["1", "2", "3", "4"]
+
+
+def test_slides_tiled_while_the_encoder_is_built_are_tiled_once_and_always_closed(
+        cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001 fmt: skip
+    """`EarlyTiling`: the first slides are prepared before the encoder exists; their claims
+    use that work (each slide tiled once), and a slide then found finished is closed unused."""
+    from balnmp_cache.extract import slide_job
+
+    prepared: list = []
+    real = slide_job.prepare_slide
+
+    def spy(spec, path):  # noqa: ANN001, ANN202
+        prepared.append(real(spec, path))
+        return prepared[-1]
+
+    monkeypatch.setattr(slide_job, "prepare_slide", spy)
+    out = tmp_path / "out"
+    extract_features(cohort.slides_dir, out, **OPTS)
+    assert sorted(p.slide.slide_id for p in prepared) == ["1", "2", "3", "4"]
+    assert all(p.slide._closed for p in prepared)
+    prepared.clear()
+    again = extract_features(cohort.slides_dir, out, **OPTS)  # all finished: tiled early, unused
+    assert [r.status for r in again.results] == ["skipped"] * 4
+    assert prepared and all(p.slide._closed for p in prepared)
+    assert not list((out / ".locks").glob("*.lock"))
+
+
+def test_the_annotation_is_read_once_and_its_parsed_bytes_recorded(cohort, tmp_path: Path,  # noqa: ANN001
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import hashlib
+
+    from balnmp_cache.extract import resume
+
+    read = []
+    real = resume._sha256_file
+    monkeypatch.setattr(resume, "_sha256_file", lambda p, *a: read.append(Path(p)) or real(p, *a))
+    out = tmp_path / "out"
+    extract_features(cohort.slides_dir, out, annotations=cohort.annotations_dir, **OPTS)
+    assert not [p for p in read if p.parent == cohort.annotations_dir]  # hashed when parsed
+    store = FeatureStore(out)
+    for sid in store.slide_ids:
+        ann = next(cohort.annotations_dir.glob(f"{sid}.*"))
+        assert store.attrs(sid)["annotations_sha256"] == hashlib.sha256(ann.read_bytes()).hexdigest()
+
+
+def test_a_list_of_batches_encodes_as_their_concatenation_to_the_bit() -> None:
+    enc = build_encoder(FAST["encoder"], "none", input_size=16)
+    runner = EncoderRunner(enc, "cpu", "fp32", out_dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 256, (n, 40, 40, 3), dtype=np.uint8) for n in (5, 11, 1)]
+    assert batch_rows(parts) == 17 and batch_rows(parts[0]) == 5 and batch_rows(None) == 0
+    joined = runner(torch.from_numpy(np.concatenate(parts)))
+    assert torch.equal(runner(as_tensor(parts)), joined)

@@ -91,3 +91,36 @@ def test_concurrent_manifest_updates_lose_no_rows(tmp_path: Path) -> None:
         t.join()
     assert len(read_manifest(tmp_path)) == 40
     assert not list(tmp_path.glob(".manifest.csv*"))  # no temp or lock file left behind
+
+
+def test_a_jobs_cache_skips_reading_back_its_own_manifest(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from balnmp_cache.extract import manifest
+
+    reads = []
+    real = manifest._read_rows
+    monkeypatch.setattr(manifest, "_read_rows", lambda p: reads.append(p) or real(p))
+    cache = manifest.ManifestCache()
+    update_manifest(tmp_path, [SlideResult("a", "a.svs", "done", 1, 0.1)], cache=cache)
+    update_manifest(tmp_path, [SlideResult("b", "b.svs", "done", 2, 0.1)], cache=cache)
+    assert reads == []  # no file at first, then the one this job wrote
+    update_manifest(tmp_path, [SlideResult("x", "x.svs", "done", 3, 0.1)])  # another job
+    update_manifest(tmp_path, [SlideResult("c", "c.svs", "done", 4, 0.1)], cache=cache)
+    assert len(reads) == 2  # the other job's update, then this job's after it
+    assert sorted(read_manifest(tmp_path)) == ["a", "b", "c", "x"]
+
+
+def test_concurrent_jobs_with_caches_lose_no_rows(tmp_path: Path) -> None:
+    from balnmp_cache.extract.manifest import ManifestCache
+
+    def job(k: int) -> None:
+        cache = ManifestCache()
+        for i in range(10):
+            update_manifest(tmp_path, [SlideResult(f"s{k}-{i}", "p", "done", i, 0.1)], cache=cache)
+
+    threads = [threading.Thread(target=job, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(read_manifest(tmp_path)) == 40

@@ -136,3 +136,21 @@ def test_a_signal_while_a_lock_is_created_leaves_no_lock_file(tmp_path: Path,
     with signals.handled(), pytest.raises(signals.Interrupted):
         try_lock(path, heartbeat_s=0)
     assert not path.exists()
+
+
+def test_one_heartbeat_thread_keeps_every_held_lock_fresh(tmp_path: Path) -> None:
+    locks = [try_lock(tmp_path / f"{i}.lock", heartbeat_s=0.05) for i in range(5)]
+    assert all(lock is not None for lock in locks)
+    old = time.time() - 100
+    for i in range(5):
+        os.utime(tmp_path / f"{i}.lock", (old, old))
+    time.sleep(0.3)
+    beating = [t for t in threading.enumerate() if t.name == "balnmp-lock-heartbeat"]
+    assert len(beating) == 1  # not one thread per lock
+    assert all(time.time() - (tmp_path / f"{i}.lock").stat().st_mtime < 50 for i in range(5))
+    locks[0].release()  # type: ignore[union-attr]
+    _write_lock(tmp_path / "0.lock", "other", 1, age_s=100)  # someone else's lock now
+    time.sleep(0.2)
+    assert time.time() - (tmp_path / "0.lock").stat().st_mtime > 50  # released: not refreshed
+    for lock in locks[1:]:
+        lock.release()  # type: ignore[union-attr]

@@ -9,7 +9,9 @@
   which slides ended (or failed, or were decided without encoding) with it.
 - The calling thread encodes each batch (`pipeline.encode_stream`).
 - The writer thread routes each batch's rows to their slides' writers; a slide's file is
-  published atomically after its last row is written, then its lock is released.
+  published atomically after its last row is written, then its lock is released. The
+  outcomes of a batch's slides are recorded (the manifest) together, once the batch is
+  delivered, before any slide of a later batch is published.
 
 Outcomes come out in list order, to `on_result` in the calling thread. A slide that fails (a
 read error mid-slide, a batch the encoder rejects, a write error) fails alone: its writer is
@@ -100,7 +102,8 @@ class _Route:
 
 class _Feed:
     def __init__(self, job: SlideJob, paths: Sequence[Path], workers: int, ahead: int,
-                 stop: _Flag | None, record: Callable[[SlideResult], None]) -> None:  # fmt: skip
+                 stop: _Flag | None,
+                 record: Callable[[list[SlideResult]], None]) -> None:  # fmt: skip
         self.job, self.paths, self.ahead, self.stop = job, list(paths), ahead, stop
         self.record = record
         self.batch_size = job.options.batch_size
@@ -113,6 +116,7 @@ class _Feed:
         self.buf: list[tuple[np.ndarray, _Slide]] = []
         self.n = 0
         self.events: list[tuple[Any, ...]] = []
+        self.outcomes: list[SlideResult] = []  # of the batch being delivered, to record
 
     # -- the reader thread ---------------------------------------------------------------
     def _stopping(self) -> bool:
@@ -199,27 +203,33 @@ class _Feed:
     def deliver(self, features: np.ndarray | None, batch: Batch,
                 error: BaseException | None) -> None:  # fmt: skip
         route: _Route = batch.route
-        offset = 0
-        for slide, n in route.segments:
-            if error is not None:
-                self._fail(slide, "encode", error)
-            elif features is not None and not slide.closed:
-                self._append(slide, features[offset : offset + n])
-            offset += n
-        for event in route.events:
-            kind, slide = event[0], event[1]
-            if kind == "decided":
-                self._outcome(slide.claim.result)
-            elif kind == "fail":
-                self._fail(slide, event[2], event[3])
-            else:
-                self._end(slide)
+        try:
+            offset = 0
+            for slide, n in route.segments:
+                if error is not None:
+                    self._fail(slide, "encode", error)
+                elif features is not None and not slide.closed:
+                    self._append(slide, features[offset : offset + n])
+                offset += n
+            for event in route.events:
+                kind, slide = event[0], event[1]
+                if kind == "decided":
+                    self._outcome(slide.claim.result)
+                elif kind == "fail":
+                    self._fail(slide, event[2], event[3])
+                else:
+                    self._end(slide)
+        finally:  # also when a write error stops the job: what was published is recorded
+            outcomes, self.outcomes = self.outcomes, []
+            if outcomes:
+                self.record(outcomes)  # the manifest, before a later batch publishes anything
+            for result in outcomes:
+                self.results.put(result)
 
     def _outcome(self, result: SlideResult) -> None:
         if self.halted:
             return
-        self.record(result)  # the manifest, before any later slide is published
-        self.results.put(result)
+        self.outcomes.append(result)
         if result.status == "failed" and not self.job.options.skip_errors:
             self.halted = True
 
@@ -265,7 +275,8 @@ class _Feed:
 
         def commit() -> None:
             self._open(slide)
-            slide.writer.commit()  # type: ignore[union-attr]
+            entry = slide.writer.commit()  # type: ignore[union-attr]
+            self.job.resume.published(slide.claim.slide_id, entry)
 
         if not self._write(slide, commit):
             return
@@ -299,7 +310,9 @@ class _Feed:
 def _join(arrays: list[Any], device: Any) -> Any:
     """Rows of consecutive slides as one batch: a host array (pinned memory when the encoder
     is on CUDA, so its copy to the device is asynchronous and there is no second copy), or a
-    CUDA tensor when they were decoded on the GPU. None when there are no rows."""
+    CUDA tensor when they were decoded on the GPU. None when there are no rows. For a CPU
+    encoder, the slides' arrays as they are, in a list (not copied into one: the runner
+    preprocesses a few patches at a time anyway, `EncoderRunner.preprocess`)."""
     if not arrays:
         return None
     import torch
@@ -309,7 +322,7 @@ def _join(arrays: list[Any], device: Any) -> Any:
     if device.type != "cuda":
         if len(arrays) == 1 and arrays[0].flags.owndata:
             return arrays[0]
-        return np.concatenate(arrays)
+        return [np.ascontiguousarray(a) for a in arrays]
     out = torch.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=torch.uint8,
                       pin_memory=True)  # fmt: skip
     row = 0
@@ -321,10 +334,11 @@ def _join(arrays: list[Any], device: Any) -> Any:
 
 def run_feed(job: SlideJob, paths: Sequence[Path],
              on_results: Callable[[list[SlideResult]], None],
-             record: Callable[[SlideResult], None], stop: _Flag | None = None,
+             record: Callable[[list[SlideResult]], None], stop: _Flag | None = None,
              workers: int | None = None, ahead: int | None = None) -> None:  # fmt: skip
-    """Extract `paths` through one encoder stream. `record` gets each outcome in the writer
-    thread, in list order, before any later slide is published (the manifest); `on_results`
+    """Extract `paths` through one encoder stream. `record` gets the outcomes of each batch
+    in the writer thread, in list order, before any slide of a later batch is published (the
+    manifest: one update per batch, not per slide); `on_results`
     gets the outcomes so far in the calling thread (after each batch, and a last time at the
     end, also when the job is stopped by an error or a signal).
 

@@ -1,7 +1,8 @@
 """Per-slide lock files so that several jobs on one output directory never encode a slide twice.
 
 A lock is created atomically with O_CREAT|O_EXCL and holds the owner's host, pid, a start
-time and a random token. While held, a heartbeat thread refreshes its mtime. A lock is *stale*
+time and a random token. While held, its mtime is refreshed every `heartbeat_s` seconds by
+the process's one heartbeat thread (`_Heartbeat`, shared by all its locks). A lock is *stale*
 when its owner is on this host and its pid is dead, or when its heartbeat is older than
 `stale_after` seconds (owners on other hosts cannot be probed). A stale lock is taken over
 under a short-lived "break" lock, so two jobs that both see it stale cannot both win.
@@ -16,7 +17,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from balnmp_cache import _signals as signals
@@ -77,6 +78,48 @@ def is_stale(path: Path, stale_after: float = STALE_AFTER_S) -> bool:
     return age > stale_after
 
 
+class _Heartbeat:
+    """One daemon thread for all of a process's locks: each held lock's mtime is refreshed
+    every `heartbeat_s` seconds (its own period). The refresh runs under the registry's
+    lock, so once `remove` returns that lock's file is never touched again."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[int, tuple[float, SlideLock]] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, lock: SlideLock) -> None:
+        with self._cond:
+            self._due[id(lock)] = (time.monotonic() + lock.heartbeat_s, lock)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="balnmp-lock-heartbeat",
+                                                daemon=True)  # fmt: skip
+                self._thread.start()
+            self._cond.notify()
+
+    def remove(self, lock: SlideLock) -> None:
+        with self._cond:
+            self._due.pop(id(lock), None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                wait = min((due for due, _ in self._due.values()), default=now + 3600.0) - now
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                for key, (due, lock) in list(self._due.items()):
+                    if due <= now:
+                        with contextlib.suppress(OSError):
+                            os.utime(lock.path)
+                        self._due[key] = (now + lock.heartbeat_s, lock)
+
+
+_HEARTBEAT = _Heartbeat()
+os.register_at_fork(after_in_child=lambda: globals().update(_HEARTBEAT=_Heartbeat()))
+
+
 @dataclass
 class SlideLock:
     """A held lock; release it with `release()` or use as a context manager."""
@@ -84,29 +127,16 @@ class SlideLock:
     path: Path
     info: LockInfo
     heartbeat_s: float = HEARTBEAT_S
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
 
     def start_heartbeat(self) -> None:
-        if self.heartbeat_s <= 0:
-            return
-        self._thread = threading.Thread(
-            target=self._beat, name=f"lock-{self.path.name}", daemon=True
-        )
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            with contextlib.suppress(OSError):
-                os.utime(self.path)
+        if self.heartbeat_s > 0:
+            _HEARTBEAT.add(self)
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock file if it is still ours (a signal waits
         until it is gone: see `signals.critical`)."""
         with signals.critical():
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join()
+            _HEARTBEAT.remove(self)
             current = read_lock(self.path)
             if current is not None and current.token == self.info.token:
                 with contextlib.suppress(FileNotFoundError):

@@ -2,7 +2,8 @@
 
 Several jobs may share one output directory, so every update is a read-modify-write done
 under a short lock file and published with an atomic rename: readers never see a torn file
-and no job's rows are lost.
+and no job's rows are lost. A job keeps the rows it last wrote (`ManifestCache`) and reads
+the file again only when it is no longer the file it wrote (another job published one since).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import csv
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from balnmp_cache import _signals as signals
@@ -80,6 +81,25 @@ def _read_rows(path: Path) -> dict[str, SlideResult]:
     return rows
 
 
+@dataclass
+class ManifestCache:
+    """The rows a job last wrote and which file that was (`_identity`), so that its next
+    update need not read the manifest back while no other job has replaced it."""
+
+    identity: tuple[int, ...] | None = None
+    rows: dict[str, SlideResult] = field(default_factory=dict)
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """Device, inode, size and mtime of the file at `path` (None: none). Every update
+    publishes a new file by a rename, so another job's update changes it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _write(path: Path, rows: Iterable[SlideResult]) -> None:
     tmp = side_name(path, "tmp")
     try:
@@ -91,20 +111,20 @@ def _write(path: Path, rows: Iterable[SlideResult]) -> None:
 
 def _write_rows(tmp: Path, rows: Iterable[SlideResult]) -> None:
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in sorted(rows, key=lambda r: r.slide_id):
-            rec = asdict(row)
-            rec["id"] = rec.pop("slide_id")
-            rec["seconds"] = f"{row.seconds:.2f}"
-            rec["error"] = " ".join(str(row.error).split())  # one line per slide
-            writer.writerow(rec)
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for r in sorted(rows, key=lambda r: r.slide_id):
+            error = " ".join(str(r.error).split())  # one line per slide
+            writer.writerow((r.slide_id, r.path, r.status, r.n_patches, f"{r.seconds:.2f}",
+                             error, r.stage))  # fmt: skip
         f.flush()
         os.fsync(f.fileno())
 
 
-def update_manifest(out: str | Path, rows: Iterable[SlideResult], timeout: float = 120.0) -> None:
-    """Insert or replace `rows` (by id) in `<out>/manifest.csv`, atomically and race-free."""
+def update_manifest(out: str | Path, rows: Iterable[SlideResult], timeout: float = 120.0,
+                    cache: ManifestCache | None = None) -> None:  # fmt: skip
+    """Insert or replace `rows` (by id) in `<out>/manifest.csv`, atomically and race-free.
+    With `cache` (one per job), the file is read only when another job replaced it."""
     rows = list(rows)
     if not rows:
         return
@@ -122,10 +142,23 @@ def update_manifest(out: str | Path, rows: Iterable[SlideResult], timeout: float
                 )
             time.sleep(0.05)
         with signals.critical():  # a signal waits until the new manifest is in place
-            current = read_manifest(out)
-            for row in rows:
-                current[row.slide_id] = row
-            _write(path, current.values())
+            _update(out, path, rows, cache)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _update(out: str | Path, path: Path, rows: list[SlideResult],
+            cache: ManifestCache | None) -> None:  # fmt: skip
+    """The read-modify-write itself (the caller holds the manifest's lock)."""
+    if cache is not None and cache.identity is not None and _identity(path) == cache.identity:
+        current = dict(cache.rows)
+    else:
+        current = read_manifest(out)
+    for row in rows:
+        current[row.slide_id] = row
+    if cache is not None:
+        cache.identity, cache.rows = None, {}  # unknown until the new file is in place
+    _write(path, current.values())
+    if cache is not None:
+        cache.identity, cache.rows = _identity(path), current

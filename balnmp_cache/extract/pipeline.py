@@ -104,9 +104,13 @@ class EncoderRunner:
         return x
 
     @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Features (B, D) in `out_dtype`, still on the device."""
-        x = self.preprocess(batch.to(self.device, non_blocking=True))
+    def __call__(self, batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Features (B, D) in `out_dtype`, still on the device. A list of batches is encoded
+        as their concatenation (each preprocessed on its own: the same to the bit)."""
+        if isinstance(batch, list):
+            x = torch.cat([self.preprocess(b.to(self.device, non_blocking=True)) for b in batch])
+        else:
+            x = self.preprocess(batch.to(self.device, non_blocking=True))
         if self.amp_dtype is None:
             feats = self.module(x)
         else:
@@ -153,7 +157,7 @@ class Batch:
     `route` the sink needs to send each row's features to its slide. `pixels` None: a batch
     of no patches that only carries its route through the pipeline, in order."""
 
-    pixels: np.ndarray | torch.Tensor | None  # a tensor: pinned host or CUDA memory
+    pixels: np.ndarray | torch.Tensor | list[np.ndarray] | None  # see `batch_rows`
     route: Any = None
 
 
@@ -313,7 +317,7 @@ class _Pipeline:
             item = _get(self.read_q, reader, writer)
             if item is _DONE:
                 break
-            n = 0 if item.pixels is None else int(item.pixels.shape[0])
+            n = batch_rows(item.pixels)
             out: tuple[Any, ...] = (None, None, item, None)
             if n:
                 try:
@@ -332,10 +336,23 @@ class _Pipeline:
         writer.join()
 
 
-def as_tensor(pixels: Any, pin: bool = False) -> torch.Tensor:
+def batch_rows(pixels: Any) -> int:
+    """Patches in a batch's pixels: an array or tensor (b, h, w, 3), a list of them (the
+    rows of consecutive slides for a CPU encoder, not joined: `feed.py`), or None."""
+    if pixels is None:
+        return 0
+    if isinstance(pixels, list):
+        return sum(int(p.shape[0]) for p in pixels)
+    return int(pixels.shape[0])
+
+
+def as_tensor(pixels: Any, pin: bool = False) -> Any:
     """A batch of pixels as a torch tensor without copying where it can: CUDA memory (a
     cuCIM/CuPy batch decoded on the GPU) through DLPack or `__cuda_array_interface__`, stays
-    on its device; host memory is wrapped, and copied into pinned memory when `pin`."""
+    on its device; host memory is wrapped, and copied into pinned memory when `pin`. A list
+    of batches gives a list of tensors."""
+    if isinstance(pixels, list):
+        return [as_tensor(p, pin) for p in pixels]
     if isinstance(pixels, torch.Tensor):
         x = pixels
     elif hasattr(pixels, "__cuda_array_interface__"):

@@ -8,11 +8,13 @@ same annotation content (`annotations_sha256`) and, where `--mpp-overrides` give
 µm/px. A damaged slide is extracted again; any other difference is refused (`ExtractError`,
 exit status 2) naming the slides, the flag, the stored and the asked value. Every finished
 slide of the job's list is checked before any work, each one finished meanwhile by another
-job when the loop reaches it, and all of them once more at the end (`finish`).
+job when the loop reaches it, and all of them once more at the end (`finish`; a slide this job
+published itself and that is still that file is not read back).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -86,6 +88,13 @@ def _listing(folder: Path) -> str:
     return f"{len(entries)}:{digest}"
 
 
+def _identity(entry: str | os.PathLike[str]) -> tuple[int, ...]:
+    """Which file (or folder) is at `entry` now: device, inode, size and mtime. Every writer
+    publishes a new file by a rename, so another job's entry under the same name differs."""
+    st = os.stat(entry)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _show_fingerprint(fp: str) -> str:
     kind, _, rest = fp.partition(":")
     if kind == "dir":
@@ -129,6 +138,7 @@ class ResumeCheck:
         self.record = SettingsRecord(self.out, self.asked)
         self._verified: set[str] = set()
         self._warned: set[str] = set()
+        self._published: dict[str, tuple[Path, tuple[int, ...]]] = {}
 
     def start(self, paths: Sequence[Path]) -> None:
         """Before any work: the store's record, then every finished slide of `paths`."""
@@ -200,14 +210,21 @@ class ResumeCheck:
         """Between slides: the store's record must still hold this job's settings."""
         self.record.check_unchanged()
 
+    def published(self, sid: str, entry: Path) -> None:
+        """This job published `sid` at `entry` (its file or group): `finish` need not read it
+        back while it is still that very file (see `_identity`)."""
+        with contextlib.suppress(OSError):
+            self._published[sid] = (Path(entry), _identity(entry))
+
     def finish(self, paths: Sequence[Path]) -> None:
         """After the loop: no slide of `paths` was written with other settings meanwhile (by a
-        job that held its lock when this one passed it)."""
+        job that held its lock when this one passed it). A slide this job published and that
+        is still the same file is its own: not read again."""
         self.record.check_unchanged()
         problems = {}
         for path in paths:
             sid = slide_id_of(path)
-            if not self.store.backend.has(sid):
+            if self._still_ours(sid) or not self.store.backend.has(sid):
                 continue
             try:
                 info = self.store.backend.info(sid)
@@ -222,6 +239,15 @@ class ResumeCheck:
                 f"one ran: {_grouped(problems)}. Rerun with --overwrite to re-extract them with "
                 "this job's settings, or give each kind of features its own --out"
             )
+
+    def _still_ours(self, sid: str) -> bool:
+        entry, ident = self._published.get(sid, (None, None))
+        if entry is None:
+            return False
+        try:
+            return _identity(entry) == ident
+        except OSError:
+            return False
 
     def _info(self, sid: str) -> Any:
         """The slide's `SlideInfo`; None when absent, or damaged (warned, to extract again)."""

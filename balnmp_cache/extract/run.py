@@ -1,8 +1,8 @@
 """One device's extraction loop: build the encoder once, then feed it every slide.
 
 Slides are claimed and prepared on a thread pool ahead of the encoder and share its batches
-(`feed.py`); each outcome is written to `<out>/manifest.csv` as it happens, before any
-later slide is published.
+(`feed.py`); the outcomes of the slides that end with an encoder batch are written to
+`<out>/manifest.csv` together (one update), before any slide of a later batch is published.
 """
 
 from __future__ import annotations
@@ -13,8 +13,14 @@ from pathlib import Path
 from typing import Protocol
 
 from balnmp_cache.errors import ExtractError
-from balnmp_cache.extract.manifest import read_manifest, update_manifest
-from balnmp_cache.extract.slide_job import JobSpec, SlideFailure, SlideJob, SlideResult
+from balnmp_cache.extract.manifest import ManifestCache, read_manifest, update_manifest
+from balnmp_cache.extract.slide_job import (
+    EarlyTiling,
+    JobSpec,
+    SlideFailure,
+    SlideJob,
+    SlideResult,
+)
 
 __all__ = ["StopFlag", "run_slides"]
 
@@ -55,17 +61,35 @@ def run_slides(
     position: int = 0,
     stop: StopFlag | None = None,
 ) -> list[SlideResult]:
-    """Process `paths` in order on one device, updating the manifest after every slide.
+    """Process `paths` in order on one device, updating the manifest as slides end (once per
+    encoder batch).
 
-    `stop` (an Event shared between device workers) ends the loop between slides.
+    `stop` (an Event shared between device workers) ends the loop between slides. The first
+    slides are tiled (read only: `EarlyTiling`) while the encoder is built.
     """
+    from balnmp_cache.extract.feed import job_cpus
+
+    early = None
+    if spec.options.qc_dir is None:
+        cpus = job_cpus()
+        early = EarlyTiling(spec, [Path(p) for p in paths[: 2 * cpus]], cpus)
+    try:
+        job = _build_job(spec, device)
+        job.early = early
+        return _run(job, paths, device, position, stop)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _run(job: SlideJob, paths: Sequence[Path], device: str | None, position: int,
+         stop: StopFlag | None) -> list[SlideResult]:  # fmt: skip
     from tqdm.auto import tqdm
 
     from balnmp_cache.extract.feed import run_feed
 
-    job = _build_job(spec, device)
+    spec, o = job.spec, job.options
     job.resume.start(paths)  # the store's settings and every finished slide, before any work
-    o = spec.options
     results: list[SlideResult] = []
     known = read_manifest(spec.out)
     disable = (not sys.stderr.isatty()) if o.progress is None else not o.progress
@@ -77,10 +101,11 @@ def run_slides(
         bar.update(len(batch))
         bar.set_postfix_str(batch[-1].slide_id)
 
-    def record(res: SlideResult) -> None:  # the writer thread, as each outcome happens
-        row = _manifest_row(res, known)
-        if row is not None:
-            update_manifest(spec.out, [row])
+    cache = ManifestCache()  # this job's last manifest: not read back after its own updates
+
+    def record(batch: list[SlideResult]) -> None:  # the writer thread, once per encoder batch
+        rows = [row for row in (_manifest_row(res, known) for res in batch) if row is not None]
+        update_manifest(spec.out, rows, cache=cache)
 
     try:
         run_feed(job, [Path(p) for p in paths], report, record, stop)

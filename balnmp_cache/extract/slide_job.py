@@ -17,6 +17,7 @@ import glob
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from balnmp_cache.extract.locks import SlideLock, holder, try_lock
 from balnmp_cache.extract.manifest import SlideResult
 from balnmp_cache.extract.options import ExtractOptions
 from balnmp_cache.extract.pipeline import EncoderRunner, PipelineError
-from balnmp_cache.extract.resume import ResumeCheck, annotation_sha256, source_fingerprint
+from balnmp_cache.extract.resume import ResumeCheck, source_fingerprint
 from balnmp_cache.extract.settings import SETTINGS_ATTR, job_settings
 from balnmp_cache.slides.ids import SLIDE_SUFFIXES
 from balnmp_cache.slides.ids import slide_id_from_path as slide_id_of
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OUTPUT_ERRNOS",
     "Claim",
+    "EarlyTiling",
     "SLIDE_SUFFIXES",
     "JobSpec",
     "SlideFailure",
@@ -96,6 +98,7 @@ class SlideJob:
         self.settings = job_settings(spec.options, encoder)
         self.resume = ResumeCheck(spec.out, spec.options, spec.mpp_overrides, self.settings,
                                   self.store)  # fmt: skip
+        self.early: EarlyTiling | None = None  # slides prepared before the encoder was built
 
     def lock_path(self, slide_id: str) -> Path:
         return self.spec.out / LOCK_DIR / f"{slide_id}.lock"
@@ -113,6 +116,16 @@ class SlideJob:
         released); the store's settings changed by another job, or an output error no later
         slide escapes, raise.
         """
+        early = self.early.take(path) if self.early is not None else None
+        claim = None
+        try:
+            claim = self._claim(Path(path), early)
+            return claim
+        finally:
+            if early is not None and (claim is None or claim.prepared is None):
+                _discard(early)  # finished, locked elsewhere, or failed: its slide is closed
+
+    def _claim(self, path: Path, early: Future[Prepared] | None) -> Claim:
         sid, t0 = slide_id_of(path), time.perf_counter()
         self.resume.check_record()  # another job may have replaced the store's settings
         if self.is_finished(path):
@@ -126,7 +139,7 @@ class SlideJob:
                 lock.release()
                 return Claim(path, sid, t0, self._finished(path, sid))
             self._remove_orphans(sid)
-            prep = self.prepare(path)
+            prep = early.result() if early is not None else self.prepare(path)
         except _StageError as exc:
             lock.release()
             return Claim(path, sid, t0, self.failure(path, exc.stage, exc.__cause__ or exc, t0))
@@ -135,7 +148,7 @@ class SlideJob:
             raise
         try:
             with _stage("open"):  # the slide file's fingerprint is read here
-                attrs, coords_attrs = self._attrs(prep.slide, prep.grid, path, sid)
+                attrs, coords_attrs = self._attrs(prep, path, sid)
         except _StageError as exc:
             prep.slide.close()
             lock.release()
@@ -183,63 +196,12 @@ class SlideJob:
                 shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
     def prepare(self, path: Path) -> Prepared:
-        """Open, find the annotation, tile (and QC) one slide; writes nothing to the store.
+        """Open, find the annotation, tile (and QC) one slide (`prepare_slide`)."""
+        return prepare_slide(self.spec, path)
 
-        Raises _StageError naming the stage; safe to run in a background thread.
-        """
-        from balnmp_cache.slides.registry import open_slide
-        from balnmp_cache.tiling.grid import tile_slide
-
-        o, sid = self.options, slide_id_of(path)
-        with _stage("open"):
-            slide = open_slide(path, backend=o.backend, mpp_overrides=self.spec.mpp_overrides)
-        try:
-            with _stage("annotations"):
-                ann = self._annotations(sid)
-            with _stage("tile"):
-                grid = tile_slide(
-                    slide, patch_size=o.patch_size, mpp=o.mpp, annotations=ann,
-                    min_tissue=o.min_tissue, level=o.level, tissue=o.tissue,
-                )  # fmt: skip
-            if o.qc_dir is not None:
-                from balnmp_cache.tiling.qc import save_qc
-
-                with _stage("qc"):
-                    Path(o.qc_dir).mkdir(parents=True, exist_ok=True)
-                    save_qc(slide, grid, Path(o.qc_dir) / f"{sid}.png")
-        except BaseException:
-            slide.close()
-            raise
-        return Prepared(slide, grid)
-
-    def _annotations(self, sid: str) -> Annotations | None:
-        """The tumour regions to tile inside (None: all tissue), per --annotations and
-        --allow-unannotated."""
-        from balnmp_cache.tiling.annotations import find_annotation, load_annotations
-
-        o = self.options
-        if o.annotations is None:
-            return None
-        found = find_annotation(o.annotations, sid)
-        if found is None:
-            if o.allow_unannotated:
-                return None
-            raise AnnotationError(
-                f"no annotation {o.annotations}/{sid}.json or .geojson; add it, or pass "
-                "--allow-unannotated to tile all tissue of such slides"
-            )
-        ann = load_annotations(found)
-        if not ann.is_empty:
-            return ann
-        if o.allow_unannotated:
-            return None
-        raise AnnotationError(
-            f"annotation {ann.source} holds no tumour region (no positive polygon); fix it, "
-            "or pass --allow-unannotated to tile all tissue of such slides"
-        )
-
-    def _attrs(self, slide: Slide, grid: PatchGrid, path: Path, sid: str) -> tuple[dict, dict]:
+    def _attrs(self, prep: Prepared, path: Path, sid: str) -> tuple[dict, dict]:
         """The slide's stored attributes and its `coords` attributes (see docs/format.md)."""
+        slide, grid = prep.slide, prep.grid
         enc, plan = self.encoder, grid.plan
         attrs = {
             "slide_id": sid,
@@ -261,7 +223,7 @@ class SlideJob:
             "reader": slide.backend,
             SETTINGS_ATTR: self.settings,
             "source_fingerprint": source_fingerprint(path),
-            "annotations_sha256": annotation_sha256(self.options.annotations, sid),
+            "annotations_sha256": prep.annotations_sha256,  # of the bytes tiled with
             **self.spec.extra_attrs,
         }
         pyramid = getattr(slide, "fixed_coords", None) is None  # not a folder of patches
@@ -275,12 +237,101 @@ class SlideJob:
         return attrs, coords_attrs
 
 
+def prepare_slide(spec: JobSpec, path: Path) -> Prepared:
+    """Open, find the annotation, tile (and QC) one slide; writes nothing to the store.
+
+    Raises _StageError naming the stage; safe to run in a background thread.
+    """
+    from balnmp_cache.slides.registry import open_slide
+    from balnmp_cache.tiling.grid import tile_slide
+
+    o, sid = spec.options, slide_id_of(path)
+    with _stage("open"):
+        slide = open_slide(path, backend=o.backend, mpp_overrides=spec.mpp_overrides)
+    try:
+        with _stage("annotations"):
+            ann, sha = _annotations(o, sid)
+        with _stage("tile"):
+            grid = tile_slide(
+                slide, patch_size=o.patch_size, mpp=o.mpp, annotations=ann,
+                min_tissue=o.min_tissue, level=o.level, tissue=o.tissue,
+            )  # fmt: skip
+        if o.qc_dir is not None:
+            from balnmp_cache.tiling.qc import save_qc
+
+            with _stage("qc"):
+                Path(o.qc_dir).mkdir(parents=True, exist_ok=True)
+                save_qc(slide, grid, Path(o.qc_dir) / f"{sid}.png")
+    except BaseException:
+        slide.close()
+        raise
+    return Prepared(slide, grid, sha)
+
+
+def _annotations(o: ExtractOptions, sid: str) -> tuple[Annotations | None, str]:
+    """The tumour regions to tile inside (None: all tissue), per --annotations and
+    --allow-unannotated, and the sha256 of the annotation file's bytes they were parsed from
+    ("none": no file; see `annotation_sha256`)."""
+    from balnmp_cache.tiling.annotations import find_annotation, load_annotations
+
+    if o.annotations is None:
+        return None, "none"
+    found = find_annotation(o.annotations, sid)
+    if found is None:
+        if o.allow_unannotated:
+            return None, "none"
+        raise AnnotationError(
+            f"no annotation {o.annotations}/{sid}.json or .geojson; add it, or pass "
+            "--allow-unannotated to tile all tissue of such slides"
+        )
+    ann = load_annotations(found)
+    sha = ann.sha256 or "none"
+    if not ann.is_empty:
+        return ann, sha
+    if o.allow_unannotated:
+        return None, sha
+    raise AnnotationError(
+        f"annotation {ann.source} holds no tumour region (no positive polygon); fix it, "
+        "or pass --allow-unannotated to tile all tissue of such slides"
+    )
+
+
+class EarlyTiling:
+    """The first slides' preparation (`prepare_slide`: open, annotation, tile), started on a
+    pool before the encoder is built so that the CPUs are not idle meanwhile. Only reads: a
+    slide's lock is taken when it is claimed, which then uses (`take`) its early result, or
+    discards it when the slide turns out finished or locked by another job. Not used with
+    `--qc` (that writes a file per slide)."""
+
+    def __init__(self, spec: JobSpec, paths: list[Path], workers: int) -> None:
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="balnmp-early")
+        self.futures = {Path(p): self.pool.submit(prepare_slide, spec, Path(p)) for p in paths}
+
+    def take(self, path: Path) -> Future[Prepared] | None:
+        return self.futures.pop(Path(path), None)
+
+    def close(self) -> None:
+        """Discard what was not taken (its slides closed)."""
+        for fut in self.futures.values():
+            _discard(fut)
+        self.futures.clear()
+        self.pool.shutdown(wait=True)
+
+
+def _discard(fut: Future[Prepared]) -> None:
+    if fut.cancel():
+        return
+    with contextlib.suppress(Exception):  # its failure is nobody's: the slide was not claimed
+        fut.result().slide.close()
+
+
 @dataclass
 class Prepared:
     """An open slide and its patch grid, ready to encode."""
 
     slide: Slide
     grid: PatchGrid
+    annotations_sha256: str = "none"  # of the annotation file's bytes the grid was tiled in
 
 
 @dataclass

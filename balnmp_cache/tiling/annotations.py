@@ -11,6 +11,7 @@ warning names the polygon, or `on_invalid="error"` rejects the file instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class Annotations:
     positive: list[Polygon] = field(default_factory=list)
     negative: list[Polygon] = field(default_factory=list)
     source: Path | None = None
+    sha256: str | None = None  # of the bytes parsed from `source` (what a store records)
 
     @property
     def is_empty(self) -> bool:
@@ -128,11 +130,13 @@ def load_annotations(path: str | Path, *, on_invalid: str = "repair") -> Annotat
         raise OptionError(f"on_invalid must be 'repair' or 'error', not {on_invalid!r}")
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except OSError as exc:
         raise AnnotationError(f"cannot read annotation file {path}: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    text = data.decode("utf-8-sig")
     if not text.strip():
-        return Annotations(source=path)
+        return Annotations(source=path, sha256=digest)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -150,9 +154,8 @@ def load_annotations(path: str | Path, *, on_invalid: str = "repair") -> Annotat
             "GeoJSON (a Feature, FeatureCollection, geometry or list of Features)"
         )
     checker = _Checker(path, on_invalid)
-    return Annotations(
-        positive=checker.polygons(raw_pos), negative=checker.polygons(raw_neg), source=path
-    )
+    return Annotations(positive=checker.polygons(raw_pos), negative=checker.polygons(raw_neg),
+                       source=path, sha256=digest)  # fmt: skip
 
 
 # A raw polygon: (name, [ring coordinates as nested lists]).
