@@ -79,10 +79,14 @@ def test_failure_message_is_kept_on_one_line(tmp_path: Path) -> None:
     assert len((tmp_path / "manifest.csv").read_text().splitlines()) == 2
 
 
-def test_concurrent_manifest_updates_lose_no_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cached", [False, True], ids=["no-cache", "job-caches"])
+def test_concurrent_manifest_updates_lose_no_rows(tmp_path: Path, cached: bool) -> None:
+    from balnmp_cache.extract.manifest import ManifestCache
+
     def job(k: int) -> None:
+        cache = ManifestCache() if cached else None
         for i in range(10):
-            update_manifest(tmp_path, [SlideResult(f"s{k}-{i}", "p", "done", i, 0.1)])
+            update_manifest(tmp_path, [SlideResult(f"s{k}-{i}", "p", "done", i, 0.1)], cache=cache)
 
     threads = [threading.Thread(target=job, args=(k,)) for k in range(4)]
     for t in threads:
@@ -108,19 +112,3 @@ def test_a_jobs_cache_skips_reading_back_its_own_manifest(tmp_path: Path,
     update_manifest(tmp_path, [SlideResult("c", "c.svs", "done", 4, 0.1)], cache=cache)
     assert len(reads) == 2  # the other job's update, then this job's after it
     assert sorted(read_manifest(tmp_path)) == ["a", "b", "c", "x"]
-
-
-def test_concurrent_jobs_with_caches_lose_no_rows(tmp_path: Path) -> None:
-    from balnmp_cache.extract.manifest import ManifestCache
-
-    def job(k: int) -> None:
-        cache = ManifestCache()
-        for i in range(10):
-            update_manifest(tmp_path, [SlideResult(f"s{k}-{i}", "p", "done", i, 0.1)], cache=cache)
-
-    threads = [threading.Thread(target=job, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(read_manifest(tmp_path)) == 40
