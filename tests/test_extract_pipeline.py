@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2 as T
 
 from balnmp_cache.encoders import build_encoder
+from balnmp_cache.encoders.preprocess import Preprocess, resize_and_crop
 from balnmp_cache.extract.pipeline import EncoderRunner, PipelineError, encode_patches
 
 
@@ -42,13 +44,13 @@ def _batches(images: np.ndarray, bs: int) -> Iterator[np.ndarray]:
 
 
 def _reference(runner: EncoderRunner, images: np.ndarray) -> np.ndarray:
+    """torchvision weights' own transform, one uint8 patch at a time (tensor input)."""
     enc = runner.encoder
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    if x.shape[-1] != enc.input_size:
-        x = F.interpolate(x, size=(enc.input_size,) * 2, mode="bilinear", antialias=True)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (enc.mean, enc.std))
+    card = T.Compose([T.Resize((enc.input_size,) * 2, antialias=True),
+                      T.ToDtype(torch.float32, scale=True), T.Normalize(enc.mean, enc.std)])
+    x = torch.stack([card(torch.from_numpy(im).permute(2, 0, 1)) for im in images])
     with torch.inference_mode():
-        return enc.module((x - mean) / std).numpy()
+        return enc.module(x).numpy()
 
 
 @pytest.mark.parametrize("side", [32, 48])
@@ -138,3 +140,32 @@ def test_cpu_gpu_feature_parity(precision: str, tol: float) -> None:
         np.linalg.norm(out["cpu"], axis=1) * np.linalg.norm(out["cuda"], axis=1)
     )
     assert cos.min() > 0.99
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("side", [16, 100, 300])
+def test_the_cnn_resize_is_torchvisions_own_on_the_uint8_patch(mode: str, side: int) -> None:
+    """To the bit, patch by patch, whatever the batch: torchvision's `Resize` of each uint8
+    patch (its 8-bit kernel on the CPU), not the float kernel balnmp used before."""
+    images = torch.from_numpy(np.random.default_rng(side).integers(
+        0, 256, (5, 224, 224, 3), dtype=np.uint8)).permute(0, 3, 1, 2)  # as the reader's batches
+    p = Preprocess(side, interpolation=mode)
+    assert p.resample == "torchvision-8bit"
+    card = T.Resize((side, side), interpolation=T.InterpolationMode(mode), antialias=True)
+    want = torch.stack([card(im.contiguous()) for im in images]).float()
+    got = resize_and_crop(images, p)
+    assert got.dtype == torch.float32 and got.shape == (5, 3, side, side)
+    assert torch.equal(got, want)
+    assert torch.equal(resize_and_crop(images[2:4], p), want[2:4])
+    old = F.interpolate(images.float(), size=(side, side), mode=mode, antialias=True)
+    assert not torch.equal(old, want)  # the float kernel rounds otherwise
+
+
+def test_pil_card_encoders_keep_their_per_pass_rounding() -> None:
+    images = torch.from_numpy(np.random.default_rng(1).integers(
+        0, 256, (3, 64, 64, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    p = Preprocess(32, pil=True)
+    assert p.resample == "pil-8bit"
+    x = F.interpolate(images.float(), size=(64, 32), mode="bilinear", antialias=True)
+    x = F.interpolate(x.round().clamp(0, 255), size=(32, 32), mode="bilinear", antialias=True)
+    assert torch.equal(resize_and_crop(images, p), x.round().clamp(0, 255))

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -189,6 +190,42 @@ def test_an_old_store_without_records_resumes_with_a_warning(cohort, store: Path
     assert "3 slides: 3 skipped;" in res.output, res.output
     res = extract(cohort.slides_dir, store, cohort.annotations_dir, "--min-tissue", "0.2")
     assert_refused(res, "--min-tissue 0.5 (asked for 0.2)")
+
+
+def _forget_resample(store: Path) -> None:
+    """Make `store` as a balnmp before the resize kernel was recorded wrote it."""
+    record = json.loads((store / SETTINGS_NAME).read_text())
+    del record["settings"]["resample"]
+    (store / SETTINGS_NAME).write_text(json.dumps(record))
+    for p in store.glob("*.h5"):
+        with h5py.File(p, "a") as f:
+            settings = json.loads(f.attrs["extract_settings"])
+            assert settings.pop("resample") == "torchvision-8bit"
+            f.attrs["extract_settings"] = json.dumps(settings)
+
+
+def test_slides_an_older_balnmp_resized_in_float_are_refused(cohort, tmp_path: Path) -> None:  # noqa: ANN001, E501
+    """Read at 32 px for a 16 px input: before `resample` was recorded the CNN family was
+    resized by the float kernel, which differs from torchvision's 8-bit one of this job."""
+    out = tmp_path / "features"
+    res = extract(cohort.slides_dir, out, cohort.annotations_dir, "--input-size", "16")
+    assert res.exit_code == 0, res.output
+    _forget_resample(out)
+    before = digest(out)
+    res = extract(cohort.slides_dir, out, cohort.annotations_dir, "--input-size", "16")
+    assert_refused(res, "the resize kernel (resample", "'float' (asked for 'torchvision-8bit')",
+                   "'1'", "'3'", "--overwrite", "another --out")  # fmt: skip
+    assert digest(out) == before
+
+
+def test_slides_an_older_balnmp_did_not_resize_resume_silently(cohort, store: Path) -> None:  # noqa: ANN001, E501
+    """Read at the encoder's 32 px: no kernel was used, so the older slides are this job's."""
+    _forget_resample(store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResumeWarning)
+        res = extract(cohort.slides_dir, store, cohort.annotations_dir)
+    assert res.exit_code == 0, res.output
+    assert "3 slides: 3 skipped;" in res.output, res.output
 
 
 def test_a_settings_record_refuses_other_settings_before_any_slide_exists(cohort, tmp_path: Path) -> None:  # noqa: ANN001, E501

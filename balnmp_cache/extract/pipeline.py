@@ -87,17 +87,19 @@ class EncoderRunner:
         """uint8 (B,H,W,3) on the device -> normalised float (B,3,S,S) at the encoder's size
         (resized and cropped as its model card says: `encoders.preprocess`).
 
-        On the CPU a large batch goes `CPU_PREPROCESS_CHUNK` patches at a time: its float
-        copy then stays in cache (2-3x faster than one pass; every patch is computed alone,
-        so the result is the same to the bit)."""
-        chunk = CPU_PREPROCESS_CHUNK if batch.device.type == "cpu" else len(batch)
+        On the CPU a large batch resampled in float (PIL-card encoders) goes
+        `CPU_PREPROCESS_CHUNK` patches at a time: its float copy then stays in cache (2-3x
+        faster than one pass; every patch is computed alone, so the result is the same to the
+        bit). The 8-bit kernel of the others is fastest on the whole batch."""
+        float_cpu = batch.device.type == "cpu" and self.encoder.preprocess.pil
+        chunk = CPU_PREPROCESS_CHUNK if float_cpu else len(batch)
         if len(batch) > chunk:
             return torch.cat([self._preprocess(batch[i : i + chunk])
                               for i in range(0, len(batch), chunk)])  # fmt: skip
         return self._preprocess(batch)
 
     def _preprocess(self, batch: torch.Tensor) -> torch.Tensor:
-        x = resize_and_crop(batch.permute(0, 3, 1, 2).float(), self.encoder.preprocess)
+        x = resize_and_crop(batch.permute(0, 3, 1, 2), self.encoder.preprocess)
         x = x * self._scale + self._bias
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

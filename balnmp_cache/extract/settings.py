@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from balnmp_cache import _signals as signals
 from balnmp_cache._version import __version__
+from balnmp_cache.encoders.preprocess import RESAMPLE_LEGACY
 from balnmp_cache.errors import ExtractError
 from balnmp_cache.store._atomic import create_new, publish, side_name
 
@@ -42,6 +43,7 @@ FLAGS = {
     "mpp": "--mpp", "level": "--level", "patch_size": "--patch-size",
     "input_size": "--input-size", "tissue": "--tissue", "min_tissue": "--min-tissue",
     "annotations": "--annotations", "dtype": "--dtype",
+    "resample": "the resize kernel (resample, set by the encoder and balnmp's version)",
 }  # fmt: skip
 # A slide that does not record these is not known to be this job's kind (a foreign file).
 CORE = ("encoder", "weights", "patch_size")
@@ -63,6 +65,7 @@ def job_settings(options: ExtractOptions, encoder: Encoder) -> dict[str, Any]:
         "min_tissue": float(options.min_tissue),
         "annotations": None if options.annotations is None else str(options.annotations),
         "dtype": options.dtype,
+        "resample": encoder.preprocess.resample,
     }
 
 
@@ -86,7 +89,19 @@ def recorded_settings(info: SlideInfo, asked: Mapping[str, Any]) -> dict[str, An
         elif asked.get("level") is not None and attrs.get("level") is not None:
             out.update(level=attrs["level"], mpp=None)
     out.update(feature_dim=int(info.feature_dim), dtype=info.dtype.name)
+    if "resample" not in out and asked.get("resample") is not None:
+        out["resample"] = _legacy_resample(attrs, str(asked["resample"]))
     return out
+
+
+def _legacy_resample(attrs: Mapping[str, Any], asked: str) -> str:
+    """A slide written before `resample` was recorded: balnmp then resized the patches of
+    that kind of encoder with another kernel (`RESAMPLE_LEGACY`); a slide whose patches were
+    read at the encoder's side was not resized at all, so any kernel is its kernel."""
+    old = RESAMPLE_LEGACY.get(asked)
+    read, side = attrs.get("read_size"), attrs.get("encoder_input_size")
+    resized = read is None or side is None or int(read) != int(side)
+    return old if old is not None and resized else asked
 
 
 def _same(key: str, a: Any, b: Any) -> bool:
