@@ -131,3 +131,32 @@ def test_corrupted_and_truncated_files_are_named(tmp_path):
     with pytest.raises(StoreError, match="trunc.h5.*corrupted or truncated"):
         store["trunc"]
     assert store["good"].features.shape == (50, 64)
+
+
+def test_attributes_are_written_as_h5py_writes_them_byte_for_byte(tmp_path):
+    """`encode_attrs` makes its HDF5 types once per kind; the file must not change for it."""
+    from balnmp_cache.store.h5 import JSON_ATTRS, decode_attrs, encode_attrs
+
+    attrs = {"s": "µm/px ü", "i": 3, "f": 0.5, "b": True, "ints": [1, 2, 3], "floats": [1.5, 2.0],
+             "nested": {"a": [1, "x"]}, "names": ["a", "b"], "empty": [], "none": None,
+             "np": np.int64(7)}  # fmt: skip
+    for name in ("ours", "ours-again"):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            encode_attrs(f.attrs, attrs)
+            encode_attrs(f.create_dataset("coords", data=np.zeros((2, 2), np.int64)).attrs,
+                         {"patch_size": 224, "i": 4})  # fmt: skip
+    with h5py.File(tmp_path / "h5py.h5", "w") as f:  # h5py's own `attrs[key] = value`
+        for k, v in [("s", "µm/px ü"), ("i", 3), ("f", 0.5), ("b", True),
+                     ("ints", np.asarray([1, 2, 3])), ("floats", np.asarray([1.5, 2.0])),
+                     ("nested", '{"a": [1, "x"]}'), ("names", '["a", "b"]'), ("empty", "[]"),
+                     ("np", 7),
+                     (JSON_ATTRS, np.array(["nested", "names", "empty"], h5py.string_dtype()))]:
+            f.attrs[k] = v
+        d = f.create_dataset("coords", data=np.zeros((2, 2), np.int64))
+        d.attrs["patch_size"], d.attrs["i"] = 224, 4
+    want = (tmp_path / "h5py.h5").read_bytes()
+    assert (tmp_path / "ours.h5").read_bytes() == want
+    assert (tmp_path / "ours-again.h5").read_bytes() == want  # the cached types, reused
+    with h5py.File(tmp_path / "ours.h5") as f:
+        back = decode_attrs(f.attrs)
+    assert back == {k: v for k, v in attrs.items() if v is not None} | {"np": 7}

@@ -19,6 +19,8 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5a, h5s, h5t
+from h5py._hl import base as h5py_base
 
 from balnmp_cache.errors import StoreError
 from balnmp_cache.store._atomic import fsync_file, publish
@@ -49,14 +51,42 @@ def encode_attrs(target: h5py.AttributeManager, attrs: dict) -> None:
         if value is None:
             continue
         if isinstance(value, (dict, list)) and not _numeric_list(value):
-            target[key] = json.dumps(value)
+            _put(target, key, json.dumps(value))
             as_json.append(key)
-        elif isinstance(value, list):
-            target[key] = np.asarray(value)
         else:
-            target[key] = value
+            _put(target, key, np.asarray(value) if isinstance(value, list) else value)
     if as_json:
-        target[JSON_ATTRS] = np.array(as_json, dtype=h5py.string_dtype())
+        _put(target, JSON_ATTRS, np.array(as_json, dtype=h5py.string_dtype()))
+
+
+_TYPES: dict[tuple[str, str], tuple[Any, Any]] = {}
+_SPACES: dict[tuple[int, ...], Any] = {}
+
+
+def _put(target: h5py.AttributeManager, name: str, value: Any) -> None:
+    """`target[name] = value` as h5py does it (the same HDF5 calls, types and bytes in the
+    file: tested), with its per-call HDF5 type and dataspace objects made once per kind: a
+    slide's ~36 attributes cost a third of the time."""
+    data = h5py_base.array_for_new_object(value)
+    key = (data.dtype.str, repr(data.dtype.metadata))
+    types = _TYPES.get(key)
+    if types is None:
+        types = _TYPES[key] = (h5t.py_create(data.dtype, logical=True), h5t.py_create(data.dtype))
+    space = _SPACES.get(data.shape)
+    if space is None:
+        space = _SPACES[data.shape] = h5s.create_simple(data.shape)
+    oid, bname = target._id, name.encode()  # noqa: SLF001 - the manager's object, as h5py's own
+    with h5py_base.phil:
+        if h5a.exists(oid, bname):
+            h5a.delete(oid, bname)
+        attr = h5a.create(oid, bname, types[0], space)
+        try:
+            attr.write(data, mtype=types[1])
+        except BaseException:
+            attr.close()
+            h5a.delete(oid, bname)
+            raise
+        attr.close()
 
 
 def _numeric_list(value: Any) -> bool:
