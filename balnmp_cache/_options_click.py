@@ -54,6 +54,10 @@ class OptionType(click.ParamType):
             value = self.spec.parse(value)
         return checked(self.field, self.spec, value, ctx)
 
+    def get_missing_message(self, param: click.Parameter, ctx: click.Context | None) -> str:
+        choices = self.spec.check.choices() if self.spec.check else None
+        return f"Choose one of {', '.join(choices)}." if choices else ""
+
     def shell_complete(self, ctx: click.Context, param: click.Parameter,
                        incomplete: str) -> list[click.shell_completion.CompletionItem]:
         choices = (self.spec.check.choices() if self.spec.check else None) or []
@@ -111,17 +115,22 @@ def _repeated(name: str, spec: OptionSpec) -> Callable[[click.Context, click.Par
 def field_option(f: dataclasses.Field[Any], from_config: bool = False,
                  default_text: str | None = None) -> Callable[[F], F]:
     """The click option (or argument) of one declared field (`default_text`: how its help
-    shows the default, when the command's default is not the field's)."""
+    shows the default, when the command's default is not the field's). A field without a
+    default is a required option or argument, unless `from_config` (a file may give it)."""
     spec = declared(f)
     if spec is None:
         raise TypeError(f"field {f.name!r} declares no option")
     if default_text is not None:
         spec = dataclasses.replace(spec, default_text=default_text)
-    if spec.argument:
-        return click.argument(f.name, required=False, type=click.Path(path_type=Path))
     default = default_of(f) if spec.cli_default is SAME else spec.cli_default
+    required = default is dataclasses.MISSING and not from_config
+    if spec.argument:
+        return click.argument(f.name, required=required, type=click.Path(path_type=Path))
     flag, text = spec.flag_for(f.name), _help(spec, default)
-    kwargs: dict[str, Any] = {"default": None if from_config else default, "help": text}
+    # required: click's own "Missing option" (exit 2), so click gets no default
+    kwargs: dict[str, Any] = ({"required": True} if required
+                              else {"default": None if from_config else default})
+    kwargs["help"] = text
     if isinstance(spec.check, Flag):
         negative = spec.negative or (f"--no-{flag[2:]}" if from_config or default else None)
         if negative is None:  # a plain switch, off unless given
