@@ -9,6 +9,7 @@ as keywords with the same defaults. The run options both commands can override (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from balnmp_cache._options import Text, check_options, option
 
@@ -19,11 +20,11 @@ __all__ = ["EvaluateOptions", "PredictOptions"]
 class EvaluateOptions:
     """New data to evaluate a run on (none: the run's own predictions.csv)."""
 
-    features: str | None = option(None, Text(), path=True,
+    features: str | Path | None = option(None, Text(), path=True,
                                   help="Evaluate on this feature store instead.")
-    labels: str | None = option(None, Text(), path=True,
+    labels: str | Path | None = option(None, Text(), path=True,
                                 help="Labels of the new patients (with --features).")
-    clinical: str | None = option(None, Text(), path=True, help=(
+    clinical: str | Path | None = option(None, Text(), path=True, help=(
         "Clinical table of the new patients (clinical runs; default: the run's table)."))
 
     def __post_init__(self) -> None:
@@ -34,12 +35,12 @@ class EvaluateOptions:
 class PredictOptions:
     """The bags to predict on, and what groups and labels them."""
 
-    features: str = option(check=Text(), argument=True, path=True,
+    features: str | Path = option(check=Text(), argument=True, path=True,
                            help="Feature store or pack to predict on.")
-    labels: str | None = option(None, Text(), path=True, help=(
+    labels: str | Path | None = option(None, Text(), path=True, help=(
         "Optional labels table: groups slides by patient (patient_id, slide_id) and adds the "
         "true label."))
-    clinical: str | None = option(None, Text(), path=True, help=(
+    clinical: str | Path | None = option(None, Text(), path=True, help=(
         "Clinical table (runs trained with clinical data; default: the run's table)."))
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ choices are the slide readers' registry (read when checked), plus `auto`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from balnmp_cache._options import Flag, Interval, OneOf, Text, check_options, option
 from balnmp_mil.workflow.config import SPLIT_NAMES
@@ -30,11 +31,11 @@ def _slide_backends() -> list[str]:
 class HeatmapOptions:
     """How `heatmap` finds a slide's bag and draws it (field order: the command's help)."""
 
-    geojson_out: str | None = option(None, Text(), path=True, flag="--geojson", help=(
+    geojson_out: str | Path | None = option(None, Text(), path=True, flag="--geojson", help=(
         "Also write QuPath GeoJSON here: one tile per patch with its attention, attention "
         "rank and instance score, the tissue outline and the tumour annotations (always "
         "written with --slides)."))
-    slides: str | None = option(None, Text(), path=True, help=(
+    slides: str | Path | None = option(None, Text(), path=True, help=(
         "A folder of slides: draw every slide of the run's cohort found there (SLIDE left "
         "out)."))
     split: str | None = option(None, OneOf(SPLIT_NAMES, "split"), help=(
@@ -43,16 +44,16 @@ class HeatmapOptions:
         "With --slides: slides drawn at once, 1 or more [the CPUs available]."))
     progress: bool | None = option(None, Flag(), negative="--no-progress", help=(
         "With --slides: a progress bar [on a terminal]."))
-    features: str | None = option(None, Text(), path=True,
+    features: str | Path | None = option(None, Text(), path=True,
                                   help="Feature store holding SLIDE [the run's].")
-    annotations: str | None = option(None, Text(), path=True, help=(
+    annotations: str | Path | None = option(None, Text(), path=True, help=(
         "Tumour annotations for the GeoJSON: a file, or a folder of <slide id>.json|.geojson "
         "[the folder the store was extracted with]. For features of BCNB's paper_patches "
         "drawn on WSIs/<id>.jpg: the region file that places the patches [<id>.json beside "
         "SLIDE]."))
     patient: str | None = option(None, Text(), help=(
         "Patient id of SLIDE for clinical runs [the slide id]."))
-    clinical: str | None = option(None, Text(), path=True, help="Clinical table [the run's].")
+    clinical: str | Path | None = option(None, Text(), path=True, help="Clinical table [the run's].")
     top_k: int = option(8, Interval(int, 0), help="Patches in the gallery.")
     thumbnail_size: int = option(2048, Interval(int, 1),
                                  help="Longest side of the thumbnail, px.")
