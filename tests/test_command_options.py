@@ -112,10 +112,10 @@ def test_a_required_field_is_a_required_flag_or_argument():
     (["paper", "import", "C.pth", "--out", "o", "--task", "n0"],
      "unknown task 'n0' (--task); choose one of n0_vs_n+"),
 ])
-def test_a_bad_value_exits_2_naming_the_option_before_any_work(tmp_path, args, message):
-    runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path):  # none of the inputs exists
-        result = runner.invoke(main, args)
+def test_a_bad_value_exits_2_naming_the_option_before_any_work(tmp_path, monkeypatch, args,
+                                                                message):
+    monkeypatch.chdir(tmp_path)  # none of the inputs exists: any work would fail otherwise
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
     assert message in result.output
 
