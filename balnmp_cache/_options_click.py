@@ -5,10 +5,11 @@ default), metavar and choices come from the field, and the command-line value is
 same constraint as the dataclass, so the command line, `config.yaml` and Python accept exactly
 the same values with the same message.
 
-Two ways to default: `from_config=False` (`extract-features`) gives click the field's default;
-`from_config=True` (`balnmp-mil train`, whose values may come from a `--config` file) gives
-click None, so that only options given on the command line override the file, and every switch
-gets an off form (`--standardize/--no-standardize`).
+Two ways to default: `from_config=False` (`extract-features`, and `balnmp-mil`'s commands
+other than `train`/`cv`) gives click the field's default, and a field without one is a
+required option or argument; `from_config=True` (`balnmp-mil train`, whose values may come
+from a `--config` file) gives click None, so that only options given on the command line
+override the file, and every switch gets an off form (`--standardize/--no-standardize`).
 """
 
 from __future__ import annotations
