@@ -120,9 +120,13 @@ def test_a_bad_value_exits_2_naming_the_option_before_any_work(tmp_path, monkeyp
     assert message in result.output
 
 
-def test_heatmap_run_refuses_a_bad_keyword_as_the_command_line_does(tmp_path):
+def test_the_library_functions_refuse_a_bad_keyword_as_the_command_line_does(tmp_path):
     with pytest.raises(OptionError, match=r"top_k -1 \(--top-k\): must be an integer >= 0"):
         heatmap_run(tmp_path / "no-run", tmp_path / "s.svs", tmp_path / "o.png", top_k=-1)
+    with pytest.raises(OptionError, match=r"jobs 0 \(--jobs\): must be an integer >= 1"):
+        heatmap_cohort(tmp_path / "no-run", tmp_path, tmp_path / "out", jobs=0)
+    with pytest.raises(OptionError, match=r"top_k -1 \(--top-k\)"):  # once, not per slide
+        heatmap_cohort(tmp_path / "no-run", tmp_path, tmp_path / "out", top_k=-1)
     with pytest.raises(OptionError, match=r"unknown task 'n0' \(--task\)"):
         import_checkpoint(tmp_path / "no.pth", tmp_path / "run", task="n0")
 
