@@ -1,10 +1,11 @@
 """`balnmp-mil evaluate | predict | heatmap`: argument parsing only (see balnmp_mil.workflow).
 
-Their options are the fields of `EvaluateOptions` / `PredictOptions`
+Their options (and FEATURES, SLIDE) are the fields of `EvaluateOptions` / `PredictOptions`
 (`balnmp_mil.workflow.apply_options`) and `HeatmapOptions`
 (`balnmp_mil.workflow.heatmap_options`); only RUN and `--out`, the commands' targets, are
-written here (as `train`'s `--out` is). Options that a run also has (`--ci`, `--n-bootstrap`, `--device`, `--on-missing`,
-`--allow-mixed`) come from their `TrainConfig` declarations; left out, the run's own value.
+written here (as `train`'s `--out` is). Options that a run also has (`--ci`, `--n-bootstrap`,
+`--device`, `--on-missing`, `--allow-mixed`) come from their `TrainConfig` declarations; left
+out, the run's own value.
 `--allow-store-mismatch` too, but it is never saved with a run: left out, it is off.
 """
 
@@ -95,14 +96,12 @@ def predict_cmd(run: Path, features: Path, out: Path, labels: Path | None,
 
 @click.command("heatmap")
 @_RUN
-@click.argument("slide", type=_PATH, required=False)
 @click.option("--out", type=_PATH, required=True,
               help="PNG to write (with --slides: the folder to write into).")
 @click_options(HeatmapOptions)
 @_run_options("allow_store_mismatch")
 @handle_input_errors
-def heatmap_cmd(run: Path, slide: Path | None, out: Path, allow_store_mismatch: bool | None,
-                **kwargs: Any) -> None:
+def heatmap_cmd(run: Path, out: Path, allow_store_mismatch: bool | None, **kwargs: Any) -> None:
     """Draw what the saved run RUN looked at on SLIDE, over its thumbnail (PNG).
 
     The map is the attention, or for models without one (mean, max) each patch's instance
@@ -119,10 +118,11 @@ def heatmap_cmd(run: Path, slide: Path | None, out: Path, allow_store_mismatch: 
     from balnmp_mil.errors import InputError
 
     mismatch = bool(allow_store_mismatch)
+    slide = kwargs.pop("slide")
     cohort = {name: kwargs.pop(name) for name in COHORT_OPTIONS}
     slides = cohort.pop("slides")
     if slides is not None:
-        if slide is not None or kwargs["patient"] or kwargs["geojson_out"] is not None:
+        if any(v is not None for v in (slide, kwargs["patient"], kwargs["geojson_out"])):
             raise InputError("--slides draws a folder: leave out SLIDE, --patient and "
                              "--geojson (each slide gets OUT/<slide id>.geojson)")
         from balnmp_mil.workflow.heatmap_cohort import heatmap_cohort

@@ -211,8 +211,8 @@ def heatmap_run(run_path: str | Path, slide: str | Path, out: str | Path,
     annotations from `annotations` (a file, or a folder of `<slide id>.json|.geojson`;
     default: the folder the store was extracted with, when it still exists). The options are
     checked as `HeatmapOptions` (`--top-k -1` is refused before the run is loaded)."""
-    HeatmapOptions(features=features, patient=patient, clinical=clinical, top_k=top_k,
-                   thumbnail_size=thumbnail_size, backend=backend, mpp=mpp,
+    HeatmapOptions(slide=slide, features=features, patient=patient, clinical=clinical,
+                   top_k=top_k, thumbnail_size=thumbnail_size, backend=backend, mpp=mpp,
                    patch_size_level0=patch_size_level0, geojson_out=geojson_out,
                    annotations=annotations)
     run = rundir.load_run(run_path, device="cpu")

@@ -1,9 +1,9 @@
-"""`HeatmapOptions`: every option of `balnmp-mil heatmap` besides RUN, SLIDE and `--out`,
+"""`HeatmapOptions`: every option of `balnmp-mil heatmap` (and SLIDE) besides RUN and `--out`,
 declared once (`balnmp_cache._options`).
 
 The command line builds its options from these fields; `heatmap_run` (one slide) and
 `heatmap_cohort` (`slides`, `split`, `jobs`, `progress`: a folder) take them as keywords with
-the same defaults, and `heatmap_run` checks its values as these fields do. `--backend`'s
+the same defaults, and both check their values as these fields do. `--backend`'s
 choices are the slide readers' registry (read when checked), plus `auto`.
 """
 
@@ -31,6 +31,8 @@ def _slide_backends() -> list[str]:
 class HeatmapOptions:
     """How `heatmap` finds a slide's bag and draws it (field order: the command's help)."""
 
+    slide: str | Path | None = option(None, Text(), argument=True, path=True,
+                                      help="The slide to draw (or --slides DIR).")
     geojson_out: str | Path | None = option(None, Text(), path=True, flag="--geojson", help=(
         "Also write QuPath GeoJSON here: one tile per patch with its attention, attention "
         "rank and instance score, the tissue outline and the tumour annotations (always "
