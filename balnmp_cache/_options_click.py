@@ -5,10 +5,11 @@ default), metavar and choices come from the field, and the command-line value is
 same constraint as the dataclass, so the command line, `config.yaml` and Python accept exactly
 the same values with the same message.
 
-Two ways to default: `from_config=False` (`extract-features`) gives click the field's default;
-`from_config=True` (`balnmp-mil train`, whose values may come from a `--config` file) gives
-click None, so that only options given on the command line override the file, and every switch
-gets an off form (`--standardize/--no-standardize`).
+Two ways to default: `from_config=False` (`extract-features`, and `balnmp-mil`'s commands
+other than `train`/`cv`) gives click the field's default, and a field without one is a
+required option or argument; `from_config=True` (`balnmp-mil train`, whose values may come
+from a `--config` file) gives click None, so that only options given on the command line
+override the file, and every switch gets an off form (`--standardize/--no-standardize`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class OptionType(click.ParamType):
         if isinstance(value, str) and self.spec.parse is not None:
             value = self.spec.parse(value)
         return checked(self.field, self.spec, value, ctx)
+
+    def get_missing_message(self, param: click.Parameter, ctx: click.Context | None) -> str:
+        choices = self.spec.check.choices() if self.spec.check else None
+        return f"Choose one of {', '.join(choices)}." if choices else ""
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter,
                        incomplete: str) -> list[click.shell_completion.CompletionItem]:
@@ -111,17 +116,22 @@ def _repeated(name: str, spec: OptionSpec) -> Callable[[click.Context, click.Par
 def field_option(f: dataclasses.Field[Any], from_config: bool = False,
                  default_text: str | None = None) -> Callable[[F], F]:
     """The click option (or argument) of one declared field (`default_text`: how its help
-    shows the default, when the command's default is not the field's)."""
+    shows the default, when the command's default is not the field's). A field without a
+    default is a required option or argument, unless `from_config` (a file may give it)."""
     spec = declared(f)
     if spec is None:
         raise TypeError(f"field {f.name!r} declares no option")
     if default_text is not None:
         spec = dataclasses.replace(spec, default_text=default_text)
-    if spec.argument:
-        return click.argument(f.name, required=False, type=click.Path(path_type=Path))
     default = default_of(f) if spec.cli_default is SAME else spec.cli_default
+    required = default is dataclasses.MISSING and not from_config
+    if spec.argument:
+        return click.argument(f.name, required=required, type=click.Path(path_type=Path))
     flag, text = spec.flag_for(f.name), _help(spec, default)
-    kwargs: dict[str, Any] = {"default": None if from_config else default, "help": text}
+    # required: click's own "Missing option" (exit 2), so click gets no default
+    kwargs: dict[str, Any] = ({"required": True} if required
+                              else {"default": None if from_config else default})
+    kwargs["help"] = text
     if isinstance(spec.check, Flag):
         negative = spec.negative or (f"--no-{flag[2:]}" if from_config or default else None)
         if negative is None:  # a plain switch, off unless given

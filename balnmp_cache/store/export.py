@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
+from balnmp_cache._options import OneOf, check_options, option
 from balnmp_cache._registry import Registry
 from balnmp_cache._version import __version__
 from balnmp_cache.errors import StoreError
@@ -42,7 +43,7 @@ from balnmp_cache.store.load import majority
 from balnmp_cache.store.peer_attrs import clam_patch_attrs, trident_attrs, trident_dir_name
 from balnmp_cache.store.types import SlideInfo
 
-__all__ = ["EXPORTERS", "ExportResult", "PeerLayout", "export_store"]
+__all__ = ["EXPORTERS", "ExportOptions", "ExportResult", "PeerLayout", "export_store"]
 
 MARKER = "balnmp_export.json"
 EXPORT_VERSION = 1
@@ -163,6 +164,19 @@ class TridentLayout(PeerLayout):
 EXPORTERS: Registry[type[PeerLayout]] = Registry("export layout", "--to")
 EXPORTERS.register("clam", ClamLayout)
 EXPORTERS.register("trident", TridentLayout)
+
+
+@dataclass(kw_only=True)
+class ExportOptions:
+    """The options of `balnmp-mil export` (besides FEATURES, `--out` and `--overwrite`),
+    declared once (`balnmp_cache._options`); `export_store` takes them as keywords."""
+
+    to: str = option(check=OneOf(EXPORTERS), help=(
+        "Whose layout: CLAM's (h5_files/, pt_files/, patches/) or TRIDENT's "
+        "(<mag>x_<ps>px_<ov>px_overlap/features_<encoder>/)."))
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass

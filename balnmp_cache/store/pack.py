@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from balnmp_cache._options import OneOf, check_options, option
 from balnmp_cache._registry import Registry
 from balnmp_cache._signals import critical
 from balnmp_cache._version import __version__
@@ -35,8 +37,8 @@ from balnmp_cache.store.pack_index import INDEX_ARRAYS, PackIndex, PackReader, P
 from balnmp_cache.store.types import COMMON_ATTRS, PATCH_FILES, SlideInfo, plain
 
 __all__ = [
-    "INDEX_ARRAYS", "PACK_READERS", "PACK_SINKS", "PackBackend", "PackIndex", "is_pack",
-    "make_index", "open_pack", "pack_store",
+    "INDEX_ARRAYS", "PACK_READERS", "PACK_SINKS", "PackBackend", "PackIndex", "PackOptions",
+    "is_pack", "make_index", "open_pack", "pack_store",
 ]  # fmt: skip
 
 PACK_VERSION = 1
@@ -49,6 +51,17 @@ PACK_SINKS.register("zarr", "balnmp_cache.store.zarr:ZarrPackSink")
 PACK_READERS: Registry[type[PackReader]] = Registry("pack format")
 PACK_READERS.register("h5", "balnmp_cache.store.pack_h5:H5PackReader")
 PACK_READERS.register("zarr", "balnmp_cache.store.zarr:ZarrPackReader")
+
+
+@dataclass(kw_only=True)
+class PackOptions:
+    """The options of `balnmp-mil pack` (besides FEATURES, `--out` and `--overwrite`), declared
+    once (`balnmp_cache._options`); `pack_store` takes them as keywords with these defaults."""
+
+    format: str = option("h5", OneOf(PACK_SINKS), help="Pack container.")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def open_pack(path: Path) -> PackReader:

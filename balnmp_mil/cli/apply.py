@@ -1,7 +1,11 @@
 """`balnmp-mil evaluate | predict | heatmap`: argument parsing only (see balnmp_mil.workflow).
 
-Options that a run also has (`--ci`, `--n-bootstrap`, `--device`, `--on-missing`,
-`--allow-mixed`) come from their `TrainConfig` declarations; left out, the run's own value.
+Their options (and FEATURES, SLIDE) are the fields of `EvaluateOptions` / `PredictOptions`
+(`balnmp_mil.workflow.apply_options`) and `HeatmapOptions`
+(`balnmp_mil.workflow.heatmap_options`); only RUN and `--out`, the commands' targets, are
+written here (as `train`'s `--out` is). Options that a run also has (`--ci`, `--n-bootstrap`,
+`--device`, `--on-missing`, `--allow-mixed`) come from their `TrainConfig` declarations; left
+out, the run's own value.
 `--allow-store-mismatch` too, but it is never saved with a run: left out, it is off.
 """
 
@@ -13,9 +17,12 @@ from typing import Any, TypeVar
 
 import click
 
+from balnmp_cache._options_click import click_options
 from balnmp_mil.cli.common import handle_input_errors
 from balnmp_mil.cli.options import option_of
+from balnmp_mil.workflow.apply_options import EvaluateOptions, PredictOptions
 from balnmp_mil.workflow.config import TrainConfig
+from balnmp_mil.workflow.heatmap_options import COHORT_OPTIONS, HeatmapOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,10 +46,7 @@ def _run_options(*names: str) -> Callable[[F], F]:
 
 @click.command("evaluate")
 @_RUN
-@click.option("--features", type=_PATH, help="Evaluate on this feature store instead.")
-@click.option("--labels", type=_PATH, help="Labels of the new patients (with --features).")
-@click.option("--clinical", type=_PATH, help="Clinical table of the new patients (clinical "
-                                             "runs; default: the run's table).")
+@click_options(EvaluateOptions)
 @_run_options("ci", "n_bootstrap", "device", "on_missing", "allow_mixed",
               "allow_store_mismatch")
 @click.option("--out", type=_PATH, help="Also write the metrics as JSON here (atomically).")
@@ -72,12 +76,8 @@ def evaluate_cmd(run: Path, features: Path | None, labels: Path | None, clinical
 
 @click.command("predict")
 @_RUN
-@click.argument("features", type=_PATH)
 @click.option("--out", type=_PATH, required=True, help="Predictions CSV to write.")
-@click.option("--labels", type=_PATH, help="Optional labels table: groups slides by patient "
-                                           "(patient_id, slide_id) and adds the true label.")
-@click.option("--clinical", type=_PATH, help="Clinical table (runs trained with clinical "
-                                             "data; default: the run's table).")
+@click_options(PredictOptions)
 @_run_options("device", "on_missing", "allow_mixed", "allow_store_mismatch")
 @handle_input_errors
 def predict_cmd(run: Path, features: Path, out: Path, labels: Path | None,
@@ -96,44 +96,12 @@ def predict_cmd(run: Path, features: Path, out: Path, labels: Path | None,
 
 @click.command("heatmap")
 @_RUN
-@click.argument("slide", type=_PATH, required=False)
 @click.option("--out", type=_PATH, required=True,
               help="PNG to write (with --slides: the folder to write into).")
-@click.option("--geojson", "geojson_out", type=_PATH,
-              help="Also write QuPath GeoJSON here: one tile per patch with its attention, "
-                   "attention rank and instance score, the tissue outline and the tumour "
-                   "annotations (always written with --slides).")
-@click.option("--slides", type=_PATH, help="A folder of slides: draw every slide of the "
-                                           "run's cohort found there (SLIDE left out).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]),
-              help="With --slides: only this split's slides (every fold's for a cv run).")
-@click.option("--jobs", type=click.IntRange(min=1),
-              help="With --slides: slides drawn at once [the CPUs available].")
-@click.option("--progress/--no-progress", default=None,
-              help="With --slides: a progress bar [on a terminal].")
-@click.option("--features", type=_PATH, help="Feature store holding SLIDE [the run's].")
-@click.option("--annotations", type=_PATH,
-              help="Tumour annotations for the GeoJSON: a file, or a folder of <slide "
-                   "id>.json|.geojson [the folder the store was extracted with]. For "
-                   "features of BCNB's paper_patches drawn on WSIs/<id>.jpg: the region "
-                   "file that places the patches [<id>.json beside SLIDE].")
-@click.option("--patient", help="Patient id of SLIDE for clinical runs [the slide id].")
-@click.option("--clinical", type=_PATH, help="Clinical table [the run's].")
-@click.option("--top-k", type=int, default=8, show_default=True, help="Patches in the gallery.")
-@click.option("--thumbnail-size", type=int, default=2048, show_default=True,
-              help="Longest side of the thumbnail, px.")
-@click.option("--backend", default="auto", show_default=True,
-              help="Slide reader: auto, cucim, openslide, image, patches.")
-@click.option("--mpp", type=float, help="Level-0 µm/px when the slide does not record it.")
-@click.option("--patch-size-level0", type=float,
-              help="Side of a patch in level-0 px, for stores that do not record it (CLAM "
-                   "h5_files without patches/).")
+@click_options(HeatmapOptions)
 @_run_options("allow_store_mismatch")
 @handle_input_errors
-def heatmap_cmd(run: Path, slide: Path | None, out: Path, slides: Path | None,
-                split: str | None, jobs: int | None, progress: bool | None,
-                patient: str | None, allow_store_mismatch: bool | None,
-                **kwargs: Any) -> None:
+def heatmap_cmd(run: Path, out: Path, allow_store_mismatch: bool | None, **kwargs: Any) -> None:
     """Draw what the saved run RUN looked at on SLIDE, over its thumbnail (PNG).
 
     The map is the attention, or for models without one (mean, max) each patch's instance
@@ -150,24 +118,27 @@ def heatmap_cmd(run: Path, slide: Path | None, out: Path, slides: Path | None,
     from balnmp_mil.errors import InputError
 
     mismatch = bool(allow_store_mismatch)
+    slide = kwargs.pop("slide")
+    cohort = {name: kwargs.pop(name) for name in COHORT_OPTIONS}
+    slides = cohort.pop("slides")
     if slides is not None:
-        if slide is not None or patient is not None or kwargs["geojson_out"] is not None:
+        if any(v is not None for v in (slide, kwargs["patient"], kwargs["geojson_out"])):
             raise InputError("--slides draws a folder: leave out SLIDE, --patient and "
                              "--geojson (each slide gets OUT/<slide id>.geojson)")
         from balnmp_mil.workflow.heatmap_cohort import heatmap_cohort
 
-        kwargs.pop("geojson_out")
-        result = heatmap_cohort(run, slides, out, split=split, jobs=jobs, progress=progress,
-                                allow_store_mismatch=mismatch, **kwargs)
+        del kwargs["patient"], kwargs["geojson_out"]
+        result = heatmap_cohort(run, slides, out, allow_store_mismatch=mismatch, **cohort,
+                                **kwargs)
         click.echo(result.summary())
         if result.failed:
             raise click.exceptions.Exit(1)
         return
     if slide is None:
         raise InputError("give SLIDE, or --slides DIR for a folder of slides")
-    if split is not None or jobs is not None:
+    if cohort["split"] is not None or cohort["jobs"] is not None:
         raise InputError("--split and --jobs go with --slides DIR")
     from balnmp_mil.workflow.heatmap import heatmap_run
 
-    res = heatmap_run(run, slide, out, patient=patient, allow_store_mismatch=mismatch, **kwargs)
+    res = heatmap_run(run, slide, out, allow_store_mismatch=mismatch, **kwargs)
     click.echo(res.summary())

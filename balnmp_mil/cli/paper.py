@@ -2,24 +2,23 @@
 
 `paper import CHECKPOINT --out RUN` makes a run of a released model; `paper splits
 OFFICIAL_JSON_DIR --out DIR` writes the published splits and fixed bags. Registered in the main
-group's `COMMANDS`; exit status 2 on bad input, the message naming the file.
+group's `COMMANDS`; exit status 2 on bad input, the message naming the file. The options of
+`import` are the fields of `ImportOptions` (`balnmp_mil.paper.importer`); only the positional
+arguments, `--out` and `--overwrite` are written here (as `train`'s are).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from balnmp_cache._options_click import click_options
 from balnmp_mil.cli.common import handle_input_errors
+from balnmp_mil.paper.importer import ImportOptions
 
 _PATH = click.Path(path_type=Path)
-
-
-def _tasks() -> list[str]:
-    from balnmp_mil.data.labels import TASKS
-
-    return TASKS.names()
 
 
 @click.group("paper")
@@ -30,20 +29,11 @@ def paper_group() -> None:
 @paper_group.command("import")
 @click.argument("checkpoint", type=_PATH)
 @click.option("--out", required=True, type=_PATH, help="Run directory to write.")
-@click.option("--task", type=click.Choice(_tasks()), default=None,
-              help="The task the checkpoint was trained for (its class names); default: "
-                   "classes 0..C-1.")
-@click.option("--encoder", default="vgg16_bn", show_default=True,
-              help="The checkpoint's backbone (--encoder of extract-features), recorded so "
-                   "that predict accepts only features made with it.")
-@click.option("--clinical", is_flag=True,
-              help="The checkpoint is a MILNetWithClinicalData: its run reads the official "
-                   "preprocessed-type-K.xlsx values as they are (predict --clinical XLSX).")
+@click_options(ImportOptions)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run directory "
                                                 "(atomically); never another folder.")
 @handle_input_errors
-def import_cmd(checkpoint: Path, out: Path, task: str | None, encoder: str, clinical: bool,
-               overwrite: bool) -> None:
+def import_cmd(checkpoint: Path, out: Path, overwrite: bool, **options: Any) -> None:
     """A released BALNMP model (the whole MILNetImageOnly or, with --clinical,
     MILNetWithClinicalData state dict) as a run directory.
 
@@ -54,8 +44,7 @@ def import_cmd(checkpoint: Path, out: Path, task: str | None, encoder: str, clin
     """
     from balnmp_mil.paper.importer import import_checkpoint
 
-    click.echo(import_checkpoint(checkpoint, out, task=task, encoder=encoder,
-                                 overwrite=overwrite, clinical=clinical).summary())
+    click.echo(import_checkpoint(checkpoint, out, overwrite=overwrite, **options).summary())
 
 
 @paper_group.command("splits")

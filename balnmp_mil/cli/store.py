@@ -4,6 +4,10 @@ Registered in the main group's `COMMANDS`. Exit status: 0 all good, 1 problems f
 (inspect: each slide named), 2 bad input (message names the file). Given something that is
 not a feature store (a table, a slide, a run directory, an empty folder, a damaged pack),
 `inspect` says what it is and what to do (`balnmp_mil.workflow.diagnose`), with status 2.
+
+Their options are the fields of `PackOptions`, `ExportOptions` (beside the store code they
+drive) and `InspectOptions`, built by `balnmp_cache._options_click`; only FEATURES, `--out`
+and `--overwrite`, the commands' targets, are written here (as `train`'s are).
 """
 
 from __future__ import annotations
@@ -11,11 +15,16 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
+from balnmp_cache._options import Flag, check_options, option
+from balnmp_cache._options_click import click_options
 from balnmp_cache.store import FeatureStore, SlideInfo, StoreError, load_bags
+from balnmp_cache.store.export import ExportOptions
+from balnmp_cache.store.pack import PackOptions
 from balnmp_mil.cli.common import command_line_wording, handle_input_errors
 
 
@@ -29,16 +38,15 @@ def _size(path: Path) -> int:
 @click.argument("features", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Pack to write: a .h5 file, or a .zarr directory with --format zarr.")
-@click.option("--format", "fmt", type=click.Choice(["h5", "zarr"]), default="h5",
-              show_default=True, help="Pack container.")
+@click_options(PackOptions)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier pack (atomically); never "
                                                     "another file.")
 @handle_input_errors
-def pack_cmd(features: Path, out: Path, fmt: str, overwrite: bool) -> None:
+def pack_cmd(features: Path, out: Path, overwrite: bool, **options: Any) -> None:
     """Concatenate the per-slide files of FEATURES into one pack loadable in one read."""
     from balnmp_cache.store.pack import pack_store
 
-    path = pack_store(features, out, format=fmt, overwrite=overwrite)
+    path = pack_store(features, out, overwrite=overwrite, **options)
     with FeatureStore(path) as pack:
         infos = [pack.info(s) for s in pack.slide_ids]
     n = sum(i.n_patches for i in infos)
@@ -46,23 +54,15 @@ def pack_cmd(features: Path, out: Path, fmt: str, overwrite: bool) -> None:
                f"({infos[0].dtype}) -> {path} ({_size(path) / 1e6:.1f} MB)")
 
 
-def _export_layouts() -> list[str]:
-    from balnmp_cache.store.export import EXPORTERS
-
-    return EXPORTERS.names()
-
-
 @click.command("export")
 @click.argument("features", type=click.Path(path_type=Path))
-@click.option("--to", "to", required=True, type=click.Choice(_export_layouts()),
-              help="Whose layout: CLAM's (h5_files/, pt_files/, patches/) or TRIDENT's "
-                   "(<mag>x_<ps>px_<ov>px_overlap/features_<encoder>/).")
+@click_options(ExportOptions)
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder to write (CLAM's feature folder, or TRIDENT's job folder).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export (atomically); never "
                                                     "another folder.")
 @handle_input_errors
-def export_cmd(features: Path, to: str, out: Path, overwrite: bool) -> None:
+def export_cmd(features: Path, out: Path, overwrite: bool, **options: Any) -> None:
     """Write FEATURES in CLAM's or TRIDENT's own layout (float32), for their code to train on.
 
     See docs/format.md ("Exporting to CLAM and TRIDENT") for what each peer reads and how to
@@ -70,7 +70,7 @@ def export_cmd(features: Path, to: str, out: Path, overwrite: bool) -> None:
     """
     from balnmp_cache.store.export import export_store
 
-    click.echo(export_store(features, out, to, overwrite=overwrite).summary())
+    click.echo(export_store(features, out, overwrite=overwrite, **options).summary())
 
 
 @dataclass
@@ -121,13 +121,24 @@ def summarize(path: Path, check_features: bool = True) -> StoreSummary:
                             sum(i.has_patch_files for i in infos))  # fmt: skip
 
 
+@dataclass(kw_only=True)
+class InspectOptions:
+    """The options of `inspect` (besides FEATURES); `--quick` is `summarize`'s
+    `check_features=False`."""
+
+    quick: bool = option(False, Flag(), help="Metadata only: skip reading features (NaN/Inf).")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
 def _fmt(values: list[str]) -> str:
     return ", ".join(v.strip("'") for v in values) if values else "unknown"
 
 
 @click.command("inspect")
 @click.argument("features", type=click.Path(path_type=Path))
-@click.option("--quick", is_flag=True, help="Metadata only: skip reading features (NaN/Inf).")
+@click_options(InspectOptions)
 @handle_input_errors
 def inspect_cmd(features: Path, quick: bool) -> None:
     """Summarise a feature store or pack: slides, patches, dim, encoder, µm/px, problems."""

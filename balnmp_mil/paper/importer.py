@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from balnmp_cache._options import Flag, OneOf, Text, check_options, option
 from balnmp_cache._version import __version__
 from balnmp_mil.data.labels import TASKS
 from balnmp_mil.errors import InputError
@@ -29,9 +30,27 @@ from balnmp_mil.workflow import rundir
 from balnmp_mil.workflow.config import TrainConfig, resolved_config
 from balnmp_mil.workflow.steps import positive_class
 
-__all__ = ["ImportResult", "import_checkpoint"]
+__all__ = ["ImportOptions", "ImportResult", "import_checkpoint"]
 
 PAPER_ENCODER = "vgg16_bn"  # the paper's backbone (code/train.py --backbone default)
+
+
+@dataclass(kw_only=True)
+class ImportOptions:
+    """What `paper import` (and `import_checkpoint`, with these defaults) is told about a
+    checkpoint, declared once (`balnmp_cache._options`)."""
+
+    task: str | None = option(None, OneOf(TASKS), help=(
+        "The task the checkpoint was trained for (its class names); default: classes 0..C-1."))
+    encoder: str = option(PAPER_ENCODER, Text(), help=(
+        "The checkpoint's backbone (--encoder of extract-features), recorded so that predict "
+        "accepts only features made with it."))
+    clinical: bool = option(False, Flag(), help=(
+        "The checkpoint is a MILNetWithClinicalData: its run reads the official "
+        "preprocessed-type-K.xlsx values as they are (predict --clinical XLSX)."))
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass
@@ -89,7 +108,9 @@ def _official_encoder(checkpoint: Path, clinical_dim: int, clinical: bool) -> di
 def import_checkpoint(checkpoint: str | Path, out: str | Path, task: str | None = None,
                       encoder: str = PAPER_ENCODER, overwrite: bool = False,
                       clinical: bool = False) -> ImportResult:
-    """Write run `out` from a released BALNMP checkpoint (see module docstring)."""
+    """Write run `out` from a released BALNMP checkpoint (see module docstring); the options
+    are checked as `ImportOptions` (an unknown task is refused before the checkpoint is read)."""
+    ImportOptions(task=task, encoder=encoder, clinical=clinical)
     checkpoint = Path(checkpoint)
     out = rundir.check_target(out, overwrite, [("CHECKPOINT", checkpoint)])
     model = head_from_checkpoint(read_checkpoint(checkpoint))

@@ -29,6 +29,7 @@ from balnmp_mil.errors import InputError
 from balnmp_mil.workflow import geojson, rundir
 from balnmp_mil.workflow.apply import check_run_store, clinical_matrix
 from balnmp_mil.workflow.diagnose import check_store_path
+from balnmp_mil.workflow.heatmap_options import HeatmapOptions
 from balnmp_mil.workflow.heatmap_space import slide_coords
 
 if TYPE_CHECKING:
@@ -208,7 +209,12 @@ def heatmap_run(run_path: str | Path, slide: str | Path, out: str | Path,
     `allow_store_mismatch`); `patch_size_level0` supplies the patch side when the store does
     not record it. `geojson_out`: also write QuPath GeoJSON there, with the tumour
     annotations from `annotations` (a file, or a folder of `<slide id>.json|.geojson`;
-    default: the folder the store was extracted with, when it still exists)."""
+    default: the folder the store was extracted with, when it still exists). The options are
+    checked as `HeatmapOptions` (`--top-k -1` is refused before the run is loaded)."""
+    HeatmapOptions(slide=slide, features=features, patient=patient, clinical=clinical,
+                   top_k=top_k, thumbnail_size=thumbnail_size, backend=backend, mpp=mpp,
+                   patch_size_level0=patch_size_level0, geojson_out=geojson_out,
+                   annotations=annotations)
     run = rundir.load_run(run_path, device="cpu")
     inputs = [("RUN", run_path), ("SLIDE", slide), ("--features", features),
               ("--clinical", clinical), ("--annotations", annotations)]

@@ -26,6 +26,7 @@ from balnmp_cache.store._atomic import check_output
 from balnmp_mil.errors import InputError
 from balnmp_mil.workflow import rundir
 from balnmp_mil.workflow.heatmap_index import INDEX_HTML, INDEX_MD, write_index
+from balnmp_mil.workflow.heatmap_options import HeatmapOptions
 
 
 @dataclass
@@ -120,7 +121,10 @@ def heatmap_cohort(run_path: str | Path, slides: str | Path, out: str | Path,
                    progress: bool | None = None, features: str | Path | None = None,
                    **kwargs: Any) -> CohortHeatmaps:
     """Draw every selected slide (see the module docstring) in a pool of `jobs` processes
-    (default: the CPUs this process may use); `kwargs` go to `heatmap_run`."""
+    (default: the CPUs this process may use); `kwargs` go to `heatmap_run`. The options are
+    checked as `HeatmapOptions` first, so a bad one fails once, not on every slide."""
+    HeatmapOptions(slides=slides, split=split, jobs=jobs, progress=progress, features=features,
+                   **{k: v for k, v in kwargs.items() if k != "allow_store_mismatch"})
     run = rundir.load_run(run_path, device="cpu")
     out = Path(out)
     check_output(out, [("RUN", run_path), ("--slides", slides), ("--features", features)],
