@@ -12,13 +12,14 @@ seconds, slides stored. Exits 1 when any run did not exit 0 or did not store eve
 suite's SIGTERM case once exited -11, SIGSEGV, after printing the right message). Each run
 starts a fresh job on a small cohort made slow between slides (3 slides of all-tissue 32 px
 patches encoded at 224 px, one per batch, one thread), waits until one slide is published and
-a `.tmp-` entry of the next exists, sends SIGTERM and requires: exit status 143, the CLI's
-"interrupted by SIGTERM" message, no traceback or faulthandler dump (`PYTHONFAULTHANDLER=1` in
-the child), every slide published before the signal loadable with finite features; then the
-same command without a signal must exit 0 with every slide stored and no `.tmp-` entry left
-(the rule a rerun follows: it removes a slide's orphaned temp when it claims that unfinished
-slide; anything else it leaves). Temps the signalled job left that the resume removed are
-counted in the run's line. A state never reached within `--timeout` is a failure too.
+another's temp entry (`.<id>.h5.tmp-*`, `.<id>.tmp-*`) exists, sends SIGTERM and requires: exit
+status 143, the CLI's "interrupted by SIGTERM" message, no traceback or faulthandler dump
+(`PYTHONFAULTHANDLER=1` in the child), every slide published before the signal loadable with
+finite features; then the same command without a signal must exit 0 with every slide stored and
+no `.tmp-` entry left (the rule a rerun follows: it removes a slide's orphaned temp when it
+claims that unfinished slide; anything else it leaves). Temps the signalled job left that the
+resume removed are counted in the run's line. A state never reached within `--timeout` is a
+failure too.
 
     python benchmarks/repeat_extract.py                    # 20 runs, CPU
     python benchmarks/repeat_extract.py --runs 20 --device cuda --patients 16
@@ -119,7 +120,8 @@ def published_problems(out: Path, fmt: str, published: list[str]) -> list[str]:
     problems = []
     for sid in published:
         try:
-            features = FeatureStore(out, format=fmt)[sid].features
+            with FeatureStore(out, format=fmt) as store:
+                features = store[sid].features
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
             problems.append(f"slide {sid} published before the signal: {type(exc).__name__}: "
                             f"{exc}")  # fmt: skip
