@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -53,7 +53,7 @@ DEMO_OPTIONS = ("--encoder", "resnet18", "--weights", "none", "--mpp", "0.5",
                 "--patch-size", "224", "--skip-errors")  # fmt: skip
 # Small slides (1024x768), all tissue: ~100 patches a slide, one per batch at 224 px, so a
 # slide takes seconds and the signal lands while the next one is being written.
-SIGTERM_COHORT = {"width": 1024, "height": 768, "tumour_patches": (4.0, 6.0), "patch_um": 32.0}
+SIGTERM_COHORT: dict[str, Any] = {"width": 1024, "height": 768, "tumour_patches": (4.0, 6.0), "patch_um": 32.0}
 SIGTERM_OPTIONS = ("--encoder", "resnet18", "--weights", "none", "--mpp", "1.0",
                    "--patch-size", "32", "--input-size", "224", "--batch-size", "1")  # fmt: skip
 SIGTERM_EXIT = 128 + signal.SIGTERM
