@@ -285,7 +285,7 @@ def _sigterm(args: argparse.Namespace, work: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--runs", type=int, default=20, help="runs per format")
     ap.add_argument("--patients", type=int, default=None,
                     help="slides in the generated cohort (default 8; 3 with --sigterm)")
