@@ -35,9 +35,9 @@ PRECISIONS: dict[str, str | None] = {"bf16": "bfloat16", "fp16": "float16", "fp3
 
 
 def _slide_backends() -> list[str]:
-    from balnmp_cache.slides.registry import BACKENDS
+    from balnmp_cache.slides.registry import backend_choices
 
-    return ["auto", *BACKENDS.names()]
+    return backend_choices()
 
 
 def _writable_formats() -> list[str]:

@@ -18,7 +18,7 @@ from balnmp_cache.slides.ids import slide_id_from_path
 from balnmp_cache.slides.mpp import resolve_override
 from balnmp_cache.slides.tiffprobe import SourceInfo, probe_source
 
-__all__ = ["BACKENDS", "available_backends", "open_slide", "register_backend"]
+__all__ = ["BACKENDS", "available_backends", "backend_choices", "open_slide", "register_backend"]
 
 BACKENDS: Registry[type[Slide]] = Registry("backend", "--backend")
 BACKENDS.register("cucim", "balnmp_cache.slides.cucim:CuCIMSlide")
@@ -36,6 +36,11 @@ def register_backend(name: str, target: type[Slide] | str, replace: bool = False
 def available_backends() -> list[str]:
     """Names of the registered backends (the `--backend` choices besides `auto`)."""
     return BACKENDS.names()
+
+
+def backend_choices() -> list[str]:
+    """What `open_slide`'s `backend` (and every `--backend`) accepts: `auto`, then the names."""
+    return ["auto", *BACKENDS.names()]
 
 
 def open_slide(

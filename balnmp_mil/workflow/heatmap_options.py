@@ -22,9 +22,9 @@ COHORT_OPTIONS = ("slides", "split", "jobs", "progress")
 
 
 def _slide_backends() -> list[str]:
-    from balnmp_cache.slides.registry import available_backends  # lazy: names only
+    from balnmp_cache.slides.registry import backend_choices  # lazy: names only
 
-    return ["auto", *available_backends()]
+    return backend_choices()
 
 
 @dataclass(kw_only=True)
