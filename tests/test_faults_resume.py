@@ -228,6 +228,33 @@ def test_slides_an_older_balnmp_did_not_resize_resume_silently(cohort, store: Pa
     assert "3 slides: 3 skipped;" in res.output, res.output
 
 
+def _forget_resample_zarr(store: Path) -> None:
+    """`_forget_resample` for a Zarr store: each slide group's `zarr.json` attributes."""
+    record = json.loads((store / SETTINGS_NAME).read_text())
+    del record["settings"]["resample"]
+    (store / SETTINGS_NAME).write_text(json.dumps(record))
+    for p in store.glob("*/zarr.json"):
+        meta = json.loads(p.read_text())
+        assert meta["attributes"]["extract_settings"].pop("resample") == "torchvision-8bit"
+        p.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(("extra", "refused"), [(("--input-size", "16"), True), ((), False)])
+def test_zarr_slides_of_an_older_balnmp_follow_the_same_resample_rule(
+        cohort, tmp_path: Path, extra: tuple[str, ...], refused: bool) -> None:  # noqa: ANN001
+    """The legacy rule reads `read_size`/`encoder_input_size`, which Zarr slides carry too."""
+    out = tmp_path / "features.zarr"
+    args = (*extra, "--format", "zarr")
+    assert extract(cohort.slides_dir, out, cohort.annotations_dir, *args).exit_code == 0
+    _forget_resample_zarr(out)
+    res = extract(cohort.slides_dir, out, cohort.annotations_dir, *args)
+    if refused:
+        assert_refused(res, "'float' (asked for 'torchvision-8bit')", "--overwrite")
+    else:
+        assert res.exit_code == 0, res.output
+        assert "3 slides: 3 skipped;" in res.output, res.output
+
+
 def test_a_settings_record_refuses_other_settings_before_any_slide_exists(cohort, tmp_path: Path) -> None:  # noqa: ANN001, E501
     """A job killed before finishing its first slide has still claimed the store."""
     out = tmp_path / "features"
