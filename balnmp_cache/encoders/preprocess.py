@@ -38,8 +38,9 @@ class Preprocess:
     and clipped to 0..255), so a card's `transforms.Resize` on a PIL image is reproduced to
     one grey level; otherwise as torchvision's `Resize(antialias=True)` does the uint8 patch
     (the CNN family: torchvision weights' own transform on a tensor): on the CPU its 8-bit
-    kernel (PIL's fixed-point arithmetic, exact per patch on any batch), elsewhere the float
-    kernel rounded to 8 bits, as torchvision computes it there.
+    kernel (PIL's fixed-point arithmetic, exact per patch on any batch), elsewhere (and for
+    bilinear on an x86 CPU without AVX2) the float kernel rounded to 8 bits, as torchvision
+    computes it there.
     """
 
     size: int = 224

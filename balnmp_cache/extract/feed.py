@@ -312,7 +312,8 @@ def _join(arrays: list[Any], device: Any) -> Any:
     is on CUDA, so its copy to the device is asynchronous and there is no second copy), or a
     CUDA tensor when they were decoded on the GPU. None when there are no rows. For a CPU
     encoder, the slides' arrays as they are, in a list (not copied into one: the runner
-    preprocesses a few patches at a time anyway, `EncoderRunner.preprocess`)."""
+    preprocesses each on its own, a PIL-card encoder's a few patches at a time,
+    `EncoderRunner.preprocess`)."""
     if not arrays:
         return None
     import torch
