@@ -169,3 +169,37 @@ def test_pil_card_encoders_keep_their_per_pass_rounding() -> None:
     x = F.interpolate(images.float(), size=(64, 32), mode="bilinear", antialias=True)
     x = F.interpolate(x.round().clamp(0, 255), size=(32, 32), mode="bilinear", antialias=True)
     assert torch.equal(resize_and_crop(images, p), x.round().clamp(0, 255))
+
+
+@pytest.mark.parametrize("pil", [True, False])
+def test_the_runner_preprocesses_each_patch_as_alone_in_any_batch(pil: bool) -> None:
+    """A batch larger than `CPU_PREPROCESS_CHUNK` (chunked for PIL cards, whole for the
+    CNNs), a batch of 1 and a list of batches all give each patch its own result: PIL cards
+    the per-pass rounded float resize of before, the CNNs torchvision's own transform."""
+    from torch import nn
+
+    from balnmp_cache.encoders.base import Encoder
+    from balnmp_cache.extract.pipeline import CPU_PREPROCESS_CHUNK
+
+    enc = Encoder("probe", nn.Identity(), 24, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 3, "none:seed=0",
+                  resize=None if not pil else 28, interpolation="bicubic", pil=pil)  # fmt: skip
+    runner = EncoderRunner(enc, "cpu", "fp32", channels_last=False)
+    n = CPU_PREPROCESS_CHUNK * 2 + 3
+    nhwc = torch.from_numpy(np.random.default_rng(7).integers(0, 256, (n, 40, 40, 3),
+                                                              dtype=np.uint8))  # fmt: skip
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (enc.mean, enc.std))
+    if pil:  # the rounded two-pass float resize to 28, then the centre crop to 24
+        x = F.interpolate(nhwc.permute(0, 3, 1, 2).float(), size=(40, 28), mode="bicubic",
+                          antialias=True).round().clamp(0, 255)  # fmt: skip
+        x = F.interpolate(x, size=(28, 28), mode="bicubic", antialias=True).round().clamp(0, 255)
+        want = (x[..., 2:26, 2:26] / 255.0 - mean) / std
+    else:
+        card = T.Resize((24, 24), interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+        want = (torch.stack([card(im.permute(2, 0, 1).contiguous()) for im in nhwc]).float()
+                / 255.0 - mean) / std  # fmt: skip
+    got = runner.preprocess(nhwc)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    assert torch.equal(runner.preprocess(nhwc[5:6]), got[5:6])
+    assert torch.equal(runner.preprocess(nhwc[3:]), got[3:])
+    with torch.inference_mode():
+        assert torch.equal(runner([nhwc[:4], nhwc[4:]]), runner(nhwc))
