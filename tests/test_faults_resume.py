@@ -228,6 +228,20 @@ def test_slides_an_older_balnmp_did_not_resize_resume_silently(cohort, store: Pa
     assert "3 slides: 3 skipped;" in res.output, res.output
 
 
+def test_a_slide_that_does_not_tell_its_sizes_is_not_said_to_be_float_resized(cohort, store: Path) -> None:  # noqa: ANN001, E501
+    """Without `read_size` and `encoder_input_size` (not written by balnmp) a slide does not
+    tell whether it was resized, let alone how: its kernel is unrecorded (a warning, as every
+    setting a slide does not record), not an invented 'float' that refuses the resume."""
+    _forget_resample(store)
+    for p in store.glob("*.h5"):
+        with h5py.File(p, "a") as f:
+            del f.attrs["read_size"], f.attrs["encoder_input_size"]
+    with pytest.warns(ResumeWarning, match=r"the resize kernel \(resample.*not recorded"):
+        res = extract(cohort.slides_dir, store, cohort.annotations_dir)
+    assert res.exit_code == 0, res.output
+    assert "'float'" not in res.output and "3 slides: 3 skipped;" in res.output, res.output
+
+
 def _forget_resample_zarr(store: Path) -> None:
     """`_forget_resample` for a Zarr store: each slide group's `zarr.json` attributes."""
     record = json.loads((store / SETTINGS_NAME).read_text())

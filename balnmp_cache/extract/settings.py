@@ -90,18 +90,24 @@ def recorded_settings(info: SlideInfo, asked: Mapping[str, Any]) -> dict[str, An
             out.update(level=attrs["level"], mpp=None)
     out.update(feature_dim=int(info.feature_dim), dtype=info.dtype.name)
     if "resample" not in out and asked.get("resample") is not None:
-        out["resample"] = _legacy_resample(attrs, str(asked["resample"]))
+        kernel = _legacy_resample(attrs, str(asked["resample"]))
+        if kernel is not None:
+            out["resample"] = kernel
     return out
 
 
-def _legacy_resample(attrs: Mapping[str, Any], asked: str) -> str:
+def _legacy_resample(attrs: Mapping[str, Any], asked: str) -> str | None:
     """A slide written before `resample` was recorded: balnmp then resized the patches of
     that kind of encoder with another kernel (`RESAMPLE_LEGACY`); a slide whose patches were
-    read at the encoder's side was not resized at all, so any kernel is its kernel."""
+    read at the encoder's side was not resized at all, so any kernel is its kernel. None: the
+    slide does not tell (no `read_size` or `encoder_input_size`: not written by balnmp)."""
     old = RESAMPLE_LEGACY.get(asked)
     read, side = attrs.get("read_size"), attrs.get("encoder_input_size")
-    resized = read is None or side is None or int(read) != int(side)
-    return old if old is not None and resized else asked
+    if old is None:
+        return asked
+    if read is None or side is None:
+        return None
+    return old if int(read) != int(side) else asked
 
 
 def _same(key: str, a: Any, b: Any) -> bool:
