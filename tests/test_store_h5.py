@@ -133,9 +133,14 @@ def test_corrupted_and_truncated_files_are_named(tmp_path):
     assert store["good"].features.shape == (50, 64)
 
 
-def test_attributes_are_written_as_h5py_writes_them_byte_for_byte(tmp_path):
+@pytest.mark.parametrize("internal", [True, False], ids=["h5py-internal", "plain-h5py"])
+def test_attributes_are_written_as_h5py_writes_them_byte_for_byte(tmp_path, monkeypatch, internal):
     """`encode_attrs` makes its HDF5 types once per kind; the file must not change for it."""
+    from balnmp_cache.store import h5
     from balnmp_cache.store.h5 import JSON_ATTRS, decode_attrs, encode_attrs
+
+    if not internal:  # an h5py without the internal helper: plain `attrs[k] = v`
+        monkeypatch.setattr(h5, "_AS_ARRAY", None)
 
     attrs = {"s": "µm/px ü", "i": 3, "f": 0.5, "b": True, "ints": [1, 2, 3], "floats": [1.5, 2.0],
              "nested": {"a": [1, "x"]}, "names": ["a", "b"], "empty": [], "none": None,

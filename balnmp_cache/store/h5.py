@@ -61,13 +61,19 @@ def encode_attrs(target: h5py.AttributeManager, attrs: dict) -> None:
 
 _TYPES: dict[tuple[str, str], tuple[Any, Any]] = {}
 _SPACES: dict[tuple[int, ...], Any] = {}
+# How h5py turns a value into the array it writes (h5py's own, internal; an h5py without it
+# writes through `attrs[name] = value`, the same file, only slower).
+_AS_ARRAY = getattr(h5py_base, "array_for_new_object", None)
 
 
 def _put(target: h5py.AttributeManager, name: str, value: Any) -> None:
     """`target[name] = value` as h5py does it (the same HDF5 calls, types and bytes in the
     file: tested), with its per-call HDF5 type and dataspace objects made once per kind: a
     slide's ~36 attributes cost a third of the time."""
-    data = h5py_base.array_for_new_object(value)
+    if _AS_ARRAY is None:
+        target[name] = value
+        return
+    data = _AS_ARRAY(value)
     key = (data.dtype.str, repr(data.dtype.metadata))
     types = _TYPES.get(key)
     if types is None:
