@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,18 @@ def test_signals_are_deferred_inside_a_critical_section() -> None:
     assert seen == ["finished the critical section"]
 
 
+@pytest.fixture
+def sigint_default() -> Iterator[None]:
+    """Ctrl-C handled as Python does by default, however pytest was started (a shell's
+    `nohup ... &` starts it with SIGINT ignored, which `signals.handled` rightly keeps)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_default")
 def test_a_second_signal_does_not_interrupt_the_cleanup() -> None:
     cleaned = []
     with signals.handled():
@@ -150,6 +163,7 @@ def test_a_second_signal_does_not_interrupt_the_cleanup() -> None:
     assert cleaned == [True]
 
 
+@pytest.mark.usefixtures("sigint_default")
 def test_handlers_are_restored_and_ignored_signals_stay_ignored() -> None:
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as under nohup
     try:
