@@ -116,18 +116,23 @@ class Slide(abc.ABC):
         lw, lh = self.level_dimensions[level]
         x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
         if x1 > x0 and y1 > y0:
-            try:
-                part = self._read_level(level, x0, y0, x1 - x0, y1 - y0)
-            except SlideError:
-                raise
-            except Exception as exc:  # a backend library error: name the slide and region
-                raise SlideError(
-                    self.path,
-                    f"reading {x1 - x0}x{y1 - y0} px at level {level} ({x0}, {y0}) failed: "
-                    f"{type(exc).__name__}: {exc}",
-                ) from exc
-            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = part
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = self._read_checked(
+                level, x0, y0, x1 - x0, y1 - y0
+            )
         return out
+
+    def _read_checked(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """`_read_level`, a backend library's error named with the slide and the region."""
+        try:
+            return self._read_level(level, x, y, w, h)
+        except SlideError:
+            raise
+        except Exception as exc:
+            raise SlideError(
+                self.path,
+                f"reading {w}x{h} px at level {level} ({x}, {y}) failed: "
+                f"{type(exc).__name__}: {exc}",
+            ) from exc
 
     def read_regions(
         self,
@@ -140,7 +145,10 @@ class Slide(abc.ABC):
         """Batches (b, h, w, 3) uint8 of regions at level-0 `locations`, in input order.
 
         Thread-safe; the base implementation reads each region with `read_region` in a thread
-        pool. Backends with a native batched reader override `_read_batches`.
+        pool, or, where the backend says a larger region costs less than its parts
+        (`_block_reads`), neighbouring regions as one block (`blocks.py`: each tile decoded
+        once, the same pixels). Backends with a native batched reader override
+        `_read_batches`.
         """
         self._check_open()
         self._check_level(level)
@@ -154,7 +162,36 @@ class Slide(abc.ABC):
     def _read_batches(
         self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
     ) -> Iterator[np.ndarray]:
+        if self._block_reads(level):
+            return self._blocked_batches(locs, level, size, batch_size, workers)
         return threaded_batches(self.read_region, locs, level, size, batch_size, workers)
+
+    def _block_reads(self, level: int) -> bool:
+        """Whether `_read_level` of one region covering several patches returns their pixels
+        for less work than reading them one by one (tiled, compressed sources)."""
+        return False
+
+    def _blocked_batches(
+        self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
+    ) -> Iterator[np.ndarray]:
+        """`read_regions` through blocks: regions inside the level cut from blocks read with
+        `_read_level`, those crossing its edge read alone (white padding)."""
+        from balnmp_cache.slides.blocks import blocked_batches
+
+        ds = self.level_downsamples[level]
+        origins = np.floor(locs / ds).astype(np.int64)  # level pixels, as `level_origin`
+        w, h = size
+        lw, lh = self.level_dimensions[level]
+        inside = (origins >= 0).all(axis=1) & (origins[:, 0] + w <= lw) & (origins[:, 1] + h <= lh)
+
+        def read_block(x: int, y: int, bw: int, bh: int) -> np.ndarray:
+            self._check_open()
+            return self._read_checked(level, x, y, bw, bh)
+
+        def read_one(i: int) -> np.ndarray:
+            return self.read_region((int(locs[i, 0]), int(locs[i, 1])), level, size)
+
+        return blocked_batches(read_block, read_one, origins, inside, size, batch_size, workers)
 
     def thumbnail(self, max_size: int) -> np.ndarray:
         """Whole slide, longest side <= `max_size`, from the smallest sufficient level.

@@ -170,9 +170,17 @@ class CuCIMSlide(Slide):
         )
         self.device = "cpu"
 
+    def _block_reads(self, level: int) -> bool:
+        """Decoding on the CPU: blocks (each tile decoded once, `blocks.py`). On the GPU,
+        cuCIM's own batched reader (its decoded batches can stay on the device)."""
+        return self.device == "cpu"
+
     def _read_batches(
         self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
     ) -> Iterator[np.ndarray]:
+        if self._block_reads(level):
+            yield from self._blocked_batches(locs, level, size, batch_size, workers)
+            return
         ds = self.level_downsamples[level]
         origins = np.floor(locs / ds).astype(np.int64)  # level pixels, as read_region
         starts = np.floor((origins + 0.5) * ds).astype(np.int64) if ds != 1.0 else origins

@@ -170,6 +170,10 @@ class ImageSlide(Slide):
             return to_rgb8(np.asarray(self._arrays[level][y : y + h, x : x + w]), self.path)
         return self._image()[y : y + h, x : x + w]
 
+    def _block_reads(self, level: int) -> bool:
+        """A TIFF decoded tile by tile: blocks decode each tile once (`blocks.py`)."""
+        return self._arrays is not None
+
     def _read_batches(
         self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
     ) -> Iterator[np.ndarray]:

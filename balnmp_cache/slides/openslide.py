@@ -89,6 +89,12 @@ class OpenSlideSlide(Slide):
         region = self._handle.read_region(location, level, (w, h))  # type: ignore[attr-defined]
         return composite_on_white(np.asarray(region))
 
+    def _block_reads(self, level: int) -> bool:
+        """Blocks where a level pixel is a level-0 point exactly (integer downsample): the
+        same pixels as region by region, one OpenSlide call for many patches."""
+        ds = self.level_downsamples[level]
+        return ds == round(ds)
+
     def _close(self) -> None:
         handle = getattr(self, "_handle", None)
         if handle is not None:

@@ -1,0 +1,143 @@
+"""Batched reads through blocks (`slides/blocks.py`): the same pixels as patch by patch, each
+tile decoded once, errors named, memory and threads bounded."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from _slide_helpers import SLIDE_BACKENDS, pattern, require_backend, write_tiff
+
+from balnmp_cache.slides import SlideError, open_slide
+from balnmp_cache.slides.base import Slide, threaded_batches
+from balnmp_cache.slides.blocks import BLOCK_DENSITY, region_blocks
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return pattern(448, 704, seed=3)
+
+
+@pytest.fixture(scope="module", params=["jpeg", "lzw"])
+def svs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+        image: np.ndarray):  # fmt: skip
+    """A tiled SVS whose 64 px tiles do not line up with the 48 px patches read from it."""
+    path = tmp_path_factory.mktemp("blocks") / f"tiles-{request.param}.svs"
+    return write_tiff(path, image, request.param, levels=3, tile=64, svs=True, mpp=0.5)
+
+
+def _grid(width: int, height: int, size: int, stride: int) -> np.ndarray:
+    xs, ys = np.meshgrid(np.arange(0, width, stride), np.arange(0, height, stride))
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+def _one_by_one(slide: Slide, locs: np.ndarray, level: int, size: tuple[int, int]) -> np.ndarray:
+    return np.concatenate(list(threaded_batches(slide.read_region, locs, level, size, 64, 0)))
+
+
+@pytest.mark.parametrize("backend", SLIDE_BACKENDS)
+def test_blocked_reads_give_the_pixels_of_reading_patch_by_patch(svs, backend):
+    require_backend(svs, backend)
+    rng = np.random.default_rng(0)
+    with open_slide(svs, backend=backend) as slide:
+        # a tiled grid with holes (kept and dropped cells, like tissue), overlapping
+        # patches, patches crossing every edge, and scattered ones
+        grid = _grid(704, 448, 48, 48)
+        grid = grid[rng.random(len(grid)) < 0.7]
+        overlap = _grid(300, 200, 48, 24) + (100, 60)
+        edges = np.array([[-20, -20], [680, 10], [10, 430], [690, 440], [5000, 5000]])
+        scattered = np.stack([rng.integers(0, 650, 25), rng.integers(0, 400, 25)], axis=1)
+        locs = np.concatenate([grid, overlap, edges, scattered])
+        for level, size in ((0, (48, 48)), (1, (24, 20)), (2, (12, 12))):
+            want = _one_by_one(slide, locs, level, size)
+            for batch_size, workers in ((256, 0), (256, 2), (7, 1), (33, 3), (1, 2)):
+                batches = list(slide.read_regions(locs, level, size, batch_size, workers))
+                assert [len(b) for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+                np.testing.assert_array_equal(np.concatenate(batches), want,
+                                              err_msg=f"{backend} {level} {batch_size}")  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", SLIDE_BACKENDS)
+def test_a_tiled_region_is_read_in_a_few_blocks_not_patch_by_patch(svs, backend, monkeypatch):
+    require_backend(svs, backend)
+    with open_slide(svs, backend=backend) as slide:
+        if not slide._block_reads(0):
+            pytest.skip(f"{backend} reads this slide region by region")
+        calls: list[tuple[int, int]] = []
+        read = type(slide)._read_level
+
+        def counting(self, level, x, y, w, h):  # noqa: ANN001, ANN202
+            calls.append((w, h))
+            return read(self, level, x, y, w, h)
+
+        monkeypatch.setattr(type(slide), "_read_level", counting)
+        locs = _grid(480, 336, 48, 48)  # 10 x 7 patches edge to edge, inside the slide
+        batches = list(slide.read_regions(locs, 0, (48, 48), batch_size=256, num_workers=0))
+        assert sum(len(b) for b in batches) == 70
+        assert calls == [(480, 336)]  # one block: each tile decoded once
+        calls.clear()
+        list(slide.read_regions(locs, 0, (48, 48), batch_size=256, num_workers=2))
+        assert len(calls) == 2 and sum(w * h for w, h in calls) == 480 * 336  # two in parallel
+
+
+def test_gpu_decoding_keeps_cucims_own_batched_reader(svs):
+    require_backend(svs, "cucim")
+    with open_slide(svs, backend="cucim") as slide:
+        assert slide._block_reads(0)
+        slide.device = "cuda"  # decoded batches may stay on the GPU: cuCIM's iterator
+        assert not slide._block_reads(0)
+
+
+def test_a_block_read_error_names_the_slide_and_the_region(svs, monkeypatch):
+    with open_slide(svs) as slide:
+        if not slide._block_reads(0):
+            pytest.skip("no blocked reader for this slide")
+
+        def broken(self, level, x, y, w, h):  # noqa: ANN001, ANN202
+            raise RuntimeError("corrupt JPEG data")
+
+        monkeypatch.setattr(type(slide), "_read_level", broken)
+        locs = _grid(192, 96, 48, 48)
+        for workers in (0, 2):
+            # one block of 192 x 96 px, or two of 96 x 96 read in parallel
+            with pytest.raises(SlideError, match=r"reading (192|96)x96 px at level 0 \((0|96), 0\) "
+                                                 r"failed: RuntimeError: corrupt JPEG data") as info:  # fmt: skip
+                list(slide.read_regions(locs, 0, (48, 48), 256, workers))
+            assert str(svs) in str(info.value)
+
+
+def test_stopping_early_leaves_no_reader_threads_behind(svs):
+    with open_slide(svs) as slide:
+        locs = np.tile(_grid(480, 336, 48, 48), (20, 1))  # many batches
+        before = threading.active_count()
+        batches = slide.read_regions(locs, 0, (48, 48), batch_size=16, num_workers=3)
+        next(iter(batches))
+        batches.close()  # type: ignore[attr-defined]
+        assert threading.active_count() == before
+
+
+def test_region_blocks_partition_the_regions_into_dense_bounded_blocks():
+    rng = np.random.default_rng(7)
+    w, h = 32, 24
+    for trial in range(200):
+        n = int(rng.integers(1, 120))
+        spread = int(rng.integers(1, 4000))
+        origins = rng.integers(0, spread, (n, 2))
+        parts = int(rng.integers(1, 5))
+        max_pixels = int(rng.integers(w * h, 400_000))
+        groups = region_blocks(origins, w, h, parts, max_pixels=max_pixels)
+        joined = np.sort(np.concatenate(groups))
+        np.testing.assert_array_equal(joined, np.arange(n))  # each region in one block
+        assert len(groups) >= min(parts, n)
+        for g in groups:
+            o = origins[g]
+            span = o.max(axis=0) - o.min(axis=0) + (w, h)
+            area = int(span[0]) * int(span[1])
+            if len(g) > 1:
+                assert area <= max_pixels and len(g) * w * h >= BLOCK_DENSITY * area, trial
+    assert region_blocks(np.zeros((0, 2)), w, h) == []
+    edge_to_edge = _grid(320, 240, 32, 32)
+    assert len(region_blocks(edge_to_edge, 32, 32)) == 1
+    apart = np.array([[0, 0], [10_000, 10_000]])  # two patches far apart: never one block
+    assert len(region_blocks(apart, 32, 32)) == 2
