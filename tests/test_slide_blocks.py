@@ -81,6 +81,30 @@ def test_a_tiled_region_is_read_in_a_few_blocks_not_patch_by_patch(svs, backend,
         assert len(calls) == 2 and sum(w * h for w, h in calls) == 480 * 336  # two in parallel
 
 
+def test_cucim_reads_patches_without_neighbours_through_its_own_batched_reader(svs, monkeypatch):
+    """A sparse or shuffled grid has little to share: its patches go, every batch's in one
+    stream, through cuCIM's multi-location reader (its C++ threads), not one by one."""
+    require_backend(svs, "cucim")
+    from balnmp_cache.slides.cucim import CuCIMSlide
+
+    streamed: list[int] = []
+    stream = CuCIMSlide._stream
+
+    def counting(self, starts, *args):  # noqa: ANN001, ANN002, ANN202
+        streamed.append(len(starts))
+        return stream(self, starts, *args)
+
+    monkeypatch.setattr(CuCIMSlide, "_stream", counting)
+    block = _grid(192, 192, 48, 48) + (300, 200)  # 16 patches edge to edge: one batch
+    far_apart = _grid(650, 400, 48, 144)  # 15 in every third cell, inside: no neighbours
+    locs = np.concatenate([block, far_apart, far_apart + 24])
+    with open_slide(svs, backend="cucim") as slide:
+        want = _one_by_one(slide, locs, 0, (48, 48))
+        got = np.concatenate(list(slide.read_regions(locs, 0, (48, 48), 16, 2)))
+    np.testing.assert_array_equal(got, want)
+    assert streamed == [30]  # one iterator for the scattered ones of both later batches
+
+
 def test_gpu_decoding_keeps_cucims_own_batched_reader(svs):
     require_backend(svs, "cucim")
     with open_slide(svs, backend="cucim") as slide:

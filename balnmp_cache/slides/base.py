@@ -172,10 +172,12 @@ class Slide(abc.ABC):
         return False
 
     def _blocked_batches(
-        self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
+        self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int,
+        read_apart: Callable[[np.ndarray], Iterator[np.ndarray]] | None = None,
     ) -> Iterator[np.ndarray]:
         """`read_regions` through blocks: regions inside the level cut from blocks read with
-        `_read_level`, those crossing its edge read alone (white padding)."""
+        `_read_level`, those crossing its edge read alone (white padding), inside regions
+        without a neighbour by `read_apart(indices into locs)` if given."""
         from balnmp_cache.slides.blocks import blocked_batches
 
         ds = self.level_downsamples[level]
@@ -191,7 +193,8 @@ class Slide(abc.ABC):
         def read_one(i: int) -> np.ndarray:
             return self.read_region((int(locs[i, 0]), int(locs[i, 1])), level, size)
 
-        return blocked_batches(read_block, read_one, origins, inside, size, batch_size, workers)
+        return blocked_batches(read_block, read_one, origins, inside, size, batch_size, workers,
+                               read_apart)  # fmt: skip
 
     def thumbnail(self, max_size: int) -> np.ndarray:
         """Whole slide, longest side <= `max_size`, from the smallest sufficient level.

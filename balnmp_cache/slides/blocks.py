@@ -11,13 +11,16 @@ backend).
 `region_blocks` groups the regions of a batch: it splits the batch's bounding box along its
 longer side, at the median region, until each group's box is dense (its regions cover at
 least `BLOCK_DENSITY` of it, so a block never decodes much glass a patch read would not) and
-small (`BLOCK_PIXELS`), and until there are `parts` groups to read in parallel.
+small (`BLOCK_PIXELS`), and until there are `parts` groups to read in parallel. Groups of
+fewer than `MIN_SHARED` regions share too little to be worth a block where the backend has a
+native multi-location reader (cuCIM): they go to it, all of them in one stream.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,15 +28,17 @@ __all__ = ["BLOCK_DENSITY", "BLOCK_PIXELS", "blocked_batches", "region_blocks"]
 
 BLOCK_DENSITY = 0.5  # region pixels per block pixel, at least
 BLOCK_PIXELS = 16 * 1024 * 1024  # the largest block, in pixels (48 MiB of RGB)
+MIN_SHARED = 4  # regions in a group, at least, to read it as a block (else apart)
 IN_FLIGHT_BYTES = 512 * 1024 * 1024  # batches read ahead hold at most about this much
 
 
 def region_blocks(origins: np.ndarray, w: int, h: int, parts: int = 1,
-                  density: float = BLOCK_DENSITY,
-                  max_pixels: int = BLOCK_PIXELS) -> list[np.ndarray]:  # fmt: skip
+                  density: float = BLOCK_DENSITY, max_pixels: int = BLOCK_PIXELS,
+                  smallest: int = 1) -> list[np.ndarray]:  # fmt: skip
     """Groups of row indices into `origins` ((n, 2) top-left corners of w x h regions), each
     read as one block: dense, at most `max_pixels` (unless one region is larger), and at
-    least `parts` groups when there are that many regions. Every index is in one group."""
+    least `parts` groups when there are that many regions. Every index is in one group.
+    Groups of fewer than `smallest` regions are not split further (they are read apart)."""
     n = len(origins)
     if n == 0:
         return []
@@ -48,7 +53,8 @@ def region_blocks(origins: np.ndarray, w: int, h: int, parts: int = 1,
         span = o.max(axis=0) - o.min(axis=0) + (w, h)
         area = int(span[0]) * int(span[1])
         enough = len(done) + len(todo) + 1 >= parts
-        if len(idx) == 1 or (enough and area <= max_pixels and len(idx) * w * h >= density * area):
+        dense = area <= max_pixels and len(idx) * w * h >= density * area
+        if len(idx) < max(2, smallest) or (enough and dense):
             done.append(idx)
             continue
         axis = 0 if span[0] >= span[1] else 1
@@ -66,55 +72,129 @@ def blocked_batches(
     size: tuple[int, int],
     batch_size: int,
     workers: int,
+    read_apart: Callable[[np.ndarray], Iterator[np.ndarray]] | None = None,
 ) -> Iterator[np.ndarray]:
     """(b, h, w, 3) uint8 batches, in input order, of the regions at level pixels `origins`.
 
     Regions `inside` the level are cut from blocks (`read_block(x, y, w, h)`, level pixels);
     the others are read alone (`read_one(i)`, i the index into `origins`: white padding).
-    With `workers` > 1 the blocks of a batch are read in parallel and the next batches read
-    ahead, within `IN_FLIGHT_BYTES`.
+    Inside regions in groups of fewer than `MIN_SHARED` (a sparse or shuffled grid: little
+    to share) go, all of them in order, to one `read_apart(indices)` stream of batches when
+    given (a native multi-location reader, whose own threads read ahead), else through
+    `read_block`. With `workers` > 1 the blocks of a batch are read in parallel and the next
+    batches read ahead, within `IN_FLIGHT_BYTES`.
     """
     w, h = size
     origins = np.asarray(origins, dtype=np.int64).reshape(-1, 2)
-    parts = max(1, workers)
+    plans = [_plan(origins, inside, start, min(start + batch_size, len(origins)), w, h,
+                   max(1, workers), read_apart is not None)
+             for start in range(0, len(origins), batch_size)]  # fmt: skip
+    apart_all = [p.start + p.apart for p in plans if len(p.apart)]
+    stream = _Rows(read_apart(np.concatenate(apart_all)) if apart_all and read_apart else None)
 
-    def batch(start: int, pool: ThreadPoolExecutor | None) -> tuple[np.ndarray, list[Future[None]]]:
-        stop = min(start + batch_size, len(origins))
-        out = np.empty((stop - start, h, w, 3), dtype=np.uint8)
-        sel = np.flatnonzero(inside[start:stop])
-        jobs: list[Callable[[], None]] = [
-            _single(out, int(i), start, read_one) for i in np.flatnonzero(~inside[start:stop])
-        ]
-        for group in region_blocks(origins[start:stop][sel], w, h, parts):
-            jobs.append(_block(out, sel[group], origins[start:stop], w, h, read_block))
+    def submit(plan: _Plan, pool: ThreadPoolExecutor | None) -> _Pending:
+        if len(plan.apart) == plan.stop - plan.start:  # all from the stream, as it cuts them
+            return _Pending(plan, None, [])
+        out = np.empty((plan.stop - plan.start, h, w, 3), dtype=np.uint8)
+        jobs = [_single(out, i, plan.start, read_one) for i in plan.edge]
+        jobs += [_block(out, g, origins[plan.start : plan.stop], w, h, read_block)
+                 for g in plan.blocks]  # fmt: skip
         if pool is None:
             for job in jobs:
                 job()
-            return out, []
-        return out, [pool.submit(job) for job in jobs]
+            return _Pending(plan, out, [])
+        return _Pending(plan, out, [pool.submit(job) for job in jobs])
 
-    def result(item: tuple[np.ndarray, list[Future[None]]]) -> np.ndarray:
-        for fut in item[1]:
+    def result(item: _Pending) -> np.ndarray:
+        if item.out is None:
+            return stream.take(len(item.plan.apart))
+        if len(item.plan.apart):
+            item.out[item.plan.apart] = stream.take(len(item.plan.apart))
+        for fut in item.futures:
             fut.result()  # a read error: raised here, in input order
-        return item[0]
+        return item.out
 
-    starts = range(0, len(origins), batch_size)
-    if workers <= 1:
-        for start in starts:
-            yield result(batch(start, None))
-        return
-    ahead = max(2, min(workers, IN_FLIGHT_BYTES // max(1, batch_size * w * h * 3)))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slide-read")
     try:
-        pending: list[tuple[np.ndarray, list[Future[None]]]] = []
-        for start in starts:
-            pending.append(batch(start, pool))
-            if len(pending) >= ahead:
+        if workers <= 1:
+            for plan in plans:
+                yield result(submit(plan, None))
+            return
+        ahead = max(2, min(workers, IN_FLIGHT_BYTES // max(1, batch_size * w * h * 3)))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slide-read")
+        try:
+            pending: list[_Pending] = []
+            for plan in plans:
+                pending.append(submit(plan, pool))
+                if len(pending) >= ahead:
+                    yield result(pending.pop(0))
+            while pending:
                 yield result(pending.pop(0))
-        while pending:
-            yield result(pending.pop(0))
-    finally:  # also when the consumer stops early or a read fails: queued reads are dropped
-        pool.shutdown(wait=True, cancel_futures=True)
+        finally:  # also when the consumer stops early or a read fails: queued reads dropped
+            pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        stream.close()
+
+
+@dataclass
+class _Plan:
+    """One batch's reads: `edge` regions alone, `blocks` (groups of neighbours), `apart`
+    (taken from the native stream); indices relative to `start`."""
+
+    start: int
+    stop: int
+    edge: list[int]
+    blocks: list[np.ndarray]
+    apart: np.ndarray
+
+
+@dataclass
+class _Pending:
+    plan: _Plan
+    out: np.ndarray | None  # None: the batch is the stream's rows
+    futures: list[Future[None]]
+
+
+def _plan(origins: np.ndarray, inside: np.ndarray, start: int, stop: int, w: int, h: int,
+          parts: int, native: bool) -> _Plan:  # fmt: skip
+    sel = np.flatnonzero(inside[start:stop])
+    edge = [int(i) for i in np.flatnonzero(~inside[start:stop])]
+    blocks: list[np.ndarray] = []
+    apart: list[int] = []
+    smallest = MIN_SHARED if native else 1
+    for group in region_blocks(origins[start:stop][sel], w, h, parts, smallest=smallest):
+        if native and len(group) < MIN_SHARED:
+            apart.extend(int(i) for i in sel[group])
+        else:
+            blocks.append(sel[group])
+    return _Plan(start, stop, edge, blocks, np.array(sorted(apart), dtype=np.int64))
+
+
+class _Rows:
+    """Rows taken in order from a stream of batches (the native reader's), however its
+    batches are cut."""
+
+    def __init__(self, batches: Iterator[np.ndarray] | None) -> None:
+        self.batches = batches
+        self.rows: list[np.ndarray] = []
+        self.held = 0
+
+    def take(self, n: int) -> np.ndarray:
+        assert self.batches is not None
+        while self.held < n:
+            batch = next(self.batches)
+            self.rows.append(batch)
+            self.held += len(batch)
+        if len(self.rows[0]) == n:  # the stream's batch as it is: no copy
+            self.held -= n
+            return self.rows.pop(0)
+        joined = self.rows[0] if len(self.rows) == 1 else np.concatenate(self.rows)
+        self.rows, self.held = ([joined[n:]] if len(joined) > n else []), len(joined) - n
+        return joined[:n]
+
+    def close(self) -> None:
+        close = getattr(self.batches, "close", None)
+        if close is not None:
+            close()
 
 
 def _single(out: np.ndarray, i: int, start: int,

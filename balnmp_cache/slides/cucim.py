@@ -178,12 +178,16 @@ class CuCIMSlide(Slide):
     def _read_batches(
         self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
     ) -> Iterator[np.ndarray]:
-        if self._block_reads(level):
-            yield from self._blocked_batches(locs, level, size, batch_size, workers)
-            return
         ds = self.level_downsamples[level]
         origins = np.floor(locs / ds).astype(np.int64)  # level pixels, as read_region
         starts = np.floor((origins + 0.5) * ds).astype(np.int64) if ds != 1.0 else origins
+        if self._block_reads(level):
+
+            def apart(idx: np.ndarray) -> Iterator[np.ndarray]:  # one cuCIM iterator
+                return self._stream(starts[idx], level, size, batch_size, workers)
+
+            yield from self._blocked_batches(locs, level, size, batch_size, workers, apart)
+            return
         w, h = size
         lw, lh = self.level_dimensions[level]
         inside = (origins >= 0).all(axis=1) & (origins[:, 0] + w <= lw) & (origins[:, 1] + h <= lh)
