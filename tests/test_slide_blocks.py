@@ -105,6 +105,27 @@ def test_cucim_reads_patches_without_neighbours_through_its_own_batched_reader(s
     assert streamed == [30]  # one iterator for the scattered ones of both later batches
 
 
+def test_many_reader_threads_do_not_cut_a_small_slide_into_blocks_too_small_to_share(svs,
+                                                                                     monkeypatch):  # fmt: skip
+    require_backend(svs, "cucim")
+    from balnmp_cache.slides.cucim import CuCIMSlide
+
+    blocks: list[tuple[int, int]] = []
+    streamed: list[int] = []
+    read, stream = CuCIMSlide._read_level, CuCIMSlide._stream
+    monkeypatch.setattr(CuCIMSlide, "_read_level",
+                        lambda self, level, x, y, w, h: blocks.append((w, h)) or read(self, level, x, y, w, h))  # fmt: skip
+    monkeypatch.setattr(CuCIMSlide, "_stream",
+                        lambda self, starts, *a: streamed.append(len(starts)) or stream(self, starts, *a))  # fmt: skip
+    locs = _grid(288, 240, 48, 48)  # 30 patches, one biopsy-sized batch
+    with open_slide(svs, backend="cucim") as slide:
+        want = _one_by_one(slide, locs, 0, (48, 48))
+        blocks.clear()
+        got = np.concatenate(list(slide.read_regions(locs, 0, (48, 48), 256, 16)))
+    np.testing.assert_array_equal(got, want)
+    assert len(blocks) == 3 and streamed == []  # 16 threads, but blocks of 8 or more patches
+
+
 def test_gpu_decoding_keeps_cucims_own_batched_reader(svs):
     require_backend(svs, "cucim")
     with open_slide(svs, backend="cucim") as slide:

@@ -161,6 +161,8 @@ def _plan(origins: np.ndarray, inside: np.ndarray, start: int, stop: int, w: int
     blocks: list[np.ndarray] = []
     apart: list[int] = []
     smallest = MIN_SHARED if native else 1
+    # many threads on few patches: no more parts than leave MIN_SHARED x 2 regions to each
+    parts = max(1, min(parts, len(sel) // (2 * MIN_SHARED))) if native else parts
     for group in region_blocks(origins[start:stop][sel], w, h, parts, smallest=smallest):
         if native and len(group) < MIN_SHARED:
             apart.extend(int(i) for i in sel[group])
