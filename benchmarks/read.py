@@ -6,6 +6,7 @@ both ways in one run and prints patches/s and the ratio. Defaults are small (2-c
 ``--size 16384 --patches 4000`` approaches a real biopsy.
 
     python benchmarks/read.py [--size 4096] [--patches 1000] [--patch-size 256] [--workers N]
+                              [--order shuffled|grid]
 """
 
 from __future__ import annotations
@@ -50,11 +51,14 @@ def make_sources(root: Path, size: int, patch: int, n: int, seed: int) -> dict[s
     return {"cucim": svs, "openslide": svs, "image": jpg, "patches": folder}
 
 
-def grid(size: int, patch: int, n: int, seed: int) -> np.ndarray:
-    """``n`` patch corners on the patch grid, shuffled (extraction reads them in tissue
-    order; shuffling defeats tile caches the way a sparse tissue grid does)."""
+def grid(size: int, patch: int, n: int, seed: int, order: str = "shuffled") -> np.ndarray:
+    """``n`` patch corners on the patch grid: ``shuffled`` (defeats tile caches and blocks
+    the way a sparse tissue grid does), or ``grid``, the first ``n`` cells row by row (how
+    extraction reads a tumour region tiled edge to edge: neighbours share tiles)."""
     cells = size // patch
     xy = np.stack(np.meshgrid(np.arange(cells), np.arange(cells)), -1).reshape(-1, 2) * patch
+    if order == "grid":
+        return xy[:n].astype(np.int64)
     rng = np.random.default_rng(seed + 1)
     return xy[rng.permutation(len(xy))[:n]].astype(np.int64)
 
@@ -100,13 +104,15 @@ def main() -> None:
                     help="rounds (fresh slide each run); medians are reported")
     ap.add_argument("--backends", default="cucim,openslide,image,patches")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--order", choices=("shuffled", "grid"), default="shuffled",
+                    help="patch order: shuffled cells, or the grid row by row (extraction's)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="balnmp-read-bench-") as tmp:
         sources = make_sources(Path(tmp), args.size, args.patch_size, args.patches, args.seed)
-        locs = grid(args.size, args.patch_size, args.patches, args.seed)
-        print(f"slide {args.size}x{args.size}, {len(locs)} patches of {args.patch_size} px, "
-              f"batch {args.batch_size}, {args.workers} workers")  # fmt: skip
+        locs = grid(args.size, args.patch_size, args.patches, args.seed, args.order)
+        print(f"slide {args.size}x{args.size}, {len(locs)} patches of {args.patch_size} px "
+              f"({args.order}), batch {args.batch_size}, {args.workers} workers")  # fmt: skip
         print(f"{'backend':<10} {'source':<18} {'loop p/s':>10} {'batched p/s':>12} "
               f"{'ratio':>7}  (medians of {args.repeats} rounds)")
         for backend in args.backends.split(","):
