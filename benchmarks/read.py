@@ -6,7 +6,7 @@ both ways in one run and prints patches/s and the ratio. Defaults are small (2-c
 ``--size 16384 --patches 4000`` approaches a real biopsy.
 
     python benchmarks/read.py [--size 4096] [--patches 1000] [--patch-size 256] [--workers N]
-                              [--order shuffled|grid]
+                              [--order shuffled|grid] [--decode auto|cpu]
 """
 
 from __future__ import annotations
@@ -63,10 +63,15 @@ def grid(size: int, patch: int, n: int, seed: int, order: str = "shuffled") -> n
     return xy[rng.permutation(len(xy))[:n]].astype(np.int64)
 
 
+DECODE = {"device": None}  # --decode cpu: cuCIM decodes on the CPU even beside a GPU
+
+
 def timed(path: Path, backend: str, read: Callable[[Slide], int]) -> float:
     """Patches/s of ``read(slide)`` on a freshly opened slide (no warm patch caches). A JPEG's
     one-off full decode happens before the clock starts."""
     with open_slide(path, backend=backend) as slide:
+        if DECODE["device"] and hasattr(slide, "device"):
+            slide.device = DECODE["device"]  # the documented way to force CPU decoding
         slide.read_region((0, 0), 0, (1, 1))
         t0 = time.perf_counter()
         count = read(slide)
@@ -106,13 +111,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--order", choices=("shuffled", "grid"), default="shuffled",
                     help="patch order: shuffled cells, or the grid row by row (extraction's)")
+    ap.add_argument("--decode", choices=("auto", "cpu"), default="auto",
+                    help="cuCIM's decoding device: its own choice (the GPU when there is one) "
+                         "or the CPU (blocks)")
     args = ap.parse_args()
+    DECODE["device"] = None if args.decode == "auto" else args.decode
 
     with tempfile.TemporaryDirectory(prefix="balnmp-read-bench-") as tmp:
         sources = make_sources(Path(tmp), args.size, args.patch_size, args.patches, args.seed)
         locs = grid(args.size, args.patch_size, args.patches, args.seed, args.order)
         print(f"slide {args.size}x{args.size}, {len(locs)} patches of {args.patch_size} px "
-              f"({args.order}), batch {args.batch_size}, {args.workers} workers")  # fmt: skip
+              f"({args.order}), batch {args.batch_size}, {args.workers} workers, decode "
+              f"{args.decode}")  # fmt: skip
         print(f"{'backend':<10} {'source':<18} {'loop p/s':>10} {'batched p/s':>12} "
               f"{'ratio':>7}  (medians of {args.repeats} rounds)")
         for backend in args.backends.split(","):
