@@ -4,6 +4,7 @@ tile decoded once, errors named, memory and threads bounded."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -165,3 +166,40 @@ def test_region_blocks_partition_the_regions_into_dense_bounded_blocks():
     assert len(region_blocks(edge_to_edge, 32, 32)) == 1
     apart = np.array([[0, 0], [10_000, 10_000]])  # two patches far apart: never one block
     assert len(region_blocks(apart, 32, 32)) == 2
+
+
+@pytest.mark.parametrize("backend", SLIDE_BACKENDS)
+def test_closing_the_slide_waits_for_the_reads_in_flight(svs, backend, monkeypatch):
+    """`close()` while the pool still reads ahead (a caller holding `read_regions` closes the
+    slide): the handle is released only once no read is inside the library (OpenSlide
+    aborts the process on a handle freed under a read), and the next batch raises."""
+    require_backend(svs, backend)
+    slide = open_slide(svs, backend=backend)
+    if not slide._block_reads(0):
+        slide.close()
+        pytest.skip(f"{backend} reads this slide region by region")
+    active = [0]
+    at_close: list[int] = []
+    read, close = type(slide)._read_level, type(slide)._close
+
+    def slow(self, level, x, y, w, h):  # noqa: ANN001, ANN202
+        active[0] += 1
+        try:
+            time.sleep(0.2)
+            return read(self, level, x, y, w, h)
+        finally:
+            active[0] -= 1
+
+    def closing(self):  # noqa: ANN001, ANN202
+        at_close.append(active[0])
+        close(self)
+
+    monkeypatch.setattr(type(slide), "_read_level", slow)
+    monkeypatch.setattr(type(slide), "_close", closing)
+    locs = np.tile(_grid(192, 96, 48, 48), (4, 1))  # 4 batches of 8, 2 blocks each
+    batches = slide.read_regions(locs, 0, (48, 48), batch_size=8, num_workers=2)
+    next(iter(batches))  # the second batch's blocks are being read now
+    slide.close()
+    assert at_close == [0]
+    with pytest.raises(SlideError, match="closed"):
+        list(batches)
