@@ -211,3 +211,16 @@ def test_closing_the_slide_waits_for_the_reads_in_flight(svs, backend, monkeypat
     assert at_close == [0]
     with pytest.raises(SlideError, match="closed"):
         list(batches)
+
+
+def test_many_workers_do_not_split_dense_groups_into_patches_read_apart():
+    """`parts` (the reader threads) splits a batch for parallel reads, but never a dense group
+    into pieces smaller than `smallest`: those would go to the native reader one by one, and
+    a tiled region read by 32 threads in batches of 64 would share no tile at all."""
+    grid = _grid(224 * 8, 224 * 8, 224, 224)  # 64 patches edge to edge
+    for parts in (16, 32, 64):
+        groups = region_blocks(grid, 224, 224, parts, smallest=4)
+        assert min(len(g) for g in groups) >= 4, parts
+        np.testing.assert_array_equal(np.sort(np.concatenate(groups)), np.arange(64))
+    sparse = _grid(224 * 24, 224 * 24, 224, 672)  # every third cell: no neighbours
+    assert max(len(g) for g in region_blocks(sparse, 224, 224, 1, smallest=4)) < 4

@@ -38,7 +38,8 @@ def region_blocks(origins: np.ndarray, w: int, h: int, parts: int = 1,
     """Groups of row indices into `origins` ((n, 2) top-left corners of w x h regions), each
     read as one block: dense, at most `max_pixels` (unless one region is larger), and at
     least `parts` groups when there are that many regions. Every index is in one group.
-    Groups of fewer than `smallest` regions are not split further (they are read apart)."""
+    Groups of fewer than `smallest` regions are not split further (they are read apart), nor
+    dense groups into halves that small, however many `parts`."""
     n = len(origins)
     if n == 0:
         return []
@@ -54,7 +55,8 @@ def region_blocks(origins: np.ndarray, w: int, h: int, parts: int = 1,
         area = int(span[0]) * int(span[1])
         enough = len(done) + len(todo) + 1 >= parts
         dense = area <= max_pixels and len(idx) * w * h >= density * area
-        if len(idx) < max(2, smallest) or (enough and dense):
+        # a dense group is not split into halves under `smallest` (they would be read apart)
+        if len(idx) < max(2, smallest) or (dense and (enough or len(idx) < 2 * smallest)):
             done.append(idx)
             continue
         axis = 0 if span[0] >= span[1] else 1
