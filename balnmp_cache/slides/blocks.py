@@ -121,20 +121,28 @@ def blocked_batches(
             for plan in plans:
                 yield result(submit(plan, None))
             return
-        ahead = max(2, min(workers, IN_FLIGHT_BYTES // max(1, batch_size * w * h * 3)))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slide-read")
-        try:
-            pending: list[_Pending] = []
-            for plan in plans:
-                pending.append(submit(plan, pool))
-                if len(pending) >= ahead:
-                    yield result(pending.pop(0))
-            while pending:
-                yield result(pending.pop(0))
-        finally:  # also when the consumer stops early or a read fails: queued reads dropped
-            pool.shutdown(wait=True, cancel_futures=True)
+        yield from _read_ahead(plans, submit, result, workers, batch_size * w * h * 3)
     finally:
         stream.close()
+
+
+def _read_ahead(plans: list[_Plan], submit: Callable[[_Plan, ThreadPoolExecutor], _Pending],
+                result: Callable[[_Pending], np.ndarray], workers: int,
+                batch_bytes: int) -> Iterator[np.ndarray]:  # fmt: skip
+    """The batches of `plans` in order, the next ones read ahead by a pool of `workers`
+    threads, as many as fit in `IN_FLIGHT_BYTES` (at least 2, at most `workers`)."""
+    ahead = max(2, min(workers, IN_FLIGHT_BYTES // max(1, batch_bytes)))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slide-read")
+    try:
+        pending: list[_Pending] = []
+        for plan in plans:
+            pending.append(submit(plan, pool))
+            if len(pending) >= ahead:
+                yield result(pending.pop(0))
+        while pending:
+            yield result(pending.pop(0))
+    finally:  # also when the consumer stops early or a read fails: queued reads dropped
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
