@@ -4,6 +4,7 @@ tile decoded once, errors named, memory and threads bounded."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -32,6 +33,14 @@ def _grid(width: int, height: int, size: int, stride: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
+def _on_cpu(slide: Slide) -> Slide:
+    """cuCIM decodes on the GPU where there is one, through its own batched reader: blocks are
+    its CPU path, so these tests decode on the CPU on any host."""
+    if getattr(slide, "device", None) == "cuda":
+        slide.device = "cpu"  # type: ignore[attr-defined]
+    return slide
+
+
 def _one_by_one(slide: Slide, locs: np.ndarray, level: int, size: tuple[int, int]) -> np.ndarray:
     return np.concatenate(list(threaded_batches(slide.read_region, locs, level, size, 64, 0)))
 
@@ -40,7 +49,7 @@ def _one_by_one(slide: Slide, locs: np.ndarray, level: int, size: tuple[int, int
 def test_blocked_reads_give_the_pixels_of_reading_patch_by_patch(svs, backend):
     require_backend(svs, backend)
     rng = np.random.default_rng(0)
-    with open_slide(svs, backend=backend) as slide:
+    with _on_cpu(open_slide(svs, backend=backend)) as slide:
         # a tiled grid with holes (kept and dropped cells, like tissue), overlapping
         # patches, patches crossing every edge, and scattered ones
         grid = _grid(704, 448, 48, 48)
@@ -61,7 +70,7 @@ def test_blocked_reads_give_the_pixels_of_reading_patch_by_patch(svs, backend):
 @pytest.mark.parametrize("backend", SLIDE_BACKENDS)
 def test_a_tiled_region_is_read_in_a_few_blocks_not_patch_by_patch(svs, backend, monkeypatch):
     require_backend(svs, backend)
-    with open_slide(svs, backend=backend) as slide:
+    with _on_cpu(open_slide(svs, backend=backend)) as slide:
         if not slide._block_reads(0):
             pytest.skip(f"{backend} reads this slide region by region")
         calls: list[tuple[int, int]] = []
@@ -98,7 +107,7 @@ def test_cucim_reads_patches_without_neighbours_through_its_own_batched_reader(s
     block = _grid(192, 192, 48, 48) + (300, 200)  # 16 patches edge to edge: one batch
     far_apart = _grid(650, 400, 48, 144)  # 15 in every third cell, inside: no neighbours
     locs = np.concatenate([block, far_apart, far_apart + 24])
-    with open_slide(svs, backend="cucim") as slide:
+    with _on_cpu(open_slide(svs, backend="cucim")) as slide:
         want = _one_by_one(slide, locs, 0, (48, 48))
         got = np.concatenate(list(slide.read_regions(locs, 0, (48, 48), 16, 2)))
     np.testing.assert_array_equal(got, want)
@@ -128,14 +137,14 @@ def test_many_reader_threads_do_not_cut_a_small_slide_into_blocks_too_small_to_s
 
 def test_gpu_decoding_keeps_cucims_own_batched_reader(svs):
     require_backend(svs, "cucim")
-    with open_slide(svs, backend="cucim") as slide:
+    with _on_cpu(open_slide(svs, backend="cucim")) as slide:
         assert slide._block_reads(0)
         slide.device = "cuda"  # decoded batches may stay on the GPU: cuCIM's iterator
         assert not slide._block_reads(0)
 
 
 def test_a_block_read_error_names_the_slide_and_the_region(svs, monkeypatch):
-    with open_slide(svs) as slide:
+    with _on_cpu(open_slide(svs)) as slide:
         if not slide._block_reads(0):
             pytest.skip("no blocked reader for this slide")
 
@@ -153,7 +162,7 @@ def test_a_block_read_error_names_the_slide_and_the_region(svs, monkeypatch):
 
 
 def test_stopping_early_leaves_no_reader_threads_behind(svs):
-    with open_slide(svs) as slide:
+    with _on_cpu(open_slide(svs)) as slide:
         locs = np.tile(_grid(480, 336, 48, 48), (20, 1))  # many batches
         before = threading.active_count()
         batches = slide.read_regions(locs, 0, (48, 48), batch_size=16, num_workers=3)
@@ -186,3 +195,53 @@ def test_region_blocks_partition_the_regions_into_dense_bounded_blocks():
     assert len(region_blocks(edge_to_edge, 32, 32)) == 1
     apart = np.array([[0, 0], [10_000, 10_000]])  # two patches far apart: never one block
     assert len(region_blocks(apart, 32, 32)) == 2
+
+
+@pytest.mark.parametrize("backend", SLIDE_BACKENDS)
+def test_closing_the_slide_waits_for_the_reads_in_flight(svs, backend, monkeypatch):
+    """`close()` while the pool still reads ahead (a caller holding `read_regions` closes the
+    slide): the handle is released only once no read is inside the library (OpenSlide
+    aborts the process on a handle freed under a read), and the next batch raises."""
+    require_backend(svs, backend)
+    slide = _on_cpu(open_slide(svs, backend=backend))
+    if not slide._block_reads(0):
+        slide.close()
+        pytest.skip(f"{backend} reads this slide region by region")
+    active = [0]
+    at_close: list[int] = []
+    read, close = type(slide)._read_level, type(slide)._close
+
+    def slow(self, level, x, y, w, h):  # noqa: ANN001, ANN202
+        active[0] += 1
+        try:
+            time.sleep(0.2)
+            return read(self, level, x, y, w, h)
+        finally:
+            active[0] -= 1
+
+    def closing(self):  # noqa: ANN001, ANN202
+        at_close.append(active[0])
+        close(self)
+
+    monkeypatch.setattr(type(slide), "_read_level", slow)
+    monkeypatch.setattr(type(slide), "_close", closing)
+    locs = np.tile(_grid(192, 96, 48, 48), (4, 1))  # 4 batches of 8, 2 blocks each
+    batches = slide.read_regions(locs, 0, (48, 48), batch_size=8, num_workers=2)
+    next(iter(batches))  # the second batch's blocks are being read now
+    slide.close()
+    assert at_close == [0]
+    with pytest.raises(SlideError, match="closed"):
+        list(batches)
+
+
+def test_many_workers_do_not_split_dense_groups_into_patches_read_apart():
+    """`parts` (the reader threads) splits a batch for parallel reads, but never a dense group
+    into pieces smaller than `smallest`: those would go to the native reader one by one, and
+    a tiled region read by 32 threads in batches of 64 would share no tile at all."""
+    grid = _grid(224 * 8, 224 * 8, 224, 224)  # 64 patches edge to edge
+    for parts in (16, 32, 64):
+        groups = region_blocks(grid, 224, 224, parts, smallest=4)
+        assert min(len(g) for g in groups) >= 4, parts
+        np.testing.assert_array_equal(np.sort(np.concatenate(groups)), np.arange(64))
+    sparse = _grid(224 * 24, 224 * 24, 224, 672)  # every third cell: no neighbours
+    assert max(len(g) for g in region_blocks(sparse, 224, 224, 1, smallest=4)) < 4

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -74,6 +75,8 @@ class Slide(abc.ABC):
         self.properties = dict(properties)
         self.mpp = mpp
         self._closed = False
+        self._reads = 0  # `_read_level` calls in progress; `close()` waits for them
+        self._idle = threading.Condition()
 
     # -- geometry ------------------------------------------------------------------------
     @property
@@ -122,7 +125,11 @@ class Slide(abc.ABC):
         return out
 
     def _read_checked(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """`_read_level`, a backend library's error named with the slide and the region."""
+        """`_read_level`, a backend library's error named with the slide and the region; a
+        slide closed meanwhile (a pool thread reading ahead) keeps its handle until it ends."""
+        with self._idle:
+            self._check_open()
+            self._reads += 1
         try:
             return self._read_level(level, x, y, w, h)
         except SlideError:
@@ -133,6 +140,10 @@ class Slide(abc.ABC):
                 f"reading {w}x{h} px at level {level} ({x}, {y}) failed: "
                 f"{type(exc).__name__}: {exc}",
             ) from exc
+        finally:
+            with self._idle:
+                self._reads -= 1
+                self._idle.notify_all()
 
     def read_regions(
         self,
@@ -237,10 +248,17 @@ class Slide(abc.ABC):
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
-        """Release the file handle; further reads raise SlideError."""
-        if not self._closed:
+        """Release the file handle, once the reads in progress in other threads are done;
+        further reads raise SlideError."""
+        idle = getattr(self, "_idle", None)
+        if idle is None:  # __init__ did not finish: nothing read, nothing to wait for
+            return
+        with idle:
+            if self._closed:
+                return
             self._closed = True
-            self._close()
+            idle.wait_for(lambda: self._reads == 0)
+        self._close()
 
     def _close(self) -> None:  # noqa: B027 - optional hook
         """Backend hook: release native handles."""

@@ -38,7 +38,8 @@ def region_blocks(origins: np.ndarray, w: int, h: int, parts: int = 1,
     """Groups of row indices into `origins` ((n, 2) top-left corners of w x h regions), each
     read as one block: dense, at most `max_pixels` (unless one region is larger), and at
     least `parts` groups when there are that many regions. Every index is in one group.
-    Groups of fewer than `smallest` regions are not split further (they are read apart)."""
+    Groups of fewer than `smallest` regions are not split further (they are read apart), nor
+    dense groups into halves that small, however many `parts`."""
     n = len(origins)
     if n == 0:
         return []
@@ -54,7 +55,8 @@ def region_blocks(origins: np.ndarray, w: int, h: int, parts: int = 1,
         area = int(span[0]) * int(span[1])
         enough = len(done) + len(todo) + 1 >= parts
         dense = area <= max_pixels and len(idx) * w * h >= density * area
-        if len(idx) < max(2, smallest) or (enough and dense):
+        # a dense group is not split into halves under `smallest` (they would be read apart)
+        if len(idx) < max(2, smallest) or (dense and (enough or len(idx) < 2 * smallest)):
             done.append(idx)
             continue
         axis = 0 if span[0] >= span[1] else 1
@@ -119,20 +121,28 @@ def blocked_batches(
             for plan in plans:
                 yield result(submit(plan, None))
             return
-        ahead = max(2, min(workers, IN_FLIGHT_BYTES // max(1, batch_size * w * h * 3)))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slide-read")
-        try:
-            pending: list[_Pending] = []
-            for plan in plans:
-                pending.append(submit(plan, pool))
-                if len(pending) >= ahead:
-                    yield result(pending.pop(0))
-            while pending:
-                yield result(pending.pop(0))
-        finally:  # also when the consumer stops early or a read fails: queued reads dropped
-            pool.shutdown(wait=True, cancel_futures=True)
+        yield from _read_ahead(plans, submit, result, workers, batch_size * w * h * 3)
     finally:
         stream.close()
+
+
+def _read_ahead(plans: list[_Plan], submit: Callable[[_Plan, ThreadPoolExecutor], _Pending],
+                result: Callable[[_Pending], np.ndarray], workers: int,
+                batch_bytes: int) -> Iterator[np.ndarray]:  # fmt: skip
+    """The batches of `plans` in order, the next ones read ahead by a pool of `workers`
+    threads, as many as fit in `IN_FLIGHT_BYTES` (at least 2, at most `workers`)."""
+    ahead = max(2, min(workers, IN_FLIGHT_BYTES // max(1, batch_bytes)))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slide-read")
+    try:
+        pending: list[_Pending] = []
+        for plan in plans:
+            pending.append(submit(plan, pool))
+            if len(pending) >= ahead:
+                yield result(pending.pop(0))
+        while pending:
+            yield result(pending.pop(0))
+    finally:  # also when the consumer stops early or a read fails: queued reads dropped
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
