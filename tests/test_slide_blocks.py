@@ -135,6 +135,29 @@ def test_many_reader_threads_do_not_cut_a_small_slide_into_blocks_too_small_to_s
     assert len(blocks) == 3 and streamed == []  # 16 threads, but blocks of 8 or more patches
 
 
+def test_cucim_reads_patches_aligned_with_the_tiles_through_its_own_reader(svs, monkeypatch):
+    """Patches that are whole tiles share none: a block would decode the same tiles, so they
+    go through cuCIM's multi-location reader (the patches of a tile-sized grid)."""
+    require_backend(svs, "cucim")
+    from balnmp_cache.slides.blocks import tile_share
+    from balnmp_cache.slides.cucim import CuCIMSlide
+
+    streamed: list[int] = []
+    stream = CuCIMSlide._stream
+    monkeypatch.setattr(CuCIMSlide, "_stream",
+                        lambda self, starts, *a: streamed.append(len(starts)) or stream(self, starts, *a))  # fmt: skip
+    aligned = _grid(640, 384, 64, 64)  # 10 x 6 patches, each one 64 px tile
+    with _on_cpu(open_slide(svs, backend="cucim")) as slide:
+        assert slide._tile_size(0) == (64, 64)
+        want = _one_by_one(slide, aligned, 0, (64, 64))
+        got = np.concatenate(list(slide.read_regions(aligned, 0, (64, 64), 256, 2)))
+    np.testing.assert_array_equal(got, want)
+    assert streamed == [60]
+    assert tile_share(aligned, 64, 64, (64, 64)) == 1.0
+    assert tile_share(_grid(480, 336, 48, 48), 48, 48, (64, 64)) < 0.5  # shared: blocks
+    assert tile_share(aligned, 64, 64, None) == 0.0  # unknown tiles: blocks assumed to pay
+
+
 def test_gpu_decoding_keeps_cucims_own_batched_reader(svs):
     require_backend(svs, "cucim")
     with _on_cpu(open_slide(svs, backend="cucim")) as slide:

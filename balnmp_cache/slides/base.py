@@ -205,7 +205,11 @@ class Slide(abc.ABC):
             return self.read_region((int(locs[i, 0]), int(locs[i, 1])), level, size)
 
         return blocked_batches(read_block, read_one, origins, inside, size, batch_size, workers,
-                               read_apart)  # fmt: skip
+                               read_apart, self._tile_size(level))  # fmt: skip
+
+    def _tile_size(self, level: int) -> tuple[int, int] | None:
+        """The level's tile (width, height) where the backend knows it, else None."""
+        return None
 
     def thumbnail(self, max_size: int) -> np.ndarray:
         """Whole slide, longest side <= `max_size`, from the smallest sufficient level.

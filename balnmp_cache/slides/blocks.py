@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BLOCK_DENSITY", "BLOCK_PIXELS", "blocked_batches", "region_blocks"]
+__all__ = ["BLOCK_DENSITY", "BLOCK_PIXELS", "blocked_batches", "region_blocks", "tile_share"]
 
 BLOCK_DENSITY = 0.5  # region pixels per block pixel, at least
 BLOCK_PIXELS = 16 * 1024 * 1024  # the largest block, in pixels (48 MiB of RGB)
 MIN_SHARED = 4  # regions in a group, at least, to read it as a block (else apart)
+MAX_TILE_SHARE = 0.8  # a block decoding more of its regions' own tiles than this: read apart
 IN_FLIGHT_BYTES = 512 * 1024 * 1024  # batches read ahead hold at most about this much
 
 
@@ -75,6 +76,7 @@ def blocked_batches(
     batch_size: int,
     workers: int,
     read_apart: Callable[[np.ndarray], Iterator[np.ndarray]] | None = None,
+    tile: tuple[int, int] | None = None,
 ) -> Iterator[np.ndarray]:
     """(b, h, w, 3) uint8 batches, in input order, of the regions at level pixels `origins`.
 
@@ -83,13 +85,15 @@ def blocked_batches(
     Inside regions in groups of fewer than `MIN_SHARED` (a sparse or shuffled grid: little
     to share) go, all of them in order, to one `read_apart(indices)` stream of batches when
     given (a native multi-location reader, whose own threads read ahead), else through
-    `read_block`. With `workers` > 1 the blocks of a batch are read in parallel and the next
-    batches read ahead, within `IN_FLIGHT_BYTES`.
+    `read_block`. So do, given the level's `tile` size, groups whose block would decode more
+    than `MAX_TILE_SHARE` of the tiles its regions decode one by one (patches aligned with the
+    tiles share none). With `workers` > 1 the blocks of a batch are read in parallel and the
+    next batches read ahead, within `IN_FLIGHT_BYTES`.
     """
     w, h = size
     origins = np.asarray(origins, dtype=np.int64).reshape(-1, 2)
     plans = [_plan(origins, inside, start, min(start + batch_size, len(origins)), w, h,
-                   max(1, workers), read_apart is not None)
+                   max(1, workers), read_apart is not None, tile)
              for start in range(0, len(origins), batch_size)]  # fmt: skip
     apart_all = [p.start + p.apart for p in plans if len(p.apart)]
     stream = _Rows(read_apart(np.concatenate(apart_all)) if apart_all and read_apart else None)
@@ -165,7 +169,7 @@ class _Pending:
 
 
 def _plan(origins: np.ndarray, inside: np.ndarray, start: int, stop: int, w: int, h: int,
-          parts: int, native: bool) -> _Plan:  # fmt: skip
+          parts: int, native: bool, tile: tuple[int, int] | None = None) -> _Plan:  # fmt: skip
     sel = np.flatnonzero(inside[start:stop])
     edge = [int(i) for i in np.flatnonzero(~inside[start:stop])]
     blocks: list[np.ndarray] = []
@@ -174,11 +178,26 @@ def _plan(origins: np.ndarray, inside: np.ndarray, start: int, stop: int, w: int
     # many threads on few patches: no more parts than leave MIN_SHARED x 2 regions to each
     parts = max(1, min(parts, len(sel) // (2 * MIN_SHARED))) if native else parts
     for group in region_blocks(origins[start:stop][sel], w, h, parts, smallest=smallest):
-        if native and len(group) < MIN_SHARED:
+        o = origins[start:stop][sel[group]]
+        if native and (len(group) < MIN_SHARED or tile_share(o, w, h, tile) > MAX_TILE_SHARE):
             apart.extend(int(i) for i in sel[group])
         else:
             blocks.append(sel[group])
     return _Plan(start, stop, edge, blocks, np.array(sorted(apart), dtype=np.int64))
+
+
+def tile_share(origins: np.ndarray, w: int, h: int, tile: tuple[int, int] | None) -> float:
+    """Tiles the block of these regions decodes, over the tiles they decode one by one (0 when
+    the tile size is unknown: a block is assumed to pay)."""
+    if tile is None or len(origins) == 0:
+        return 0.0
+    tw, th = (max(1, int(v)) for v in tile)
+    x, y = origins[:, 0], origins[:, 1]
+    alone = ((x + w - 1) // tw - x // tw + 1) * ((y + h - 1) // th - y // th + 1)
+    x0, y0 = (int(v) for v in origins.min(axis=0))
+    x1, y1 = (int(v) for v in origins.max(axis=0) + (w, h))
+    block = ((x1 - 1) // tw - x0 // tw + 1) * ((y1 - 1) // th - y0 // th + 1)
+    return block / int(alone.sum())
 
 
 class _Rows:

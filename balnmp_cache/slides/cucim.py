@@ -175,6 +175,12 @@ class CuCIMSlide(Slide):
         cuCIM's own batched reader (its decoded batches can stay on the device)."""
         return self.device == "cpu"
 
+    def _tile_size(self, level: int) -> tuple[int, int] | None:
+        sizes = self._image.resolutions.get("level_tile_sizes")  # type: ignore[attr-defined]
+        if not sizes or level >= len(sizes) or min(sizes[level]) < 1:
+            return None
+        return int(sizes[level][0]), int(sizes[level][1])
+
     def _read_batches(
         self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
     ) -> Iterator[np.ndarray]:
