@@ -85,10 +85,9 @@ def blocked_batches(
     Inside regions in groups of fewer than `MIN_SHARED` (a sparse or shuffled grid: little
     to share) go, all of them in order, to one `read_apart(indices)` stream of batches when
     given (a native multi-location reader, whose own threads read ahead), else through
-    `read_block`. So do, given the level's `tile` size, groups whose block would decode more
-    than `MAX_TILE_SHARE` of the tiles its regions decode one by one (patches aligned with the
-    tiles share none). With `workers` > 1 the blocks of a batch are read in parallel and the
-    next batches read ahead, within `IN_FLIGHT_BYTES`.
+    `read_block`; so do groups whose block would decode over `MAX_TILE_SHARE` of the `tile`s
+    they decode one by one (aligned with the tiles). With `workers` > 1 a batch's blocks are
+    read in parallel and the next batches ahead, within `IN_FLIGHT_BYTES`.
     """
     w, h = size
     origins = np.asarray(origins, dtype=np.int64).reshape(-1, 2)
