@@ -189,23 +189,27 @@ class Slide(abc.ABC):
         """`read_regions` through blocks: regions inside the level cut from blocks read with
         `_read_level`, those crossing its edge read alone (white padding), inside regions
         without a neighbour by `read_apart(indices into locs)` if given."""
+        from functools import partial
+
         from balnmp_cache.slides.blocks import blocked_batches
 
-        ds = self.level_downsamples[level]
-        origins = np.floor(locs / ds).astype(np.int64)  # level pixels, as `level_origin`
-        w, h = size
-        lw, lh = self.level_dimensions[level]
-        inside = (origins >= 0).all(axis=1) & (origins[:, 0] + w <= lw) & (origins[:, 1] + h <= lh)
-
-        def read_block(x: int, y: int, bw: int, bh: int) -> np.ndarray:
-            self._check_open()
-            return self._read_checked(level, x, y, bw, bh)
+        origins, inside = self._level_origins(locs, level, size)
 
         def read_one(i: int) -> np.ndarray:
             return self.read_region((int(locs[i, 0]), int(locs[i, 1])), level, size)
 
-        return blocked_batches(read_block, read_one, origins, inside, size, batch_size, workers,
-                               read_apart, self._tile_size(level))  # fmt: skip
+        return blocked_batches(partial(self._read_checked, level), read_one, origins, inside,
+                               size, batch_size, workers, read_apart, self._tile_size(level))  # fmt: skip
+
+    def _level_origins(self, locs: np.ndarray, level: int,
+                       size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Each region's top-left level pixel (as `level_origin`) and whether the region lies
+        wholly inside the level (the others need white padding)."""
+        ds = self.level_downsamples[level]
+        origins = np.floor(locs / ds).astype(np.int64)
+        (w, h), (lw, lh) = size, self.level_dimensions[level]
+        inside = (origins >= 0).all(axis=1) & (origins[:, 0] + w <= lw) & (origins[:, 1] + h <= lh)
+        return origins, inside
 
     def _tile_size(self, level: int) -> tuple[int, int] | None:
         """The level's tile (width, height) where the backend knows it, else None."""

@@ -52,8 +52,9 @@ def region_blocks(origins: np.ndarray, w: int, h: int, parts: int = 1,
         todo.sort(key=len)
         idx = todo.pop()
         o = origins[idx]
-        span = o.max(axis=0) - o.min(axis=0) + (w, h)
-        area = int(span[0]) * int(span[1])
+        x0, y0, x1, y1 = _box(o, w, h)
+        span = (x1 - x0, y1 - y0)
+        area = span[0] * span[1]
         enough = len(done) + len(todo) + 1 >= parts
         dense = area <= max_pixels and len(idx) * w * h >= density * area
         # a dense group is not split into halves under `smallest` (they would be read apart)
@@ -193,8 +194,7 @@ def tile_share(origins: np.ndarray, w: int, h: int, tile: tuple[int, int] | None
     tw, th = (max(1, int(v)) for v in tile)
     x, y = origins[:, 0], origins[:, 1]
     alone = ((x + w - 1) // tw - x // tw + 1) * ((y + h - 1) // th - y // th + 1)
-    x0, y0 = (int(v) for v in origins.min(axis=0))
-    x1, y1 = (int(v) for v in origins.max(axis=0) + (w, h))
+    x0, y0, x1, y1 = _box(origins, w, h)
     block = ((x1 - 1) // tw - x0 // tw + 1) * ((y1 - 1) // th - y0 // th + 1)
     return block / int(alone.sum())
 
@@ -239,10 +239,15 @@ def _block(out: np.ndarray, idx: np.ndarray, origins: np.ndarray, w: int, h: int
            read_block: Callable[[int, int, int, int], np.ndarray]) -> Callable[[], None]:  # fmt: skip
     def job() -> None:
         o = origins[idx]
-        x0, y0 = (int(v) for v in o.min(axis=0))
-        x1, y1 = (int(v) for v in o.max(axis=0) + (w, h))
+        x0, y0, x1, y1 = _box(o, w, h)
         pixels = read_block(x0, y0, x1 - x0, y1 - y0)
         for i, (x, y) in zip(idx, o - (x0, y0)):
             out[i] = pixels[y : y + h, x : x + w]
 
     return job
+
+
+def _box(origins: np.ndarray, w: int, h: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the bounding box of w x h regions at `origins`."""
+    lo, hi = origins.min(axis=0), origins.max(axis=0)
+    return int(lo[0]), int(lo[1]), int(hi[0]) + w, int(hi[1]) + h

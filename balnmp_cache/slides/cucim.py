@@ -185,7 +185,7 @@ class CuCIMSlide(Slide):
         self, locs: np.ndarray, level: int, size: tuple[int, int], batch_size: int, workers: int
     ) -> Iterator[np.ndarray]:
         ds = self.level_downsamples[level]
-        origins = np.floor(locs / ds).astype(np.int64)  # level pixels, as read_region
+        origins, inside = self._level_origins(locs, level, size)
         starts = np.floor((origins + 0.5) * ds).astype(np.int64) if ds != 1.0 else origins
         if self._block_reads(level):
 
@@ -195,8 +195,6 @@ class CuCIMSlide(Slide):
             yield from self._blocked_batches(locs, level, size, batch_size, workers, apart)
             return
         w, h = size
-        lw, lh = self.level_dimensions[level]
-        inside = (origins >= 0).all(axis=1) & (origins[:, 0] + w <= lw) & (origins[:, 1] + h <= lh)
         if inside.all():  # one cuCIM iterator: its threads prefetch the next batches
             yield from self._stream(starts, level, size, batch_size, workers)
             return
