@@ -282,6 +282,65 @@ def test_slides_tiled_while_the_encoder_is_built_are_tiled_once_and_always_close
     assert not list((out / ".locks").glob("*.lock"))
 
 
+def test_slides_are_tiled_for_as_long_as_the_encoder_is_built(
+        cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001 fmt: skip
+    """One CPU and an encoder slow to build (a foundation model's load): the early pool goes
+    on to the next slides as each ends, so every slide is tiled before the encoder exists (not
+    only the first few), once, on the early pool."""
+    import threading
+    import time
+
+    from balnmp_cache.extract import feed, run, slide_job
+
+    threads: list[str] = []
+    all_tiled = threading.Event()
+    real_prepare, real_build = slide_job.prepare_slide, run._build_job
+
+    def spy(spec, path):  # noqa: ANN001, ANN202
+        prep = real_prepare(spec, path)
+        threads.append(threading.current_thread().name)
+        if len(threads) == 4:
+            all_tiled.set()
+        return prep
+
+    def slow_build(spec, device):  # noqa: ANN001, ANN202
+        all_tiled.wait(timeout=60)
+        return real_build(spec, device)
+
+    monkeypatch.setattr(feed, "job_cpus", lambda: 1)
+    monkeypatch.setattr(slide_job, "prepare_slide", spy)
+    monkeypatch.setattr(run, "_build_job", slow_build)
+    t0 = time.perf_counter()
+    s = extract_features(cohort.slides_dir, tmp_path / "out", **OPTS)
+    assert time.perf_counter() - t0 < 60, "the early pool stopped before the encoder was built"
+    assert [r.status for r in s.results] == ["done"] * 4
+    assert len(threads) == 4 and all(t.startswith("balnmp-early") for t in threads)
+
+
+def test_no_slide_is_started_early_once_the_claims_begin(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from balnmp_cache.extract import slide_job
+
+    gate, started = threading.Event(), []
+
+    def blocked(spec, path):  # noqa: ANN001, ANN202
+        started.append(path)
+        gate.wait(timeout=30)
+        return SimpleNamespace(slide=SimpleNamespace(close=lambda: None))
+
+    monkeypatch.setattr(slide_job, "prepare_slide", blocked)
+    paths = [Path(f"{i}.svs") for i in range(10)]
+    early = slide_job.EarlyTiling(None, paths, 1)  # type: ignore[arg-type]
+    assert early.take(Path("5.svs")) is None  # not started: its claim prepares it
+    gate.set()
+    first = early.take(Path("0.svs"))
+    assert first is not None and first.result() is not None
+    early.close()
+    assert started == [Path("0.svs")]
+
+
 def test_the_annotation_is_read_once_and_its_parsed_bytes_recorded(cohort, tmp_path: Path,  # noqa: ANN001
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import hashlib

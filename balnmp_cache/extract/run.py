@@ -24,6 +24,8 @@ from balnmp_cache.extract.slide_job import (
 
 __all__ = ["StopFlag", "run_slides"]
 
+EARLY_SLIDES = 64  # at most this many (or 8 per CPU) slides opened and tiled before the encoder
+
 
 class StopFlag(Protocol):
     """A flag shared by device workers (a `threading.Event` or a multiprocessing one)."""
@@ -72,7 +74,7 @@ def run_slides(
     early = None
     if spec.options.qc_dir is None:
         cpus = job_cpus()
-        early = EarlyTiling(spec, [Path(p) for p in paths[: 2 * cpus]], cpus)
+        early = EarlyTiling(spec, [Path(p) for p in paths[: max(EARLY_SLIDES, 8 * cpus)]], cpus)
     try:
         job = _build_job(spec, device)
         job.early = early

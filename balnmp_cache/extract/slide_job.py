@@ -15,6 +15,7 @@ import contextlib
 import errno
 import glob
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -297,24 +298,45 @@ def _annotations(o: ExtractOptions, sid: str) -> tuple[Annotations | None, str]:
 
 
 class EarlyTiling:
-    """The first slides' preparation (`prepare_slide`: open, annotation, tile), started on a
-    pool before the encoder is built so that the CPUs are not idle meanwhile. Only reads: a
-    slide's lock is taken when it is claimed, which then uses (`take`) its early result, or
-    discards it when the slide turns out finished or locked by another job. Not used with
-    `--qc` (that writes a file per slide)."""
+    """The first slides' preparation (`prepare_slide`: open, annotation, tile) on a pool while
+    the encoder is built, so that the CPUs are not idle meanwhile: each worker starts the next
+    slide as its last one ends, until the encoder is ready (the first `take`) or `paths` runs
+    out. Only reads: a slide's lock is taken when it is claimed, which then uses (`take`) its
+    early result, or discards it when the slide turns out finished or locked by another job.
+    Not used with `--qc` (that writes a file per slide)."""
 
     def __init__(self, spec: JobSpec, paths: list[Path], workers: int) -> None:
+        self.spec = spec
+        self._todo = [Path(p) for p in reversed(paths)]  # `pop` starts the first
+        self._lock = threading.Lock()
+        self.futures: dict[Path, Future[Prepared]] = {}
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="balnmp-early")
-        self.futures = {Path(p): self.pool.submit(prepare_slide, spec, Path(p)) for p in paths}
+        for _ in range(workers):
+            self._start_next()
+
+    def _start_next(self, _ended: object = None) -> None:
+        with self._lock:
+            if not self._todo:
+                return
+            path = self._todo.pop()
+            fut = self.pool.submit(prepare_slide, self.spec, path)
+            self.futures[path] = fut
+        fut.add_done_callback(self._start_next)
 
     def take(self, path: Path) -> Future[Prepared] | None:
-        return self.futures.pop(Path(path), None)
+        """The slide's early preparation, if it was started; no slide is started after."""
+        with self._lock:
+            self._todo.clear()
+            return self.futures.pop(Path(path), None)
 
     def close(self) -> None:
         """Discard what was not taken (its slides closed)."""
-        for fut in self.futures.values():
+        with self._lock:
+            self._todo.clear()
+            left = list(self.futures.values())
+            self.futures.clear()
+        for fut in left:
             _discard(fut)
-        self.futures.clear()
         self.pool.shutdown(wait=True)
 
 
