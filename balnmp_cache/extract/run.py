@@ -24,7 +24,9 @@ from balnmp_cache.extract.slide_job import (
 
 __all__ = ["StopFlag", "run_slides"]
 
-EARLY_SLIDES = 64  # at most this many (or 8 per CPU) slides opened and tiled before the encoder
+# At most this many slides (or 2 per CPU, the old bound, where that is more) are opened and
+# tiled before the encoder is built: each holds its file open until it is claimed.
+EARLY_SLIDES = 64
 
 
 class StopFlag(Protocol):
@@ -74,7 +76,7 @@ def run_slides(
     early = None
     if spec.options.qc_dir is None:
         cpus = job_cpus()
-        early = EarlyTiling(spec, [Path(p) for p in paths[: max(EARLY_SLIDES, 8 * cpus)]], cpus)
+        early = EarlyTiling(spec, [Path(p) for p in paths[: max(EARLY_SLIDES, 2 * cpus)]], cpus)
     try:
         job = _build_job(spec, device)
         job.early = early
