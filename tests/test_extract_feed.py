@@ -261,16 +261,16 @@ def test_slides_tiled_while_the_encoder_is_built_are_tiled_once_and_always_close
         cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001 fmt: skip
     """`EarlyTiling`: the first slides are prepared before the encoder exists; their claims
     use that work (each slide tiled once), and a slide then found finished is closed unused."""
-    from balnmp_cache.extract import slide_job
+    from balnmp_cache.extract import slide_prep
 
     prepared: list = []
-    real = slide_job.prepare_slide
+    real = slide_prep.prepare_slide
 
     def spy(spec, path):  # noqa: ANN001, ANN202
         prepared.append(real(spec, path))
         return prepared[-1]
 
-    monkeypatch.setattr(slide_job, "prepare_slide", spy)
+    monkeypatch.setattr(slide_prep, "prepare_slide", spy)
     out = tmp_path / "out"
     extract_features(cohort.slides_dir, out, **OPTS)
     assert sorted(p.slide.slide_id for p in prepared) == ["1", "2", "3", "4"]
@@ -290,11 +290,11 @@ def test_slides_are_tiled_for_as_long_as_the_encoder_is_built(
     import threading
     import time
 
-    from balnmp_cache.extract import feed, run, slide_job
+    from balnmp_cache.extract import feed, run, slide_prep
 
     threads: list[str] = []
     all_tiled = threading.Event()
-    real_prepare, real_build = slide_job.prepare_slide, run._build_job
+    real_prepare, real_build = slide_prep.prepare_slide, run._build_job
 
     def spy(spec, path):  # noqa: ANN001, ANN202
         prep = real_prepare(spec, path)
@@ -308,7 +308,7 @@ def test_slides_are_tiled_for_as_long_as_the_encoder_is_built(
         return real_build(spec, device)
 
     monkeypatch.setattr(feed, "job_cpus", lambda: 1)
-    monkeypatch.setattr(slide_job, "prepare_slide", spy)
+    monkeypatch.setattr(slide_prep, "prepare_slide", spy)
     monkeypatch.setattr(run, "_build_job", slow_build)
     t0 = time.perf_counter()
     s = extract_features(cohort.slides_dir, tmp_path / "out", **OPTS)
@@ -321,7 +321,7 @@ def test_no_slide_is_started_early_once_the_claims_begin(monkeypatch: pytest.Mon
     import threading
     from types import SimpleNamespace
 
-    from balnmp_cache.extract import slide_job
+    from balnmp_cache.extract import slide_prep
 
     gate, started = threading.Event(), []
 
@@ -330,9 +330,9 @@ def test_no_slide_is_started_early_once_the_claims_begin(monkeypatch: pytest.Mon
         gate.wait(timeout=30)
         return SimpleNamespace(slide=SimpleNamespace(close=lambda: None))
 
-    monkeypatch.setattr(slide_job, "prepare_slide", blocked)
+    monkeypatch.setattr(slide_prep, "prepare_slide", blocked)
     paths = [Path(f"{i}.svs") for i in range(10)]
-    early = slide_job.EarlyTiling(None, paths, 1)  # type: ignore[arg-type]
+    early = slide_prep.EarlyTiling(None, paths, 1, keep_open=10)  # type: ignore[arg-type]
     assert early.take(Path("5.svs")) is None  # not started: its claim prepares it
     gate.set()
     first = early.take(Path("0.svs"))

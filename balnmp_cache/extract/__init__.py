@@ -1,8 +1,9 @@
 """Extraction: the resumable batch job that turns slides into a feature store.
 
 `options` declares every option of a job (`ExtractOptions`); `job` finds the slides and shards
-them; `run` is one device's loop; `workers` runs one loop per device; `slide_job` is one slide
-(open, tile, encode, write); `pipeline` overlaps reading, encoding and writing; `manifest`,
+them; `run` is one device's loop; `workers` runs one loop per device; `slide_job` decides and
+claims one slide, `slide_prep` opens and tiles it, `feed` encodes and writes the slides in
+flight; `pipeline` overlaps reading, encoding and writing; `manifest`,
 `locks` and `sharding` are its bookkeeping. Names are imported on first use, so the command
 line can build its options (`extract.options`) without loading torch.
 """

@@ -14,18 +14,14 @@ from typing import Protocol
 
 from balnmp_cache.errors import ExtractError
 from balnmp_cache.extract.manifest import ManifestCache, read_manifest, update_manifest
-from balnmp_cache.extract.slide_job import (
-    EarlyTiling,
-    JobSpec,
-    SlideFailure,
-    SlideJob,
-    SlideResult,
-)
+from balnmp_cache.extract.slide_job import JobSpec, SlideFailure, SlideJob, SlideResult
+from balnmp_cache.extract.slide_prep import EarlyTiling
 
 __all__ = ["StopFlag", "run_slides"]
 
-# At most this many slides (or 2 per CPU, the old bound, where that is more) are opened and
-# tiled before the encoder is built: each holds its file open until it is claimed.
+# At most this many slides (or 2 per CPU where that is more) are tiled before the encoder is
+# built; 2 per CPU of them are kept open (as many as the feed claims ahead), the others are
+# closed until claimed.
 EARLY_SLIDES = 64
 
 
@@ -76,7 +72,8 @@ def run_slides(
     early = None
     if spec.options.qc_dir is None:
         cpus = job_cpus()
-        early = EarlyTiling(spec, [Path(p) for p in paths[: max(EARLY_SLIDES, 2 * cpus)]], cpus)
+        early = EarlyTiling(spec, [Path(p) for p in paths[: max(EARLY_SLIDES, 2 * cpus)]], cpus,
+                            keep_open=2 * cpus)  # fmt: skip
     try:
         job = _build_job(spec, device)
         job.early = early

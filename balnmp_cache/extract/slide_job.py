@@ -1,4 +1,4 @@
-"""One slide's decisions and preparation: finished? locked? open -> annotations -> tile -> (QC).
+"""One slide's decisions: finished? locked? then lock and prepare it (`slide_prep.py`).
 
 `SlideJob.claim(path)` never raises for a slide-level problem: a slide that cannot be
 prepared comes back with a `SlideResult` naming the stage that failed, so the batch job can
@@ -15,36 +15,38 @@ import contextlib
 import errno
 import glob
 import shutil
-import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from balnmp_cache.encoders.base import Encoder
-from balnmp_cache.errors import AnnotationError
+from balnmp_cache.extract import slide_prep
 from balnmp_cache.extract.locks import SlideLock, holder, try_lock
 from balnmp_cache.extract.manifest import SlideResult
-from balnmp_cache.extract.options import ExtractOptions
 from balnmp_cache.extract.pipeline import EncoderRunner, PipelineError
 from balnmp_cache.extract.resume import ResumeCheck, source_fingerprint
 from balnmp_cache.extract.settings import SETTINGS_ATTR, job_settings
+from balnmp_cache.extract.slide_prep import (
+    EarlyTiling,
+    JobSpec,
+    Prepared,
+    StageError,
+    discard,
+    open_for_job,
+    stage,
+)
 from balnmp_cache.slides.ids import SLIDE_SUFFIXES
 from balnmp_cache.slides.ids import slide_id_from_path as slide_id_of
 from balnmp_cache.store.peer_attrs import coords_attrs_for
 
 if TYPE_CHECKING:
-    from balnmp_cache.slides.base import Slide
     from balnmp_cache.store.types import SlideWriter
-    from balnmp_cache.tiling.annotations import Annotations
-    from balnmp_cache.tiling.grid import PatchGrid
 
 __all__ = [
     "OUTPUT_ERRNOS",
     "Claim",
-    "EarlyTiling",
     "SLIDE_SUFFIXES",
     "JobSpec",
     "SlideFailure",
@@ -71,18 +73,6 @@ class SlideFailure(RuntimeError):
 
     def __reduce__(self) -> tuple:  # keep `result` when sent back from a worker process
         return (SlideFailure, (self.result,))
-
-
-@dataclass
-class JobSpec:
-    """One job as every worker sees it (picklable, for worker processes): where it writes, its
-    options, and what is read once for all slides."""
-
-    out: Path
-    options: ExtractOptions
-    mpp_overrides: dict[str, float] | None = None  # the --mpp-overrides table, read once
-    stale_after: float = 600.0  # seconds without a heartbeat before a lock is taken over
-    extra_attrs: dict[str, Any] = field(default_factory=dict)  # stored with every slide
 
 
 class SlideJob:
@@ -124,7 +114,7 @@ class SlideJob:
             return claim
         finally:
             if early is not None and (claim is None or claim.prepared is None):
-                _discard(early)  # finished, locked elsewhere, or failed: its slide is closed
+                discard(early)  # finished, locked elsewhere, or failed: its slide is closed
 
     def _claim(self, path: Path, early: Future[Prepared] | None) -> Claim:
         sid, t0 = slide_id_of(path), time.perf_counter()
@@ -141,16 +131,18 @@ class SlideJob:
                 return Claim(path, sid, t0, self._finished(path, sid))
             self._remove_orphans(sid)
             prep = early.result() if early is not None else self.prepare(path)
-        except _StageError as exc:
+            if prep.slide.closed:  # tiled early, then parked (`EarlyTiling`)
+                prep = Prepared(open_for_job(self.spec, path), prep.grid, prep.annotations_sha256)
+        except StageError as exc:
             lock.release()
             return Claim(path, sid, t0, self.failure(path, exc.stage, exc.__cause__ or exc, t0))
         except BaseException:
             lock.release()
             raise
         try:
-            with _stage("open"):  # the slide file's fingerprint is read here
+            with stage("open"):  # the slide file's fingerprint is read here
                 attrs, coords_attrs = self._attrs(prep, path, sid)
-        except _StageError as exc:
+        except StageError as exc:
             prep.slide.close()
             lock.release()
             return Claim(path, sid, t0, self.failure(path, exc.stage, exc.__cause__ or exc, t0))
@@ -198,7 +190,7 @@ class SlideJob:
 
     def prepare(self, path: Path) -> Prepared:
         """Open, find the annotation, tile (and QC) one slide (`prepare_slide`)."""
-        return prepare_slide(self.spec, path)
+        return slide_prep.prepare_slide(self.spec, path)
 
     def _attrs(self, prep: Prepared, path: Path, sid: str) -> tuple[dict, dict]:
         """The slide's stored attributes and its `coords` attributes (see docs/format.md)."""
@@ -238,124 +230,6 @@ class SlideJob:
         return attrs, coords_attrs
 
 
-def prepare_slide(spec: JobSpec, path: Path) -> Prepared:
-    """Open, find the annotation, tile (and QC) one slide; writes nothing to the store.
-
-    Raises _StageError naming the stage; safe to run in a background thread.
-    """
-    from balnmp_cache.slides.registry import open_slide
-    from balnmp_cache.tiling.grid import tile_slide
-
-    o, sid = spec.options, slide_id_of(path)
-    with _stage("open"):
-        slide = open_slide(path, backend=o.backend, mpp_overrides=spec.mpp_overrides)
-    try:
-        with _stage("annotations"):
-            ann, sha = _annotations(o, sid)
-        with _stage("tile"):
-            grid = tile_slide(
-                slide, patch_size=o.patch_size, mpp=o.mpp, annotations=ann,
-                min_tissue=o.min_tissue, level=o.level, tissue=o.tissue,
-            )  # fmt: skip
-        if o.qc_dir is not None:
-            from balnmp_cache.tiling.qc import save_qc
-
-            with _stage("qc"):
-                Path(o.qc_dir).mkdir(parents=True, exist_ok=True)
-                save_qc(slide, grid, Path(o.qc_dir) / f"{sid}.png")
-    except BaseException:
-        slide.close()
-        raise
-    return Prepared(slide, grid, sha)
-
-
-def _annotations(o: ExtractOptions, sid: str) -> tuple[Annotations | None, str]:
-    """The tumour regions to tile inside (None: all tissue), per --annotations and
-    --allow-unannotated, and the sha256 of the annotation file's bytes they were parsed from
-    ("none": no file; see `annotation_sha256`)."""
-    from balnmp_cache.tiling.annotations import find_annotation, load_annotations
-
-    if o.annotations is None:
-        return None, "none"
-    found = find_annotation(o.annotations, sid)
-    if found is None:
-        if o.allow_unannotated:
-            return None, "none"
-        raise AnnotationError(
-            f"no annotation {o.annotations}/{sid}.json or .geojson; add it, or pass "
-            "--allow-unannotated to tile all tissue of such slides"
-        )
-    ann = load_annotations(found)
-    sha = ann.sha256 or "none"
-    if not ann.is_empty:
-        return ann, sha
-    if o.allow_unannotated:
-        return None, sha
-    raise AnnotationError(
-        f"annotation {ann.source} holds no tumour region (no positive polygon); fix it, "
-        "or pass --allow-unannotated to tile all tissue of such slides"
-    )
-
-
-class EarlyTiling:
-    """The first slides' preparation (`prepare_slide`: open, annotation, tile) on a pool while
-    the encoder is built, so that the CPUs are not idle meanwhile: each worker starts the next
-    slide as its last one ends, until the encoder is ready (the first `take`) or `paths` runs
-    out. Only reads: a slide's lock is taken when it is claimed, which then uses (`take`) its
-    early result, or discards it when the slide turns out finished or locked by another job.
-    Not used with `--qc` (that writes a file per slide)."""
-
-    def __init__(self, spec: JobSpec, paths: list[Path], workers: int) -> None:
-        self.spec = spec
-        self._todo = [Path(p) for p in reversed(paths)]  # `pop` starts the first
-        self._lock = threading.Lock()
-        self.futures: dict[Path, Future[Prepared]] = {}
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="balnmp-early")
-        for _ in range(workers):
-            self._start_next()
-
-    def _start_next(self, _ended: object = None) -> None:
-        with self._lock:
-            if not self._todo:
-                return
-            path = self._todo.pop()
-            fut = self.pool.submit(prepare_slide, self.spec, path)
-            self.futures[path] = fut
-        fut.add_done_callback(self._start_next)
-
-    def take(self, path: Path) -> Future[Prepared] | None:
-        """The slide's early preparation, if it was started; no slide is started after."""
-        with self._lock:
-            self._todo.clear()
-            return self.futures.pop(Path(path), None)
-
-    def close(self) -> None:
-        """Discard what was not taken (its slides closed)."""
-        with self._lock:
-            self._todo.clear()
-            left = list(self.futures.values())
-            self.futures.clear()
-        for fut in left:
-            _discard(fut)
-        self.pool.shutdown(wait=True)
-
-
-def _discard(fut: Future[Prepared]) -> None:
-    if fut.cancel():
-        return
-    with contextlib.suppress(Exception):  # its failure is nobody's: the slide was not claimed
-        fut.result().slide.close()
-
-
-@dataclass
-class Prepared:
-    """An open slide and its patch grid, ready to encode."""
-
-    slide: Slide
-    grid: PatchGrid
-    annotations_sha256: str = "none"  # of the annotation file's bytes the grid was tiled in
-
-
 @dataclass
 class Claim:
     """A slide as `SlideJob.claim` left it: decided (`result`: skipped, or failed before any
@@ -369,20 +243,3 @@ class Claim:
     prepared: Prepared | None = None
     attrs: dict = field(default_factory=dict)
     coords_attrs: dict = field(default_factory=dict)
-
-
-class _StageError(Exception):
-    def __init__(self, stage: str) -> None:
-        super().__init__(stage)
-        self.stage = stage
-
-
-@contextlib.contextmanager
-def _stage(name: str) -> Iterator[None]:
-    """Tag any exception raised inside with the stage it happened in."""
-    try:
-        yield
-    except _StageError:
-        raise
-    except Exception as exc:
-        raise _StageError(name) from exc

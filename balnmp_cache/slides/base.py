@@ -255,6 +255,11 @@ class Slide(abc.ABC):
         """(h, w, 3) uint8 pixels at `level` coordinates, fully inside the level."""
 
     # -- lifetime ------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return bool(getattr(self, "_closed", True))
+
     def close(self) -> None:
         """Release the file handle, once the reads in progress in other threads are done;
         further reads raise SlideError."""
