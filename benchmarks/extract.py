@@ -212,15 +212,18 @@ def _read_and_encode(grids: list, args: argparse.Namespace, device: torch.device
     reader.start()
     enc = build_encoder(args.light_encoder, "none", input_size=args.light_input)
     runner = EncoderRunner(enc, device, args.precision)
-    held: list[torch.Tensor] = []
+    held: list[torch.Tensor] = []  # handed to the encoder as a list, as the job does (no copy)
+    count = 0
     while (b := batches.get()) is not None:
         held.append(b)
-        if sum(len(x) for x in held) >= args.batch_size:
-            rows = torch.cat(held)
-            runner(rows[: args.batch_size]).cpu()
-            held = [rows[args.batch_size :]]
-    if held and sum(len(x) for x in held):
-        runner(torch.cat(held)).cpu()
+        count += len(b)
+        while count >= args.batch_size:
+            cut = len(held[-1]) - (count - args.batch_size)
+            runner([*held[:-1], held[-1][:cut]]).cpu()
+            rest = held[-1][cut:]
+            held, count = ([rest] if len(rest) else []), len(rest)
+    if held:
+        runner(held).cpu()
     reader.join()
     _sync(device)
     if failed:
