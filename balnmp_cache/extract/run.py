@@ -72,7 +72,7 @@ def run_slides(
     early = None
     if spec.options.qc_dir is None:
         cpus = job_cpus()
-        early = EarlyTiling(spec, [Path(p) for p in paths[: max(EARLY_SLIDES, 2 * cpus)]], cpus,
+        early = EarlyTiling(spec, list(paths[: max(EARLY_SLIDES, 2 * cpus)]), cpus,
                             keep_open=2 * cpus)  # fmt: skip
     try:
         job = _build_job(spec, device)

@@ -17,7 +17,7 @@ import glob
 import shutil
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -132,7 +132,7 @@ class SlideJob:
             self._remove_orphans(sid)
             prep = early.result() if early is not None else self.prepare(path)
             if prep.slide.closed:  # tiled early, then parked (`EarlyTiling`)
-                prep = Prepared(open_for_job(self.spec, path), prep.grid, prep.annotations_sha256)
+                prep = replace(prep, slide=open_for_job(self.spec, path))
         except StageError as exc:
             lock.release()
             return Claim(path, sid, t0, self.failure(path, exc.stage, exc.__cause__ or exc, t0))
